@@ -1,0 +1,58 @@
+"""Atomic file output: write to a temp file in the destination folder, fsync, rename.
+
+A crash, a cancel or a full disk never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import KxlError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path next to `dest`; on success it is fsynced and renamed over `dest`, else removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".part", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(dest: str | Path, text: str) -> None:
+    atomic_write_bytes(dest, text.encode("utf-8"))
+
+
+def check_free_space(folder: str | Path, needed_bytes: int, what: str = "output") -> None:
+    """Refuse to start a job that cannot fit, instead of failing at 90%."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise KxlError(
+            f"not enough free disk space for the {what}: need {needed_bytes / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB free",
+            path=folder,
+        )
