@@ -57,12 +57,14 @@ class Progress:
     _stage_start: float = field(default_factory=time.monotonic)
     _last_emit: float = 0.0
     _stage: str = ""
+    _last_final: tuple | None = None
 
     def stage(self, message: str) -> None:
         """Start a new stage: resets the rate clock and emits an indeterminate event."""
         self._stage = message
         self._stage_start = time.monotonic()
         self._last_emit = 0.0
+        self._last_final = None
         self._emit(ProgressEvent(0, None, message, None, None))
 
     def update(self, done: float, total: float | None = None, message: str | None = None) -> None:
@@ -70,6 +72,10 @@ class Progress:
         final = total is not None and done >= total
         if not final and now - self._last_emit < self.min_interval_s:
             return
+        if final:
+            if self._last_final == (done, total):
+                return  # a job reporting its end twice draws one finished bar, not two
+            self._last_final = (done, total)
         self._last_emit = now
         elapsed = max(now - self._stage_start, 1e-9)
         rate = done / elapsed if done else None
@@ -90,23 +96,39 @@ def ensure_progress(progress: Progress | None) -> Progress:
 
 
 def text_progress(stream=None, unit: str = "it") -> Progress:
-    """A Progress that draws a one-line bar on a terminal (stderr by default), for the CLI."""
+    """A Progress that prints each stage on its own line and redraws one bar line for its updates (CLI)."""
     out = stream or sys.stderr
+    state = {"bar_open": False}
+    interactive = hasattr(out, "isatty") and out.isatty()
+
+    def close_bar() -> None:
+        if state["bar_open"]:
+            out.write("\n")
+            state["bar_open"] = False
 
     def draw(ev: ProgressEvent) -> None:
+        if ev.total is None and ev.done == 0:  # a new stage
+            close_bar()
+            out.write(f"{ev.message}\n")
+            out.flush()
+            return
         if ev.total:
             frac = min(1.0, ev.done / ev.total)
-            bar = "#" * int(frac * 30)
-            line = f"\r{ev.message:<28.28} [{bar:<30}] {frac * 100:5.1f}%"
+            line = f"  [{'#' * int(frac * 30):<30}] {frac * 100:5.1f}%  {ev.done:,.0f}/{ev.total:,.0f} {unit}"
         else:
-            line = f"\r{ev.message:<28.28} {ev.done:g} {unit}"
+            line = f"  {ev.done:,.0f} {unit}"
         if ev.rate:
             line += f"  {ev.rate:,.1f} {unit}/s"
-        if ev.eta_s is not None:
+        if ev.eta_s is not None and ev.total and ev.done < ev.total:
             line += f"  ETA {format_duration(ev.eta_s)}"
-        out.write(line.ljust(100))
-        if ev.total and ev.done >= ev.total:
-            out.write("\n")
+        finished = bool(ev.total) and ev.done >= ev.total
+        if interactive:
+            out.write("\r" + line.ljust(90))
+            state["bar_open"] = not finished
+            if finished:
+                out.write("\n")
+        elif finished:  # logs and CI: one line per finished stage, no carriage-return noise
+            out.write(line + "\n")
         out.flush()
 
     return Progress(callback=draw, min_interval_s=0.2)

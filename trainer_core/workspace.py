@@ -7,11 +7,11 @@ elsewhere, e.g. a 1.4 TB shard folder on another disk). The GUI opens a workspac
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
+import tomllib
 
 from . import __version__
 from .atomic import atomic_write_text
@@ -33,7 +33,9 @@ class Workspace:
     runs: str = "runs"
     outputs: str = "outputs"
     models: str = "models"
-    checkpoints: dict[str, str] = field(default_factory=dict)  # role -> path; roles: CHECKPOINT_ROLES + "base"
+    checkpoints: dict[str, str] = field(
+        default_factory=dict
+    )  # role -> path; roles: CHECKPOINT_ROLES + "base"
     demo: dict[str, int] = field(default_factory=dict)  # seed / posts when kind == "demo"
     created_by: str = f"kohaku-xl-workbench {__version__}"
 
@@ -108,7 +110,9 @@ def load_workspace(root: str | Path) -> Workspace:
         root = path.parent
     if not path.is_file():
         raise WorkspaceError(
-            f"no {WORKSPACE_FILE} here", path=root, hint="create one with `kxl demo init DIR` or pick another folder"
+            f"no {WORKSPACE_FILE} here",
+            path=root,
+            hint="create one with `kxl demo init DIR` or pick another folder",
         )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,79 @@
+"""File hashes the way sd-webui shows them, cached so a 7 GB checkpoint is hashed once.
+
+- `short_hash`: first 10 hex of SHA-256 of the whole file (A1111 "Model hash").
+- `safetensors_payload_hash`: first 12 hex of SHA-256 of the data after the header (A1111 "Lora hashes"), so
+  metadata edits do not change a LoKr's identity.
+Cache key: absolute path + size + mtime_ns, stored as JSON in the user cache dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+from pathlib import Path
+
+from .atomic import atomic_write_text
+from .paths import cache_dir
+
+_LOCK = threading.Lock()
+_CHUNK = 4 * 2**20
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "hashes.json"
+
+
+def _load_cache() -> dict[str, str]:
+    try:
+        return json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _cached(path: Path, kind: str, compute) -> str:
+    st = path.stat()
+    key = f"{kind}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    with _LOCK:
+        cache = _load_cache()
+        if key in cache:
+            return cache[key]
+    value = compute(path)
+    with _LOCK:
+        cache = _load_cache()
+        cache[key] = value
+        try:
+            atomic_write_text(_cache_file(), json.dumps(cache, indent=0, sort_keys=True))
+        except OSError:
+            pass  # a read-only cache dir only costs us a re-hash next time
+    return value
+
+
+def sha256_file(path: Path, start: int = 0) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def short_hash(path: str | Path) -> str:
+    """A1111 model hash: first 10 hex digits of the file's SHA-256."""
+    return _cached(Path(path), "sha256", sha256_file)[:10]
+
+
+def full_sha256(path: str | Path) -> str:
+    return _cached(Path(path), "sha256", sha256_file)
+
+
+def safetensors_payload_hash(path: str | Path) -> str:
+    """A1111 LoRA hash: first 12 hex of SHA-256 over the bytes after the safetensors header."""
+
+    def compute(p: Path) -> str:
+        with open(p, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+        return sha256_file(p, start=8 + n)
+
+    return _cached(Path(path), "payload", compute)[:12]
