@@ -49,14 +49,21 @@ def st_dtype(tensor_or_dtype: Any) -> str:
         raise ValueError(f"dtype {key} cannot be stored in safetensors") from None
 
 
-def plan_order(entries: list[PlannedTensor]) -> list[PlannedTensor]:
+def plan_order(entries: list[PlannedTensor], keep_order: bool = False) -> list[PlannedTensor]:
+    """Largest element size first (keeps every tensor aligned); within a size, by name or in the given order.
+
+    `keep_order` lets a streaming merge lay tensors out in its input's file order, so the input is read
+    sequentially.
+    """
+    if keep_order:
+        return sorted(entries, key=lambda e: -ST_ITEMSIZE[e.dtype])  # stable: given order within a size
     return sorted(entries, key=lambda e: (-ST_ITEMSIZE[e.dtype], e.name))
 
 
 def build_header(
-    entries: list[PlannedTensor], metadata: Mapping[str, str] | None
+    entries: list[PlannedTensor], metadata: Mapping[str, str] | None, keep_order: bool = False
 ) -> tuple[bytes, list[PlannedTensor]]:
-    ordered = plan_order(entries)
+    ordered = plan_order(entries, keep_order)
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
@@ -73,8 +80,8 @@ def build_header(
     return struct.pack("<Q", len(raw)) + raw, ordered
 
 
-def tensor_bytes(tensor: Any) -> bytes:
-    """Raw little-endian bytes of a CPU tensor (bf16/fp8 via an integer view, which numpy lacks)."""
+def tensor_buffer(tensor: Any) -> memoryview:
+    """A zero-copy little-endian view of a CPU tensor's bytes (bf16/fp8 through an integer view numpy can hold)."""
     import torch
 
     t = tensor.detach().to("cpu").contiguous()
@@ -82,7 +89,7 @@ def tensor_bytes(tensor: Any) -> bytes:
         t = t.view(torch.int16 if t.dtype == torch.bfloat16 else torch.uint8)
     if t.dim() == 0:
         t = t.reshape(1)
-    return t.numpy().tobytes()
+    return memoryview(t.numpy()).cast("B")
 
 
 class StreamingWriter:
@@ -93,9 +100,13 @@ class StreamingWriter:
     """
 
     def __init__(
-        self, path: str | Path, entries: list[PlannedTensor], metadata: Mapping[str, str] | None = None
+        self,
+        path: str | Path,
+        entries: list[PlannedTensor],
+        metadata: Mapping[str, str] | None = None,
+        keep_order: bool = False,
     ):
-        head, self.order = build_header(entries, metadata)
+        head, self.order = build_header(entries, metadata, keep_order)
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()/__exit__
         self._fh.write(head)
         self._next = 0
@@ -108,7 +119,7 @@ class StreamingWriter:
             raise ValueError(
                 f"tensor '{name}' is {st_dtype(tensor)}{tuple(tensor.shape)}, planned {expected.dtype}{expected.shape}"
             )
-        self._fh.write(tensor_bytes(tensor))
+        self._fh.write(tensor_buffer(tensor))
         self._next += 1
 
     def close(self) -> None:

@@ -1,0 +1,324 @@
+"""The streaming merge: plan (validate inputs, keys, shapes, disk), then compute and write tensor by tensor.
+
+Every tensor is computed in fp32 and cast to the output dtype. The output header (names, shapes, offsets, recipe)
+is written before the first tensor; the inputs' SHA-256 are computed on a side thread while the merge streams and
+patched into the header at the end (same byte length), so hashing costs no extra pass over 7 GB files.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..atomic import atomic_path, check_free_space
+from ..errors import CheckpointError, KxlError
+from ..hashing import full_sha256
+from ..lokr.file import LokrFile, read_lokr
+from ..lokr.math import lokr_delta
+from ..models.loading import checkpoint_metadata
+from ..models.safetensors_writer import ST_ITEMSIZE, PlannedTensor, StreamingWriter, build_header
+from ..models.sdxl_layout import EMBEDDING_KEYS, IGNORED_SGM_KEYS
+from ..progress import Progress, ensure_progress
+from .blocks import block_of
+from .recipe import MergeRecipe
+from .sources import ModelSource, open_source
+
+OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+HASH_PLACEHOLDER = "0" * 64
+RAM_BASELINE = 450 * 2**20  # interpreter + torch, measured on the CPU wheel
+
+
+@dataclass
+class LokrPatch:
+    module: Any  # trainer_core.lokr.file.LokrModule
+    multiplier: float
+    part: int | None
+    parts: int
+    tensor: str  # "weight" -> LoKr delta or w_norm, "bias" -> b_norm
+
+
+@dataclass
+class MergePlan:
+    recipe: MergeRecipe
+    arch: str
+    keys: list[str]  # output keys in write order (A's file order)
+    entries: list[PlannedTensor]
+    taken_from_a: list[str]  # keys some input lacks, copied from A (missing="take_a")
+    dropped: list[str]  # keys only some non-A input has, or ignored legacy keys
+    reverted: list[str]
+    patches: dict[str, list[LokrPatch]]
+    lokr_files: list[LokrFile]
+    warnings: list[str]
+    out_bytes: int
+    peak_ram_bytes: int
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    plan: MergePlan
+    seconds: float
+    input_hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.plan.warnings
+
+
+def _check_out_path(recipe: MergeRecipe, out: Path) -> None:
+    if out.suffix != ".safetensors":
+        raise KxlError("the output must be a .safetensors file", path=out)
+    if out.is_dir():
+        raise KxlError("the output path is a folder", path=out)
+    named = [*recipe.inputs, *([recipe.original] if recipe.original else []), *(p for p, _ in recipe.lokr)]
+    for p in named:
+        src = Path(p)
+        if src.resolve() == out.resolve() or (out.exists() and src.exists() and src.samefile(out)):
+            raise KxlError("the output path is also an input; choose another file name", path=out)
+
+
+def _key_problems(a: ModelSource, other: ModelSource, role: str) -> tuple[list[str], list[str]]:
+    keys_a, keys_o = set(a.tensors) - IGNORED_SGM_KEYS, set(other.tensors) - IGNORED_SGM_KEYS
+    return sorted(keys_a - keys_o), sorted(keys_o - keys_a)
+
+
+def _lokr_patches(recipe: MergeRecipe, arch: str, shapes: dict[str, tuple[int, ...]]):
+    patches: dict[str, list[LokrPatch]] = {}
+    files: list[LokrFile] = []
+    for path, mult in recipe.lokr:
+        lf = read_lokr(path, arch)
+        files.append(lf)
+        for mod in lf.modules:
+            t = mod.target
+            if mod.is_norm:
+                if "w_norm" in mod.tensors:
+                    patches.setdefault(t.weight.sgm_key, []).append(LokrPatch(mod, mult, None, 1, "weight"))
+                if "b_norm" in mod.tensors and t.bias is not None:
+                    patches.setdefault(t.bias.sgm_key, []).append(LokrPatch(mod, mult, None, 1, "bias"))
+                continue
+            if t.weight.sgm_key not in shapes:
+                raise CheckpointError(f"module '{mod.name}' targets '{t.weight.sgm_key}', absent from the model",
+                                      path=path)  # fmt: skip
+            patches.setdefault(t.weight.sgm_key, []).append(LokrPatch(mod, mult, t.weight.part, t.weight.parts, "weight"))
+    return patches, files
+
+
+def plan_merge(recipe: MergeRecipe, out: str | Path | None = None) -> MergePlan:
+    """Validate everything that can be checked before writing a byte."""
+    warnings = recipe.validate()
+    if out is not None:
+        _check_out_path(recipe, Path(out))
+    sources = [open_source(p) for p in recipe.inputs]
+    original = open_source(recipe.original) if recipe.original else None
+    try:
+        a = sources[0]
+        everyone = [*sources[1:], *([original] if original else [])]
+        for s in everyone:
+            if s.arch != a.arch:
+                raise CheckpointError(f"is a {s.arch} model but the first input is {a.arch}", path=s.path)
+        taken: set[str] = set()
+        dropped: set[str] = {k for k in a.tensors if k in IGNORED_SGM_KEYS}
+        for s in sources[1:]:
+            missing, extra = _key_problems(a, s, "input")
+            dropped.update(extra)
+            if missing and recipe.missing == "error":
+                raise CheckpointError(
+                    f"lacks {len(missing)} tensor(s) the first input has (e.g. {', '.join(missing[:3])})",
+                    path=s.path,
+                    hint="choose 'take missing keys from A' (CLI: --missing take_a) to copy them from the first input",
+                )
+            taken.update(missing)
+            for k in set(a.tensors) & set(s.tensors):
+                if a.tensors[k].shape != s.tensors[k].shape:
+                    raise CheckpointError(f"tensor '{k}' has shape {s.tensors[k].shape}, the first input has "
+                                          f"{a.tensors[k].shape}", path=s.path)  # fmt: skip
+        reverted = [EMBEDDING_KEYS[name] for name in recipe.revert]
+        for key in reverted:
+            if original is None or key not in original.tensors:
+                raise CheckpointError(f"the original model has no '{key}' to revert to", path=recipe.original)
+            if key in a.tensors and original.tensors[key].shape != a.tensors[key].shape:
+                raise CheckpointError(f"'{key}' has shape {original.tensors[key].shape} in the original, "
+                                      f"{a.tensors[key].shape} in the inputs", path=recipe.original)  # fmt: skip
+        keys = [k for k in a.file_order() if k not in dropped]
+        shapes = {k: a.tensors[k].shape for k in keys}
+        patches, lokr_files = _lokr_patches(recipe, a.arch, shapes)
+        for lf in lokr_files:
+            if lf.unmatched:
+                warnings.append(f"{lf.name}: {len(lf.unmatched)} module(s) match no layer and are skipped "
+                                f"(e.g. {', '.join(lf.unmatched[:3])})")  # fmt: skip
+        out_dtype = OUT_DTYPES[recipe.dtype]
+        entries = [
+            PlannedTensor(k, out_dtype if a.tensors[k].dtype in FLOAT_DTYPES else a.tensors[k].dtype, shapes[k])
+            for k in keys
+        ]
+        out_bytes = sum(e.nbytes for e in entries)
+        largest = max((_numel(s) for s in shapes.values()), default=0)
+        # Per tensor: result fp32 + one input fp32 + one stored copy + the output cast; see benchmarks/bench_merge.py.
+        peak = RAM_BASELINE + largest * (4 + 4 + 2 + ST_ITEMSIZE[out_dtype])
+        return MergePlan(recipe, a.arch, keys, entries, sorted(taken), sorted(dropped), reverted, patches,
+                         lokr_files, warnings, out_bytes, peak)  # fmt: skip
+    finally:
+        for s in sources:
+            s.close()
+        if original is not None:
+            original.close()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _apply_patches(result, patches: list[LokrPatch]):
+    for p in patches:
+        mod = p.module
+        if mod.is_norm:
+            delta = (mod.tensors["w_norm"] if p.tensor == "weight" else mod.tensors["b_norm"]).float()
+            result += p.multiplier * delta.reshape(result.shape)
+            continue
+        if p.part is None:
+            result += p.multiplier * lokr_delta(mod.tensors, tuple(result.shape))
+        else:
+            rows = result.shape[0] // p.parts
+            view = result[p.part * rows : (p.part + 1) * rows]
+            view += p.multiplier * lokr_delta(mod.tensors, tuple(view.shape))
+    return result
+
+
+def _compute(recipe: MergeRecipe, key: str, sources: list[ModelSource], original: ModelSource | None,
+             plan: MergePlan):  # fmt: skip
+    import torch
+
+    a = sources[0]
+    if key in plan.reverted:
+        return original.get(key).float()
+    if a.tensors[key].dtype not in FLOAT_DTYPES:
+        return a.get(key)
+    if key in plan.taken_from_a or recipe.operation == "copy":
+        result = a.get(key).float()
+    elif recipe.operation == "weighted_sum":
+        weights = recipe.block_weights.get(block_of(key), recipe.weights)
+        result = a.get(key).float().mul_(weights[0])
+        for w, s in zip(weights[1:], sources[1:], strict=True):
+            result.add_(s.get(key).float(), alpha=w)
+    else:  # add_difference: A + m * (B - C)
+        (m,) = recipe.block_weights.get(block_of(key), recipe.weights)
+        diff = sources[1].get(key).float().sub_(sources[2].get(key).float())
+        result = a.get(key).float().add_(diff, alpha=m)
+    if key in plan.patches:
+        result = _apply_patches(result, plan.patches[key])
+    return result if result.dtype == torch.float32 else result.float()
+
+
+def _recipe_metadata(plan: MergePlan, hashes: dict[str, str]) -> dict[str, str]:
+    r = plan.recipe
+
+    def entry(path: str) -> dict[str, str]:
+        p = Path(path)
+        return {"name": p.stem if p.suffix else p.name, "sha256": hashes.get(path, HASH_PLACEHOLDER)[:10]}
+
+    recipe = {
+        "operation": r.operation,
+        "inputs": [entry(p) for p in r.inputs],
+        "weights": r.weights,
+        "block_weights": r.block_weights,
+        "reverted": r.revert,
+        "original": entry(r.original) if r.original else None,
+        "lokr": [{**entry(p), "multiplier": m} for p, m in r.lokr],
+        "dtype": r.dtype,
+        "missing": r.missing,
+        "taken_from_a": len(plan.taken_from_a),
+        "program": f"kohaku-xl-workbench {__version__}",
+    }
+    # sd-webui's merge-history key: full SHA-256 -> model name. Keyed by position until the hashes are known, so
+    # the placeholder header has the same length as the final one.
+    models = {
+        hashes.get(p, f"{i:064d}"): {"name": entry(p)["name"]}
+        for i, p in enumerate([*r.inputs, *([r.original] if r.original else [])])
+    }
+    return checkpoint_metadata(plan.arch, {"kxl.merge_recipe": json.dumps(recipe, sort_keys=True),
+                                           "sd_merge_models": json.dumps(models, sort_keys=True)})  # fmt: skip
+
+
+def _hash_files(paths: list[str], out: dict[str, str], stop: threading.Event) -> None:
+    for p in paths:
+        if stop.is_set():
+            return
+        path = Path(p)
+        target = path / "unet" / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
+        try:
+            out[p] = full_sha256(target)
+        except OSError:
+            pass  # recorded as the placeholder: the merge itself must not fail over a hash
+
+
+def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = None,
+              on_plan: Callable[[MergePlan], None] | None = None) -> MergeResult:  # fmt: skip
+    """Plan, then stream the merge into `out` (atomic: nothing under that name unless it completed)."""
+    out = Path(out)
+    progress = ensure_progress(progress)
+    t0 = time.monotonic()
+    progress.stage("Checking inputs")
+    plan = plan_merge(recipe, out)
+    if on_plan is not None:
+        on_plan(plan)
+    check_free_space(out.parent, plan.out_bytes + 16 * 2**20, what="merged checkpoint")
+    to_hash = [*recipe.inputs, *([recipe.original] if recipe.original else []), *(p for p, _ in recipe.lokr)]
+    hashes: dict[str, str] = {}
+    stop = threading.Event()
+    hasher = threading.Thread(target=_hash_files, args=(to_hash, hashes, stop), daemon=True, name="merge-hash")
+    hasher.start()
+    sources = [open_source(p) for p in recipe.inputs]
+    original = open_source(recipe.original) if recipe.original else None
+    import torch
+
+    out_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[recipe.dtype]
+    try:
+        progress.stage(f"Merging {len(plan.keys):,} tensors")
+        done = 0
+        with atomic_path(out) as tmp:
+            placeholder_meta = _recipe_metadata(plan, {})
+            with StreamingWriter(tmp, plan.entries, placeholder_meta, keep_order=True) as writer:
+                for entry in writer.order:
+                    progress.check_cancelled()
+                    value = _compute(recipe, entry.name, sources, original, plan)
+                    if value.is_floating_point():
+                        value = value.to(out_dtype)
+                        if not bool(torch.isfinite(value).all()):
+                            raise KxlError(f"the merge produced NaN/inf in '{entry.name}' (fp16 overflow or a broken "
+                                           "input); check the weights, or write fp32/bf16")  # fmt: skip
+                    writer.write(entry.name, value)
+                    done += entry.nbytes
+                    progress.update(done, plan.out_bytes, "merging")
+            progress.stage("Finishing (input hashes)")
+            hasher.join()
+            _patch_header(tmp, plan, _recipe_metadata(plan, hashes))
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for s in sources:
+            s.close()
+        if original is not None:
+            original.close()
+    return MergeResult(out, plan, time.monotonic() - t0, {Path(k).name: v[:10] for k, v in hashes.items()})
+
+
+def _patch_header(path: Path, plan: MergePlan, metadata: dict[str, str]) -> None:
+    """Rewrite the header with the real hashes; hex digests have the placeholder's length, so offsets hold."""
+    head, _ = build_header(plan.entries, metadata, keep_order=True)
+    with open(path, "rb+") as fh:
+        old_len = int.from_bytes(fh.read(8), "little")
+        if old_len + 8 != len(head):
+            raise RuntimeError("merge header changed size while patching hashes")
+        fh.seek(0)
+        fh.write(head)
