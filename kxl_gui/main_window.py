@@ -51,7 +51,9 @@ class MainWindow(QMainWindow):
         self.workspace_page = self.register_tab(WorkspacePage(self.context), "Workspace")
         self.tab_pages: dict[str, QWidget] = {}
         for module in discover_tabs():
-            self.tab_pages[module.TAB_TITLE] = self.register_tab(module.create_tab(self.context), module.TAB_TITLE)
+            self.tab_pages[module.TAB_TITLE] = self.register_tab(
+                module.create_tab(self.context), module.TAB_TITLE
+            )
         self.context.activate_tab_requested.connect(self.activate_tab)
 
     def activate_tab(self, title: str) -> None:

@@ -26,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", choices=["kohaku-xl-delta"], help="the card's recipe: 0.5 gamma + 0.5 beta, revert all four embeddings")
+    p.add_argument(
+        "--preset",
+        choices=["kohaku-xl-delta"],
+        help="the card's recipe: 0.5 gamma + 0.5 beta, revert all four embeddings",
+    )
     p.add_argument("--mode", choices=["weighted-sum", "add-difference"], default="weighted-sum")
     p.add_argument("--a", type=Path, help="first model (its key set and layout define the output)")
     p.add_argument("--b", type=Path, help="second model")
@@ -38,8 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-block weights (BASE, IN00..IN08, MID, OUT00..OUT08); repeatable")  # fmt: skip
     p.add_argument("--revert", default=None,
                    help="comma list of te1_token,te1_position,te2_token,te2_position to take from --original")  # fmt: skip
-    p.add_argument("--original", type=Path, help="the model whose embeddings are restored (the original SDXL base)")
-    p.add_argument("--lokr", action="append", default=[], metavar="FILE[:MULT]", help="bake a LoKr (repeatable)")
+    p.add_argument(
+        "--original", type=Path, help="the model whose embeddings are restored (the original SDXL base)"
+    )
+    p.add_argument(
+        "--lokr", action="append", default=[], metavar="FILE[:MULT]", help="bake a LoKr (repeatable)"
+    )
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--missing", choices=["error", "take_a"], default="error",
                    help="keys missing from B/C: stop (default) or copy them from A")  # fmt: skip
@@ -81,7 +89,9 @@ def build_recipe(args: argparse.Namespace):
             try:
                 weights = [float(w) for w in args.weights.split(",")]
             except ValueError:
-                raise KxlError(f"--weights must be numbers separated by commas, got '{args.weights}'") from None
+                raise KxlError(
+                    f"--weights must be numbers separated by commas, got '{args.weights}'"
+                ) from None
         else:
             weights = [1.0 / len(inputs)] * len(inputs) if op == "weighted_sum" else []
     blocks = {}

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "EPOCH..EPOCH+N-1, plus its bucket and crop.",
     )
     preview.add_argument("dir", type=Path, help="dataset folder (kohya <repeats>_<name> layout)")
-    preview.add_argument("--index", type=int, default=0, help="sample index = position in the dataset (default 0)")
+    preview.add_argument(
+        "--index", type=int, default=0, help="sample index = position in the dataset (default 0)"
+    )
     preview.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     preview.add_argument("--epoch", type=int, default=1, help="first epoch, 1-based (default 1)")
     preview.add_argument("--n", type=int, default=5, help="number of variants (default 5)")
@@ -63,11 +65,17 @@ def run_preview(args: argparse.Namespace) -> int:
             print(f"suffix:   {', '.join(parts.suffix)}")
     size = index.image_size(i)
     print(bucket_preview(size).label if size else "bucket:   image size unknown (unreadable image)")
-    print(f"trainer sees (seed {args.seed}, card settings: shuffle, tag dropout 0.1, keep_tokens_separator |||):")
+    print(
+        f"trainer sees (seed {args.seed}, card settings: shuffle, tag dropout 0.1, keep_tokens_separator |||):"
+    )
     for variant in caption_variants(
         entry.caption, card_caption_processing(), seed=args.seed, epoch=args.epoch, index=i, n=args.n
     ):
-        dropped = f"   [dropped: {', '.join(variant.processed.dropped_tags)}]" if variant.processed.dropped_tags else ""
+        dropped = (
+            f"   [dropped: {', '.join(variant.processed.dropped_tags)}]"
+            if variant.processed.dropped_tags
+            else ""
+        )
         print(f"  epoch {variant.epoch}: {variant.processed.text}{dropped}")
     return 0
 

@@ -61,7 +61,9 @@ def read_lokr(path: str | Path, arch: str) -> LokrFile:
             groups.setdefault(module, {})[suffix] = key
     if not groups:
         if any(k.endswith(("lora_down.weight", "lora_up.weight")) for k in header.tensors):
-            raise CheckpointError("is a plain LoRA (lora_down/lora_up); only LoKr files are supported here", path=path)
+            raise CheckpointError(
+                "is a plain LoRA (lora_down/lora_up); only LoKr files are supported here", path=path
+            )
         raise CheckpointError("holds no LoKr tensors (lokr_w1/lokr_w2/w_norm)", path=path)
     if any("dora_scale" in g for g in groups.values()):
         raise CheckpointError("uses DoRA (dora_scale), which is not supported", path=path)
@@ -78,6 +80,7 @@ def read_lokr(path: str | Path, arch: str) -> LokrFile:
             modules.append(LokrModule(module, target, {s: fh.get_tensor(k) for s, k in keys.items()}))
     if not modules:
         raise CheckpointError(
-            f"none of its {len(unmatched)} modules match an SDXL ({arch}) layer (first: {unmatched[0]})", path=path
+            f"none of its {len(unmatched)} modules match an SDXL ({arch}) layer (first: {unmatched[0]})",
+            path=path,
         )
     return LokrFile(path, modules, unmatched, meta)

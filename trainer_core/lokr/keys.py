@@ -53,7 +53,9 @@ def module_targets(arch: str) -> dict[str, ModuleTarget]:
     for m in layout.mappings:
         for i, d in enumerate(m.diffusers):
             fused = m.transform == FUSE_QKV
-            params[(m.component, d)] = ParamTarget(m.sgm, i if fused else None, 3 if fused else 1, m.component, d)
+            params[(m.component, d)] = ParamTarget(
+                m.sgm, i if fused else None, 3 if fused else 1, m.component, d
+            )
     table: dict[str, ModuleTarget] = {}
     for (component, dkey), target in params.items():
         if not dkey.endswith(".weight"):

@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-LOKR_TENSORS = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"})
+LOKR_TENSORS = frozenset(
+    {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"}
+)
 NORM_TENSORS = frozenset({"w_norm", "b_norm"})
 
 
@@ -51,10 +53,12 @@ def lokr_delta(t: Mapping[str, Any], target_shape: tuple[int, ...]):
     w1, w2 = _w1(t), _w2(t, target_shape)
     if w2.dim() == 4 and w1.dim() == 2:
         w1 = w1[:, :, None, None]
-    delta = torch.kron(w1, w2)
+    delta = torch.kron(w1.contiguous(), w2.contiguous())
     if tuple(delta.shape) != tuple(target_shape):
         if delta.numel() != _numel(target_shape):
-            raise ValueError(f"LoKr delta has shape {tuple(delta.shape)}, target weight is {tuple(target_shape)}")
+            raise ValueError(
+                f"LoKr delta has shape {tuple(delta.shape)}, target weight is {tuple(target_shape)}"
+            )
         delta = delta.reshape(target_shape)
     return delta * lokr_scale(t)
 

@@ -106,7 +106,9 @@ def _lokr_patches(recipe: MergeRecipe, arch: str, shapes: dict[str, tuple[int, .
             if t.weight.sgm_key not in shapes:
                 raise CheckpointError(f"module '{mod.name}' targets '{t.weight.sgm_key}', absent from the model",
                                       path=path)  # fmt: skip
-            patches.setdefault(t.weight.sgm_key, []).append(LokrPatch(mod, mult, t.weight.part, t.weight.parts, "weight"))
+            patches.setdefault(t.weight.sgm_key, []).append(
+                LokrPatch(mod, mult, t.weight.part, t.weight.parts, "weight")
+            )
     return patches, files
 
 
@@ -155,7 +157,9 @@ def plan_merge(recipe: MergeRecipe, out: str | Path | None = None) -> MergePlan:
                                 f"(e.g. {', '.join(lf.unmatched[:3])})")  # fmt: skip
         out_dtype = OUT_DTYPES[recipe.dtype]
         entries = [
-            PlannedTensor(k, out_dtype if a.tensors[k].dtype in FLOAT_DTYPES else a.tensors[k].dtype, shapes[k])
+            PlannedTensor(
+                k, out_dtype if a.tensors[k].dtype in FLOAT_DTYPES else a.tensors[k].dtype, shapes[k]
+            )
             for k in keys
         ]
         out_bytes = sum(e.nbytes for e in entries)
@@ -275,7 +279,9 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
     to_hash = [*recipe.inputs, *([recipe.original] if recipe.original else []), *(p for p, _ in recipe.lokr)]
     hashes: dict[str, str] = {}
     stop = threading.Event()
-    hasher = threading.Thread(target=_hash_files, args=(to_hash, hashes, stop), daemon=True, name="merge-hash")
+    hasher = threading.Thread(
+        target=_hash_files, args=(to_hash, hashes, stop), daemon=True, name="merge-hash"
+    )
     hasher.start()
     sources = [open_source(p) for p in recipe.inputs]
     original = open_source(recipe.original) if recipe.original else None

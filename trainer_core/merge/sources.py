@@ -36,7 +36,9 @@ def read_tensor(fh, entry: TensorEntry):
     buf = bytearray(entry.nbytes)
     fh.seek(entry.start)
     if fh.readinto(buf) != entry.nbytes:
-        raise CheckpointError(f"unexpected end of file while reading a tensor at byte {entry.start}", path=fh.name)
+        raise CheckpointError(
+            f"unexpected end of file while reading a tensor at byte {entry.start}", path=fh.name
+        )
     dtype = getattr(torch, ST_TO_TORCH[entry.dtype])
     if entry.nbytes == 0:
         return torch.empty(entry.shape, dtype=dtype)
@@ -64,8 +66,9 @@ class ModelSource(ABC):
     def file_order(self) -> list[str]:
         return list(self.tensors)
 
+    @abstractmethod
     def close(self) -> None:
-        pass
+        """Release the open file handles."""
 
     def __enter__(self) -> ModelSource:
         return self
@@ -128,12 +131,16 @@ class DiffusersFolderSource(ModelSource):
         for m in self.layout.mappings:
             if not m.diffusers:
                 if m.sgm == TE2_LOGIT_SCALE:
-                    self.tensors[m.sgm] = SourceTensor((), self._entry(m.component, "text_projection.weight").dtype)
+                    self.tensors[m.sgm] = SourceTensor(
+                        (), self._entry(m.component, "text_projection.weight").dtype
+                    )
                 continue
             entries = [self._entry(m.component, d) for d in m.diffusers]
             if any(e is None for e in entries):
                 continue  # reported as a missing key by the merge's key-set check
-            self.tensors[m.sgm] = SourceTensor(self.layout.sgm_shape(m, self._shape_view(m)), entries[0].dtype)
+            self.tensors[m.sgm] = SourceTensor(
+                self.layout.sgm_shape(m, self._shape_view(m)), entries[0].dtype
+            )
 
     def _entry(self, comp: str, dkey: str) -> TensorEntry | None:
         canon = te1_canonical(dkey) if comp == "text_encoder" else dkey

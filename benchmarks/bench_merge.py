@@ -1,0 +1,116 @@
+"""Merge benchmark at real SDXL size: the card's preset (0.5/0.5 + 4-embedding revert) on three 6.9 GB checkpoints.
+
+Makes SDXL-shaped single files (the 2514 real keys and shapes, random fp16), then measures in the same run:
+- baseline: reading all three inputs once (`cat > /dev/null`) plus writing one output of the same size (`dd`, fsync);
+- the merge (`kxl merge --preset kohaku-xl-delta`) in a child process: wall time and peak RSS.
+Targets: merge / baseline <= 1.5, peak RSS < 1.5 GB. The big files are removed afterwards.
+
+    python benchmarks/bench_merge.py [--dir /tmp/kxl-bench-merge] [--keep]
+Needs about 35 GB of free disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_checkpoint(path: Path, seed: int) -> int:
+    import torch
+
+    from trainer_core.models.architectures import sgm_shapes
+    from trainer_core.models.safetensors_writer import PlannedTensor, StreamingWriter
+
+    shapes = sgm_shapes("sdxl-base")
+    # Tile one 256 MB random block (offset per file): content statistics do not change merge speed, and
+    # generating 3.4 G fresh normals per file would dominate the benchmark's own run time.
+    gen = torch.Generator().manual_seed(seed)
+    block = torch.randn(128 * 2**20, generator=gen).to(torch.float16)
+    entries = [PlannedTensor(k, "F16", s) for k, s in shapes.items()]
+    size = block.numel()
+    offset = seed * 9973
+    with StreamingWriter(path, entries, {"modelspec.architecture": "stable-diffusion-xl-v1-base"}) as w:
+        for e in w.order:
+            n = 1
+            for s in e.shape:
+                n *= s
+            start = offset % (size - n + 1)  # the largest SDXL tensor (63 M elements) fits in the block
+            w.write(e.name, block[start : start + n].reshape(e.shape))
+            offset += n + 7
+    return path.stat().st_size
+
+
+def drop_caches() -> bool:
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of a child process."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/kxl-bench-merge"))
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    d = args.dir
+    d.mkdir(parents=True, exist_ok=True)
+    names = {"gamma": 1, "beta": 2, "original": 3}
+    paths = {n: d / f"{n}.safetensors" for n in names}
+    t0 = time.monotonic()
+    sizes = {n: make_checkpoint(paths[n], seed) for n, seed in names.items()}
+    print(
+        f"made 3 SDXL-shaped checkpoints ({sizes['gamma'] / 1e9:.2f} GB each) in {time.monotonic() - t0:.0f} s"
+    )
+    out = d / "delta.safetensors"
+    base_out = d / "baseline.bin"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KXL_DATA_DIR": str(d / "data")}
+    cold = drop_caches()
+    read_s, _ = timed(["sh", "-c", f"cat {' '.join(str(p) for p in paths.values())} > /dev/null"])
+    mib = sizes["gamma"] // 2**20
+    write_s, _ = timed(
+        ["dd", "if=/dev/zero", f"of={base_out}", "bs=1M", f"count={mib}", "conv=fsync", "status=none"]
+    )
+    base_out.unlink()
+    drop_caches()
+    merge_cmd = [sys.executable, "-m", "trainer_core.cli", "merge", "--preset", "kohaku-xl-delta",
+                 "--a", str(paths["gamma"]), "--b", str(paths["beta"]), "--original", str(paths["original"]),
+                 "--out", str(out)]  # fmt: skip
+    merge_s, rss = timed(merge_cmd, env)
+    baseline = read_s + write_s
+    print(f"page cache dropped between runs: {'yes' if cold else 'no (not root)'}")
+    print(f"baseline: read 3 inputs {read_s:.1f} s + write 1 output {write_s:.1f} s = {baseline:.1f} s")
+    print(
+        f"merge (kohaku-xl-delta preset, hashing included): {merge_s:.1f} s, peak RSS {rss / 2**30:.2f} GiB"
+    )
+    print(f"ratio merge/baseline: {merge_s / baseline:.2f} (target <= 1.5); "
+          f"RSS target < 1.5 GB: {'ok' if rss < 1.5e9 else 'MISSED'}")  # fmt: skip
+    print(
+        f"throughput: {(sum(sizes.values()) + out.stat().st_size) / merge_s / 2**20:.0f} MiB/s (inputs read + output written)"
+    )
+    if not args.keep:
+        shutil.rmtree(d)
+
+
+if __name__ == "__main__":
+    main()
