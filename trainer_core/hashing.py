@@ -33,8 +33,7 @@ def _load_cache() -> dict[str, str]:
 
 
 def _cached(path: Path, kind: str, compute) -> str:
-    st = path.stat()
-    key = f"{kind}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = _cache_key(path, kind)
     with _LOCK:
         cache = _load_cache()
         if key in cache:
@@ -48,6 +47,30 @@ def _cached(path: Path, kind: str, compute) -> str:
         except OSError:
             pass  # a read-only cache dir only costs us a re-hash next time
     return value
+
+
+def _cache_key(path: Path, kind: str) -> str:
+    st = path.stat()
+    return f"{kind}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cached_sha256(path: str | Path) -> str | None:
+    """The full SHA-256 if it was computed before for this exact file (path, size, mtime), else None."""
+    path = Path(path)
+    with _LOCK:
+        return _load_cache().get(_cache_key(path, "sha256"))
+
+
+def remember_sha256(path: str | Path, digest: str) -> None:
+    """Record a SHA-256 computed elsewhere (e.g. by the merge while it streamed the file)."""
+    path = Path(path)
+    with _LOCK:
+        cache = _load_cache()
+        cache[_cache_key(path, "sha256")] = digest
+        try:
+            atomic_write_text(_cache_file(), json.dumps(cache, indent=0, sort_keys=True))
+        except OSError:
+            pass
 
 
 def sha256_file(path: Path, start: int = 0) -> str:

@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 from ..models.architectures import fingerprint, layout_for
 from ..models.safetensors_header import SafetensorsHeader, TensorEntry, read_header
 from ..models.sdxl_layout import CONV1X1, FUSE_QKV, TE2_LOGIT_SCALE, TRANSPOSE, te1_canonical
+from .stream_hash import SequentialHasher
 
 ST_TO_TORCH = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
@@ -29,20 +30,31 @@ DIFFUSERS_FILES = {
 }
 
 
-def read_tensor(fh, entry: TensorEntry):
-    """One tensor from an open file at its header offsets, as a CPU tensor in its stored dtype."""
+def read_tensor(fh, entry: TensorEntry, scratch=None, hasher=None):
+    """One tensor from an open file at its header offsets, in its stored dtype.
+
+    With `scratch` (a uint8 CPU tensor at least `entry.nbytes` long) the bytes land there and the result is a view
+    of it, valid until the next read into the same scratch: reusing one buffer avoids faulting in fresh pages for
+    every multi-hundred-MB tensor, which costs more than the fp16 -> fp32 conversion itself.
+    """
     import torch
 
-    buf = bytearray(entry.nbytes)
-    fh.seek(entry.start)
-    if fh.readinto(buf) != entry.nbytes:
-        raise CheckpointError(
-            f"unexpected end of file while reading a tensor at byte {entry.start}", path=fh.name
-        )
     dtype = getattr(torch, ST_TO_TORCH[entry.dtype])
     if entry.nbytes == 0:
         return torch.empty(entry.shape, dtype=dtype)
-    return torch.frombuffer(buf, dtype=dtype).reshape(entry.shape)
+    if scratch is None:
+        raw = torch.empty(entry.nbytes, dtype=torch.uint8)
+    else:
+        raw = scratch[: entry.nbytes]
+    view = memoryview(raw.numpy()).cast("B")
+    fh.seek(entry.start)
+    if fh.readinto(view) != entry.nbytes:
+        raise CheckpointError(
+            f"unexpected end of file while reading a tensor at byte {entry.start}", path=fh.name
+        )
+    if hasher is not None:
+        hasher.feed(entry.start, view)
+    return raw.view(dtype).reshape(entry.shape)
 
 
 @dataclass
@@ -60,8 +72,12 @@ class ModelSource(ABC):
     tensors: dict[str, SourceTensor]
 
     @abstractmethod
-    def get(self, key: str) -> Any:
-        """The tensor stored under single-file key `key`."""
+    def get(self, key: str, scratch: Any = None) -> Any:
+        """The tensor stored under single-file key `key` (possibly a view of `scratch`, see read_tensor)."""
+
+    def finish_hash(self) -> str | None:
+        """Full-file SHA-256 when the source hashed its reads, else None."""
+        return None
 
     def file_order(self) -> list[str]:
         return list(self.tensors)
@@ -94,15 +110,28 @@ class SingleFileSource(ModelSource):
         self.arch = fp.arch
         self.tensors = {k: SourceTensor(v.shape, v.dtype) for k, v in self.header.tensors.items()}
         self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self.hasher: SequentialHasher | None = None
 
-    def get(self, key: str) -> Any:
-        return read_tensor(self._fh, self.header.tensors[key])
+    def hash_while_reading(self) -> None:
+        self.hasher = SequentialHasher(self.path)
+
+    def get(self, key: str, scratch: Any = None) -> Any:
+        return read_tensor(self._fh, self.header.tensors[key], scratch, self.hasher)
+
+    def finish_hash(self) -> str | None:
+        if self.hasher is None:
+            return None
+        digest = self.hasher.finish()
+        self.hasher = None
+        return digest
 
     def file_order(self) -> list[str]:
         return sorted(self.header.tensors, key=lambda k: self.header.tensors[k].start)
 
     def close(self) -> None:
         self._fh.close()
+        if self.hasher is not None:
+            self.hasher.close()
 
 
 class DiffusersFolderSource(ModelSource):
@@ -150,7 +179,7 @@ class DiffusersFolderSource(ModelSource):
     def _shape_view(self, m) -> dict:
         return {m.component: {d: self._entry(m.component, d).shape for d in m.diffusers}}
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str, scratch: Any = None) -> Any:
         import torch
 
         m = self.layout.by_sgm[key]
