@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QEvent, QObject, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShowEvent
-from PySide6.QtWidgets import QLabel, QMainWindow, QTabWidget, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QMainWindow, QScrollArea, QTabWidget, QWidget
 
 import trainer_core
 from trainer_core.paths import user_data_dir
@@ -63,8 +63,17 @@ class MainWindow(QMainWindow):
                 return
 
     def register_tab(self, widget: QWidget, title: str) -> QWidget:
-        """Add a page as a tab (in call order) and return it, so registration stays a one-liner."""
-        self.tabs.addTab(widget, title)
+        """Add a page as a tab (in call order) and return it, so registration stays a one-liner.
+
+        Each page sits in a scroll area: a dense page (the dataset wizard) must not force a minimum window size
+        on a laptop screen; below its natural size it scrolls instead.
+        """
+        scroller = QScrollArea()
+        scroller.setObjectName("tabScroller")
+        scroller.setWidgetResizable(True)
+        scroller.setFrameShape(QFrame.Shape.NoFrame)
+        scroller.setWidget(widget)
+        self.tabs.addTab(scroller, title)
         return widget
 
     def _build_menus(self) -> None:

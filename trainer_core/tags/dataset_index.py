@@ -301,7 +301,9 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
             entry.caption = record["caption"].split("\n", 1)[0].strip()
             problems.append(DatasetProblem(entry.image, "no caption file (using the manifest's caption)"))
         else:
-            problems.append(DatasetProblem(entry.image, "no caption file: the trainer will see an empty caption"))
+            problems.append(
+                DatasetProblem(entry.image, "no caption file: the trainer will see an empty caption")
+            )
         if i % 2048 == 0:
             progress.update(i, total)
             progress.check_cancelled()
@@ -352,7 +354,9 @@ def _read_manifest(path: Path, problems: list[DatasetProblem]) -> dict[str, dict
                     continue
                 out[str(record["id"])] = record
         except UnicodeDecodeError as exc:
-            problems.append(DatasetProblem(MANIFEST_FILE, f"not UTF-8 ({exc.reason}); rest of the file skipped"))
+            problems.append(
+                DatasetProblem(MANIFEST_FILE, f"not UTF-8 ({exc.reason}); rest of the file skipped")
+            )
     return out
 
 
@@ -375,3 +379,29 @@ def _file_order(name: str) -> tuple[int, int | str]:
     # Numeric ids in numeric order (99 before 100), other names after them, alphabetically.
     stem = os.path.splitext(name)[0]
     return (0, int(stem)) if stem.isdigit() else (1, name)
+
+
+def find_newest_dataset(folder: str | Path) -> Path | None:
+    """The most recently modified dataset under `folder` (a subfolder with kohya `N_name` folders or a
+    manifest.jsonl); None when there is none. Used to open "the one just built" by default."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    best: tuple[float, Path] | None = None
+    for sub in os.scandir(folder):
+        if not sub.is_dir():
+            continue
+        path = Path(sub.path)
+        try:
+            children = list(os.scandir(path))
+        except OSError:
+            continue
+        is_dataset = any(c.name == MANIFEST_FILE for c in children) or any(
+            c.is_dir() and KOHYA_FOLDER.match(c.name) for c in children
+        )
+        if not is_dataset:
+            continue
+        mtime = max([sub.stat().st_mtime] + [c.stat().st_mtime for c in children if c.name == MANIFEST_FILE])
+        if best is None or mtime > best[0]:
+            best = (mtime, path)
+    return best[1] if best else None

@@ -155,7 +155,9 @@ def _warnings(stats: DatasetStats, images_per_step: int) -> list[str]:
             f"barely knows them (e.g. {', '.join(t.text for t in unpopular[:5])})."
         )
     if stats.unknown_sizes:
-        out.append(f"{stats.unknown_sizes:,} image size(s) not read yet or unreadable: not in the bucket histogram.")
+        out.append(
+            f"{stats.unknown_sizes:,} image size(s) not read yet or unreadable: not in the bucket histogram."
+        )
     if stats.problems:
         out.append(f"{stats.problems:,} file problem(s): see the problems list.")
     return out

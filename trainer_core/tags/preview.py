@@ -1,4 +1,4 @@
-""""What the trainer sees" for one dataset image: its caption variants and its bucket and crop.
+""" "What the trainer sees" for one dataset image: its caption variants and its bucket and crop.
 
 Shared by `kxl tags preview` and the Tags tab so both show exactly what `process_caption` and the bucket code
 give the trainer. Variants are the captions of sample `index` in epochs `epoch`, `epoch + 1`, ... (1-based
@@ -14,7 +14,8 @@ from ..paths import resources_dir
 from ..progress import Progress
 from ..train.buckets import BucketAssignment, assign_bucket, crop_box, make_buckets
 from .caption_processing import CaptionProcessing, ProcessedCaption, process_caption
-from .vocabulary import TagVocabulary
+from .dataset_index import DatasetIndex
+from .vocabulary import Tag, TagCategory, TagVocabulary
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,9 @@ def caption_variants(
     ]
 
 
-def bucket_preview(image_size: tuple[int, int], buckets: list[tuple[int, int]] | None = None) -> BucketPreview:
+def bucket_preview(
+    image_size: tuple[int, int], buckets: list[tuple[int, int]] | None = None
+) -> BucketPreview:
     """Bucket, resize and centre crop of an image with the card's buckets (1024², 256..4096, step 64)."""
     buckets = make_buckets() if buckets is None else buckets
     assignment: BucketAssignment = assign_bucket(image_size, buckets)
@@ -81,3 +84,15 @@ def load_vocabulary(path: str | Path | None = None, progress: Progress | None = 
     if path.suffix.lower() in (".db", ".sqlite", ".sqlite3"):
         return TagVocabulary.from_db(path, progress=progress)
     return TagVocabulary.from_csv(path, progress=progress)
+
+
+def dataset_tag_vocabulary(index: DatasetIndex, vocabulary: TagVocabulary | None = None) -> TagVocabulary:
+    """The dataset's own tags as a vocabulary for completion: counts are images in this dataset (so ranking
+    follows what the dataset holds), categories and aliases come from `vocabulary` when it knows the tag."""
+    tags: list[Tag] = []
+    for key, count in zip(index.tag_keys, index.tag_image_counts.tolist(), strict=True):
+        known = vocabulary.get(key) if vocabulary is not None else None
+        category = known.category if known is not None else TagCategory.GENERAL
+        aliases = known.aliases if known is not None else ()
+        tags.append(Tag(key, category, int(count), aliases))
+    return TagVocabulary(tags)

@@ -146,7 +146,9 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
         elif c == ")":
             flush()
             tokens.append((")", ""))
-        elif c in "-!" and (at_term_start or text[i - 1].isspace()) and i + 1 < n and not text[i + 1].isspace():
+        elif (
+            c in "-!" and (at_term_start or text[i - 1].isspace()) and i + 1 < n and not text[i + 1].isspace()
+        ):
             flush()
             tokens.append(("NOT", ""))
         else:

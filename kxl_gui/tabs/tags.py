@@ -1,0 +1,546 @@
+"""Tags tab: a dataset exactly as the trainer will see it.
+
+Left: a virtualised thumbnail grid of the dataset, narrowed by an AND/OR/NOT tag search with completion.
+Right, "Image": the selected picture with its bucket crop drawn on it, its caption as category chips with the
+`|||` split and popularity dots, and "what the trainer sees": caption variants from the trainer's own
+`process_caption` with the card's settings for a chosen seed, epoch and sample index.
+Right, "Dataset": tag frequencies, category/rating/quality/year counts, the bucket histogram and warnings.
+
+Indexing the folder, loading the tag vocabulary, reading image sizes for the statistics, building the
+completion index and decoding pictures all run off the GUI thread (`Job`s and the thumbnail loader); a
+generation counter drops results that arrive after the user opened another dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListView,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from trainer_core.errors import KxlError
+from trainer_core.progress import Progress, ProgressEvent
+from trainer_core.tags.caption_processing import card_caption_processing
+from trainer_core.tags.dataset_index import DatasetIndex, find_newest_dataset, open_dataset, split_caption
+from trainer_core.tags.preview import BucketPreview, bucket_preview, caption_variants
+from trainer_core.tags.vocabulary import TagVocabulary
+from trainer_core.workspace import Workspace
+
+from ..context import AppContext
+from ..jobs import Job
+from ..widgets.tags_chips import ChipView
+from ..widgets.tags_grid import CELL_SIZE, DatasetGridModel, ThumbnailDelegate, ThumbnailLoader
+from ..widgets.tags_image_view import CropImageView
+from ..widgets.tags_search import TagSearchEdit
+from ..widgets.tags_stats import DatasetStatsView
+
+TAB_TITLE = "Tags"
+TAB_ORDER = 20
+PREVIEW_MAX_SIDE = 768
+DEFAULT_VARIANTS = 4
+
+
+def create_tab(context: AppContext) -> QWidget:
+    return TagsTab(context)
+
+
+def _load_preview(path: Path, progress: Progress) -> tuple[QImage, tuple[int, int]]:
+    from PIL import Image
+
+    progress.check_cancelled()
+    try:
+        with Image.open(path) as img:
+            original = img.size
+            img.draft("RGB", (PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+            img.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+            rgb = img.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - shown in place of the picture, never a crash
+        raise KxlError(f"image cannot be decoded ({type(exc).__name__}: {exc})", path=path) from None
+    qimg = QImage(rgb.tobytes(), rgb.width, rgb.height, rgb.width * 3, QImage.Format.Format_RGB888).copy()
+    return qimg, original
+
+
+def _load_vocabulary(db: Path | None, progress: Progress) -> TagVocabulary:
+    from trainer_core.tags.preview import load_vocabulary
+
+    if db is not None and db.is_file():
+        try:
+            return load_vocabulary(db, progress)
+        except KxlError:
+            pass  # a broken DB is reported by the Workspace page; the shipped tag list still gives categories
+    return load_vocabulary(None, progress)
+
+
+def _build_completer(index: DatasetIndex, vocabulary: TagVocabulary | None, progress: Progress) -> object:
+    from trainer_core.tags.completion import TagCompleter
+    from trainer_core.tags.preview import dataset_tag_vocabulary
+
+    progress.stage("building tag completion")
+    return TagCompleter(dataset_tag_vocabulary(index, vocabulary))
+
+
+def _compute_stats(index: DatasetIndex, vocabulary: TagVocabulary | None, progress: Progress) -> object:
+    from trainer_core.tags.dataset_stats import compute_stats
+
+    index.read_image_sizes(progress)
+    progress.stage("computing statistics")
+    return compute_stats(index, vocabulary)
+
+
+def _section(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("cardTitle")
+    label.setStyleSheet("QLabel { color: #f2c15e; font-weight: 600; font-size: 10.5pt; padding-top: 6px; }")
+    return label
+
+
+class TagsTab(QWidget):
+    dataset_loaded = Signal(object)  # DatasetIndex
+    stats_ready = Signal(object)  # DatasetStats
+    preview_shown = Signal(int)  # entry whose picture is on screen
+    completer_ready = Signal()
+
+    def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.context = context
+        self.index: DatasetIndex | None = None
+        self.vocabulary: TagVocabulary | None = None
+        self.current_entry: int | None = None
+        self.bucket: BucketPreview | None = None
+        self.variant_texts: list[str] = []
+        self._generation = 0
+        self._preview_generation = 0
+        self._vocab_db: Path | None = None
+        self._jobs: list[Job] = []
+        self._build_ui()
+        context.workspace_changed.connect(self._on_workspace)
+        if context.workspace is not None:
+            self._on_workspace(context.workspace)
+
+    # -- layout ----------------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(12, 10, 12, 8)
+        root.setSpacing(8)
+
+        bar = QHBoxLayout()
+        self.open_button = QPushButton("Open dataset…")
+        self.open_button.clicked.connect(self.choose_dataset)
+        self.path_label = QLabel("No dataset open")
+        self.path_label.setObjectName("pathLabel")
+        self.path_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.search = TagSearchEdit()
+        self.search.query_changed.connect(self.apply_filter)
+        self.count_label = QLabel("")
+        self.count_label.setObjectName("muted")
+        self.problem_label = QLabel("")
+        self.problem_label.setStyleSheet("QLabel { color: #e8845c; }")
+        self.problem_label.hide()
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        self.progress.setTextVisible(False)
+        self.progress.hide()
+        bar.addWidget(self.open_button)
+        bar.addWidget(self.path_label, 1)
+        bar.addWidget(self.search, 2)
+        bar.addWidget(self.count_label)
+        bar.addWidget(self.problem_label)
+        bar.addWidget(self.progress)
+        root.addLayout(bar)
+
+        self.message = QLabel("")
+        self.message.setObjectName("inlineError")
+        self.message.setWordWrap(True)
+        self.message.hide()
+        root.addWidget(self.message)
+
+        self.loader = ThumbnailLoader(parent=self)
+        self.model = DatasetGridModel(self.loader, self)
+        self.grid = QListView()
+        self.grid.setObjectName("tagsGrid")
+        self.grid.setViewMode(QListView.ViewMode.IconMode)
+        self.grid.setUniformItemSizes(True)
+        self.grid.setGridSize(CELL_SIZE)
+        self.grid.setResizeMode(QListView.ResizeMode.Adjust)
+        self.grid.setMovement(QListView.Movement.Static)
+        self.grid.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.grid.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.grid.verticalScrollBar().setSingleStep(24)
+        self.grid.setItemDelegate(ThumbnailDelegate(self.loader, self.grid))
+        self.grid.setModel(self.model)
+        self.grid.setStyleSheet("QListView#tagsGrid { background: #1d1f23; border: none; }")
+        self.grid.selectionModel().currentChanged.connect(lambda cur, _prev: self._row_selected(cur.row()))
+
+        self.side = QTabWidget()
+        self.side.setDocumentMode(True)
+        self.side.addTab(self._build_image_page(), "Image")
+        self.stats_view = DatasetStatsView()
+        self.stats_view.tag_activated.connect(self.search.setText)
+        self.side.addTab(self.stats_view, "Dataset")
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.grid)
+        splitter.addWidget(self.side)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        splitter.setSizes([620, 520])
+        root.addWidget(splitter, 1)
+
+    def _build_image_page(self) -> QWidget:
+        content = QWidget()
+        content.setObjectName("pageContent")
+        lay = QVBoxLayout(content)
+        lay.setContentsMargins(10, 8, 10, 10)
+        lay.setSpacing(6)
+        self.image_view = CropImageView()
+        self.image_view.setMinimumHeight(260)
+        self.bucket_label = QLabel("")
+        self.bucket_label.setWordWrap(True)
+        self.file_label = QLabel("")
+        self.file_label.setObjectName("pathLabel")
+        self.file_label.setWordWrap(True)
+        self.file_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.chips = ChipView()
+        self.chips.tag_clicked.connect(self.add_search_tag)
+        self.split_label = QLabel("")
+        self.split_label.setObjectName("muted")
+        self.split_label.setWordWrap(True)
+
+        controls = QHBoxLayout()
+        self.seed_spin = self._spin("seed", 0, 2**31 - 1, 0)
+        self.epoch_spin = self._spin("epoch", 1, 100000, 1)
+        self.index_spin = self._spin("sample", 0, 10**9, 0)
+        self.n_spin = self._spin("variants", 1, 32, DEFAULT_VARIANTS)
+        for label, spin in (
+            ("Seed", self.seed_spin),
+            ("Epoch", self.epoch_spin),
+            ("Sample index", self.index_spin),
+            ("Variants", self.n_spin),
+        ):
+            text = QLabel(label)
+            text.setObjectName("muted")
+            controls.addWidget(text)
+            controls.addWidget(spin)
+        controls.addStretch(1)
+        self.variants_label = QLabel("")
+        self.variants_label.setTextFormat(Qt.TextFormat.RichText)
+        self.variants_label.setWordWrap(True)
+        self.variants_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.variants_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        note = QLabel(
+            "Card settings: shuffle after |||, tag dropout 10%, fixed head never moves. "
+            "Dropped tags are struck through."
+        )
+        note.setObjectName("muted")
+        note.setWordWrap(True)
+
+        lay.addWidget(self.image_view)
+        lay.addWidget(self.bucket_label)
+        lay.addWidget(self.file_label)
+        lay.addWidget(_section("Caption"))
+        lay.addWidget(self.chips)
+        lay.addWidget(self.split_label)
+        lay.addWidget(_section("What the trainer sees"))
+        lay.addLayout(controls)
+        lay.addWidget(note)
+        lay.addWidget(self.variants_label)
+        lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        return scroll
+
+    def _spin(self, name: str, low: int, high: int, value: int) -> QSpinBox:
+        spin = QSpinBox()
+        spin.setObjectName(f"{name}Spin")
+        spin.setRange(low, high)
+        spin.setValue(value)
+        spin.valueChanged.connect(lambda _v: self._show_variants())
+        return spin
+
+    # -- workspace and dataset -------------------------------------------------------------------------------
+    def _on_workspace(self, ws: Workspace) -> None:
+        # The demo DB's popularity counts only its few hundred posts; the tag list it was generated from has
+        # the real Danbooru counts (and the same categories), which is what popularity guidance is about.
+        db = ws.db_path if ws.kind != "demo" else None
+        if self.vocabulary is None or db != self._vocab_db:
+            self._vocab_db = db
+            self._run(
+                Job(lambda p: _load_vocabulary(db, p), name="Load tag list", parent=self), self._vocab_loaded
+            )
+        newest = find_newest_dataset(ws.datasets_path)
+        if newest is not None and (self.index is None or not self._is_inside(self.index.root, ws.root)):
+            self.open_dataset(newest)
+
+    @staticmethod
+    def _is_inside(path: Path, folder: Path) -> bool:
+        try:
+            path.resolve().relative_to(folder.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def choose_dataset(self) -> None:
+        ws = self.context.workspace
+        start = str(ws.datasets_path if ws is not None and ws.datasets_path.is_dir() else Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Open a dataset folder", start)
+        if folder:
+            self.open_dataset(Path(folder))
+
+    def open_dataset(self, path: Path) -> None:
+        self._generation += 1
+        generation = self._generation
+        self.path_label.setText(str(path))
+        self.count_label.setText("indexing…")
+        self._show_message("")
+        job = Job(lambda p: open_dataset(path, p), name="Index dataset", parent=self)
+        self._run(job, lambda index: self._dataset_opened(index, generation))
+
+    def _dataset_opened(self, index: DatasetIndex, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self.index = index
+        self.current_entry = None
+        self.model.set_dataset(index)
+        self.apply_filter(self.search.text())
+        self._show_problem_count()
+        self.dataset_loaded.emit(index)
+        self.context.show_status(f"Tags: opened {index.root.name} ({len(index):,} images)")
+        self._start_dataset_jobs(generation)
+
+    def _vocab_loaded(self, vocabulary: TagVocabulary) -> None:
+        self.vocabulary = vocabulary
+        if self.current_entry is not None:
+            self._show_caption(self.current_entry)
+        if self.index is not None:
+            self._start_dataset_jobs(self._generation)
+
+    def _start_dataset_jobs(self, generation: int) -> None:
+        """Statistics and completion need both the index and (for categories) the vocabulary; they run once the
+        later of the two arrives, and again if the vocabulary changes."""
+        index, vocabulary = self.index, self.vocabulary
+        if index is None or vocabulary is None:
+            return
+        self.stats_view.set_busy("Reading image sizes and counting tags…")
+        self._run(
+            Job(lambda p: _build_completer(index, vocabulary, p), name="Tag completion", parent=self),
+            lambda completer: self._completer_built(completer, generation),
+        )
+        self._run(
+            Job(lambda p: _compute_stats(index, vocabulary, p), name="Dataset statistics", parent=self),
+            lambda stats: self._stats_computed(stats, generation),
+        )
+
+    def _completer_built(self, completer: object, generation: int) -> None:
+        if generation == self._generation:
+            self.search.set_completer(completer)
+            self.completer_ready.emit()
+
+    def _stats_computed(self, stats: object, generation: int) -> None:
+        if generation != self._generation or self.index is None:
+            return
+        self.stats_view.set_stats(stats, [str(p) for p in self.index.problems])
+        self._show_problem_count()  # reading image sizes finds the images that fail to decode
+        self.stats_ready.emit(stats)
+
+    # -- filtering -------------------------------------------------------------------------------------------
+    def apply_filter(self, text: str) -> None:
+        if self.index is None:
+            return
+        try:
+            rows = self.index.filter(text)
+            unknown = self.index.unknown_terms(text)
+        except KxlError as exc:
+            self._show_message(str(exc))
+            return
+        self._show_message(f"No image has: {', '.join(unknown)}" if unknown else "")
+        keep = self.current_entry
+        self.model.set_rows(rows)
+        total = len(self.index)
+        shown = len(rows)
+        self.count_label.setText(f"{total:,} images" if shown == total else f"{shown:,} of {total:,} images")
+        row = self.model.row_of(keep) if keep is not None else -1
+        self.select_row(row if row >= 0 else 0)
+
+    def add_search_tag(self, tag: str) -> None:
+        current = self.search.text().strip().rstrip(",")
+        self.search.setText(f"{current}, {tag}" if current else tag)
+
+    def select_row(self, row: int) -> None:
+        if not 0 <= row < self.model.rowCount():
+            self._clear_selection_view()
+            return
+        idx = self.model.index(row)
+        self.grid.selectionModel().setCurrentIndex(idx, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        self.grid.scrollTo(idx)
+        if self.current_entry != self.model.entry_at(row):
+            self._row_selected(row)
+
+    # -- the selected image ----------------------------------------------------------------------------------
+    def _row_selected(self, row: int) -> None:
+        if self.index is None or not 0 <= row < self.model.rowCount():
+            return
+        entry = self.model.entry_at(row)
+        if entry == self.current_entry:
+            return
+        self.current_entry = entry
+        e = self.index.entries[entry]
+        self.file_label.setText(f"{e.image} · repeats {e.repeats} · sample index {entry}")
+        self.index_spin.blockSignals(True)
+        self.index_spin.setValue(entry)
+        self.index_spin.blockSignals(False)
+        self._show_caption(entry)
+        self._show_variants()
+        self._show_bucket(e.size)
+        self._preview_generation += 1
+        generation = self._preview_generation
+        path = self.index.image_path(entry)
+        self.image_view.set_image(None, None, None, "loading…")
+        self._run(
+            Job(lambda p: _load_preview(path, p), name="Load picture", parent=self),
+            lambda result: self._preview_loaded(entry, generation, result),
+            on_fail=lambda msg: self._preview_failed(entry, generation, msg),
+            show_progress=False,
+        )
+
+    def _show_caption(self, entry: int) -> None:
+        assert self.index is not None
+        caption = self.index.entries[entry].caption
+        parts = split_caption(caption)
+        self.chips.set_caption(parts.fixed, parts.flex, parts.suffix, parts.has_separator, self.vocabulary)
+        if not caption:
+            self.split_label.setText("Empty caption: the trainer sees an empty text for this image.")
+        elif parts.has_separator:
+            self.split_label.setText(
+                f"{len(parts.fixed)} fixed tag(s) before |||, {len(parts.flex)} shuffled after it"
+                + (f", {len(parts.suffix)} fixed at the end" if parts.suffix else "")
+            )
+        else:
+            self.split_label.setText("No ||| in this caption: every tag is shuffled and may be dropped.")
+
+    def _show_variants(self) -> None:
+        if self.index is None or self.current_entry is None:
+            return
+        caption = self.index.entries[self.current_entry].caption
+        variants = caption_variants(
+            caption,
+            card_caption_processing(),
+            seed=self.seed_spin.value(),
+            epoch=self.epoch_spin.value(),
+            index=self.index_spin.value(),
+            n=self.n_spin.value(),
+        )
+        self.variant_texts = [v.processed.text for v in variants]
+        rows = []
+        for v in variants:
+            p = v.processed
+            fixed = ", ".join(_esc(t) for t in p.fixed)
+            rest = ", ".join(_esc(t) for t in p.flex + p.suffix)
+            text = f'<span style="color:#f2c15e">{fixed}</span>' + (", " if fixed and rest else "") + rest
+            dropped = "".join(f' <s style="color:#6b6862">{_esc(t)}</s>' for t in p.dropped_tags)
+            rows.append(
+                f'<p style="margin:0 0 6px 0"><span style="color:#8f8b83">epoch {v.epoch}</span>&nbsp; '
+                f"{text or '<i>(empty)</i>'}{dropped}</p>"
+            )
+        self.variants_label.setText("".join(rows))
+
+    def _show_bucket(self, size: tuple[int, int] | None) -> None:
+        self.bucket = bucket_preview(size) if size is not None else None
+        self.bucket_label.setText(
+            self.bucket.label if self.bucket is not None else "bucket: image size not known yet"
+        )
+
+    def _preview_loaded(self, entry: int, generation: int, result: tuple[QImage, tuple[int, int]]) -> None:
+        if generation != self._preview_generation or self.index is None:
+            return
+        qimg, original = result
+        e = self.index.entries[entry]
+        if e.size is None:
+            e.width, e.height = original
+        self._show_bucket(e.size)
+        crop = self.bucket.crop_in_image if self.bucket is not None else None
+        self.image_view.set_image(QPixmap.fromImage(qimg), e.size, crop)
+        self.preview_shown.emit(entry)
+
+    def _preview_failed(self, entry: int, generation: int, message: str) -> None:
+        if generation != self._preview_generation:
+            return
+        self.image_view.set_image(None, None, None, message)
+        self.preview_shown.emit(entry)
+
+    def _clear_selection_view(self) -> None:
+        self.current_entry = None
+        self.chips.set_caption([], [], [], False, None)
+        self.variant_texts = []
+        self.variants_label.setText("")
+        self.bucket_label.setText("")
+        self.file_label.setText("")
+        self.split_label.setText("No image matches the search." if self.index is not None else "")
+        self.image_view.set_image(None, None, None, "No image selected")
+
+    def _show_problem_count(self) -> None:
+        n = len(self.index.problems) if self.index is not None else 0
+        self.problem_label.setText(f"⚠ {n:,} file problem(s)")
+        self.problem_label.setToolTip(
+            "Missing, empty or non-UTF-8 captions and images that fail to decode; the full list is under Dataset."
+        )
+        self.problem_label.setVisible(n > 0)
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    def _show_message(self, text: str) -> None:
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
+
+    def _run(self, job: Job, on_success, on_fail=None, show_progress: bool = True) -> None:
+        job.succeeded.connect(on_success)
+        job.failed.connect(on_fail or self._job_failed)
+        if show_progress:
+            job.progress.connect(self._on_progress)
+        job.finished.connect(lambda: self._job_finished(job))
+        self._jobs.append(job)
+        if show_progress:
+            self.progress.show()
+        job.start()
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        if event.total:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * event.done / event.total))
+        else:
+            self.progress.setRange(0, 0)
+
+    def _job_failed(self, message: str) -> None:
+        self._show_message(message)
+        if self.index is None:
+            self.count_label.setText("")
+
+    def _job_finished(self, job: Job) -> None:
+        if job in self._jobs:
+            self._jobs.remove(job)
+        if not any(j.is_running for j in self._jobs):
+            self.progress.hide()
+
+    def wait_for_jobs(self, timeout_s: float = 30.0) -> bool:
+        """Block until running jobs end (tests and screenshots); their results arrive via the event loop."""
+        return all(job.wait(timeout_s) for job in list(self._jobs))
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,274 @@
+"""Bulk reads from HakuBooru's metadata DB: post columns and per-post tag lists for many posts at once.
+
+HakuBooru asks SQLite for one post's tags at a time (specs/dataset.md §1.2), which costs a query per post. Here the
+tags of a whole chunk of posts come back in one query, as one `group_concat` string that numpy parses: SQLite does
+the per-row work in C and Python touches each chunk once, not each relation row.
+
+Tag order inside a post is `posttagrelation` row order (`ORDER BY r.post_id, r.id`), which is what HakuBooru
+produces in practice. Two ways to get it, both exact:
+- the *clustered* path: when a chunk's relation rows sit in one contiguous rowid range (the published DB and the
+  demo DB insert relations post by post), that range is read straight from the table. It is used only after
+  checking that the range holds exactly the rows the post_id index counts for the chunk, all in post order;
+- the *index* path: `post_id IN (...)` through the post_id index, ordered by (post_id, id). Used for sparse
+  selections and whenever the clustered check fails.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatabaseError, KxlError
+from .schema import open_metadata_db
+
+CHUNK_POSTS = 20_000  # posts per bulk query: big enough to amortise the query, small enough to bound memory
+
+
+@dataclass
+class PostColumns:
+    """The post columns the dataset builder uses, for a sorted list of ids (numpy arrays aligned with `ids`)."""
+
+    ids: np.ndarray
+    rating: np.ndarray
+    fav_count: np.ndarray
+    score: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    created_at: list[str]
+    file_ext: list[str]
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+
+@dataclass
+class TagChunk:
+    """Tag ids of a run of posts: post i owns `tag_ids[offsets[i]:offsets[i + 1]]`, in relation-row order."""
+
+    post_ids: np.ndarray
+    counts: np.ndarray
+    tag_ids: np.ndarray
+
+
+def _parse_ints(text: str | None) -> np.ndarray:
+    if not text:
+        return np.zeros(0, np.int64)
+    return np.fromstring(text, dtype=np.int64, sep=",")
+
+
+def _ids_json(ids: np.ndarray) -> str:
+    return json.dumps(ids.tolist())
+
+
+_SEP = "\x1e"  # ASCII record separator: never part of a date or file extension
+
+
+def fetch_post_columns(conn: sqlite3.Connection, ids: np.ndarray) -> PostColumns:
+    """Post columns for `ids` (sorted, unique). Ids missing from the DB raise DatabaseError.
+
+    One row of group_concat strings per chunk (parsed by numpy) instead of one Python tuple per post.
+    """
+    if ids.size == 0:
+        return PostColumns(*(np.zeros(0, np.int64) for _ in range(6)), [], [])  # type: ignore[arg-type]
+    lo, hi = int(ids[0]), int(ids[-1])
+    # a dense chunk is cheapest as an id range; a sparse one as an IN list (index seeks)
+    if ids.size * 20 >= hi - lo:
+        where, params = "id >= ? AND id <= ?", (lo, hi)
+    else:
+        where, params = "id IN (SELECT value FROM json_each(?))", (_ids_json(ids),)
+    row = conn.execute(
+        "SELECT group_concat(id), group_concat(ifnull(rating, -1)), group_concat(ifnull(fav_count, 0)), "
+        "group_concat(ifnull(score, 0)), group_concat(ifnull(image_width, 0)), "
+        "group_concat(ifnull(image_height, 0)), "
+        f"group_concat(ifnull(created_at, ''), '{_SEP}'), group_concat(ifnull(file_ext, ''), '{_SEP}') "
+        f'FROM (SELECT * FROM "post" WHERE {where} ORDER BY id)',
+        params,
+    ).fetchone()
+    all_ids = _parse_ints(row[0])
+    keep = np.isin(all_ids, ids, assume_unique=True)
+    if int(keep.sum()) != ids.size:
+        have = set(all_ids[keep].tolist())
+        lost = [int(i) for i in ids if int(i) not in have][:5]
+        raise DatabaseError(f"post id(s) {lost} are not in the post table")
+    nums = [_parse_ints(t)[keep] for t in row[1:6]]
+    created = row[6].split(_SEP) if row[6] is not None else []
+    exts = row[7].split(_SEP) if row[7] is not None else []
+    if len(created) != all_ids.size or len(exts) != all_ids.size:
+        raise DatabaseError("a created_at or file_ext value holds a control character (\\x1e)")
+    rows = np.flatnonzero(keep).tolist()
+    return PostColumns(
+        ids=all_ids[keep],
+        rating=nums[0],
+        fav_count=nums[1],
+        score=nums[2],
+        width=nums[3],
+        height=nums[4],
+        created_at=[created[i] for i in rows],
+        file_ext=[exts[i] for i in rows],
+    )
+
+
+def _index_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk:
+    payload = _ids_json(ids)
+    text = conn.execute(
+        'SELECT group_concat(tag_id) FROM (SELECT r.tag_id FROM "posttagrelation" r '
+        "WHERE r.post_id IN (SELECT value FROM json_each(?)) ORDER BY r.post_id, r.id)",
+        (payload,),
+    ).fetchone()[0]
+    counted = conn.execute(
+        'SELECT r.post_id, count(*) FROM "posttagrelation" r '
+        "WHERE r.post_id IN (SELECT value FROM json_each(?)) GROUP BY r.post_id ORDER BY r.post_id",
+        (payload,),
+    ).fetchall()
+    counts = np.zeros(ids.size, np.int64)
+    if counted:
+        pid, cnt = (np.asarray(c, np.int64) for c in zip(*counted, strict=True))
+        counts[np.searchsorted(ids, pid)] = cnt
+    tag_ids = _parse_ints(text)
+    if tag_ids.size != counts.sum():
+        raise DatabaseError("posttagrelation changed while it was being read; run again")
+    return TagChunk(ids, counts, tag_ids)
+
+
+def _clustered_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk | None:
+    """Read the relation rows of posts [ids[0], ids[-1]] as one rowid range, or None if they are not contiguous."""
+    lo, hi = int(ids[0]), int(ids[-1])
+    first = conn.execute(
+        'SELECT id FROM "posttagrelation" WHERE post_id >= ? AND post_id <= ? ORDER BY post_id, id LIMIT 1',
+        (lo, hi),
+    ).fetchone()
+    if first is None:
+        return TagChunk(ids, np.zeros(ids.size, np.int64), np.zeros(0, np.int64))
+    n_rows = conn.execute(
+        'SELECT count(*) FROM "posttagrelation" WHERE post_id >= ? AND post_id <= ?', (lo, hi)
+    ).fetchone()[0]
+    start = first[0]
+    # rows [start, start + n_rows) when ids are dense; a gap in relation ids makes the check below fail safely
+    ptext, ttext = conn.execute(
+        'SELECT group_concat(post_id), group_concat(tag_id) FROM "posttagrelation" WHERE id >= ? AND id < ?',
+        (start, start + n_rows),
+    ).fetchone()
+    posts, tags = _parse_ints(ptext), _parse_ints(ttext)
+    if posts.size != n_rows or tags.size != n_rows:
+        return None
+    if posts[0] < lo or posts[-1] > hi or (posts.size > 1 and np.any(np.diff(posts) < 0)):
+        return None
+    # group_concat follows the table's rowid scan order; the rows are in post order, hence (post_id, id) order
+    keep = np.isin(posts, ids, assume_unique=False)
+    posts, tags = posts[keep], tags[keep]
+    uniq, cnt = np.unique(posts, return_counts=True)
+    counts = np.zeros(ids.size, np.int64)
+    counts[np.searchsorted(ids, uniq)] = cnt
+    return TagChunk(ids, counts, tags)
+
+
+def fetch_tag_chunk(conn: sqlite3.Connection, ids: np.ndarray, *, allow_clustered: bool = True) -> TagChunk:
+    """Tag ids of each post in `ids` (sorted, unique), in posttagrelation row order. Exact on any DB."""
+    if ids.size == 0:
+        return TagChunk(ids, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if allow_clustered:
+        span = conn.execute(
+            'SELECT count(*) FROM "post" WHERE id >= ? AND id <= ?', (int(ids[0]), int(ids[-1]))
+        ).fetchone()[0]
+        # Reading a whole range only pays when most of its posts are wanted.
+        if span and ids.size / span >= 0.5:
+            chunk = _clustered_path(conn, ids)
+            if chunk is not None:
+                return chunk
+    return _index_path(conn, ids)
+
+
+def post_tags_one_by_one(conn: sqlite3.Connection, post_id: int) -> list[tuple[int, str, int, int]]:
+    """HakuBooru's own per-post query (`Post.tag_list`): tag rows of one post. The benchmark's baseline."""
+    return conn.execute(
+        'SELECT tag.* FROM "tag" JOIN "posttagrelation" r ON r.tag_id = tag.id '
+        'JOIN "post" ON r.post_id = post.id WHERE r.post_id = ?',
+        (post_id,),
+    ).fetchall()
+
+
+def fetch_tags(conn: sqlite3.Connection, tag_ids: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """`tag_id -> (name, type)` for the given ids (unknown ids are simply absent)."""
+    wanted = sorted({int(t) for t in tag_ids})
+    out: dict[int, tuple[str, int]] = {}
+    for i in range(0, len(wanted), 50_000):
+        part = json.dumps(wanted[i : i + 50_000])
+        for tid, name, ttype in conn.execute(
+            'SELECT id, name, type FROM "tag" WHERE id IN (SELECT value FROM json_each(?))', (part,)
+        ):
+            out[tid] = (name if isinstance(name, str) else str(name), int(ttype))
+    return out
+
+
+def closest_tag_names(conn: sqlite3.Connection, name: str, limit: int = 5) -> list[str]:
+    """Real tag names that look like `name`: same first letters or containing it, ranked by similarity."""
+    candidates: set[str] = set()
+    for prefix_len in (3, 2, 1):
+        prefix = name[:prefix_len]
+        if not prefix:
+            continue
+        rows = conn.execute(
+            'SELECT name FROM "tag" WHERE name >= ? AND name < ? ORDER BY popularity DESC LIMIT 2000',
+            (prefix, prefix + "\U0010ffff"),
+        ).fetchall()
+        candidates.update(r[0] for r in rows)
+        if len(candidates) >= 200:
+            break
+    core = max(name.split("_"), key=len) if name else ""
+    if len(core) >= 3:
+        rows = conn.execute(
+            'SELECT name FROM "tag" WHERE instr(name, ?) > 0 ORDER BY popularity DESC LIMIT 500', (core,)
+        ).fetchall()
+        candidates.update(r[0] for r in rows)
+    return difflib.get_close_matches(name, sorted(candidates), n=limit, cutoff=0.5)
+
+
+def resolve_tag_ids(
+    conn: sqlite3.Connection, names: Sequence[str], db_path: str | Path | None = None
+) -> dict[str, int]:
+    """Map tag names (raw, or with spaces for underscores) to ids; an unknown name raises KxlError with suggestions."""
+    out: dict[str, int] = {}
+    for raw in names:
+        name = raw.strip().lower().replace(" ", "_")
+        if not name:
+            continue
+        row = conn.execute('SELECT id FROM "tag" WHERE name = ?', (name,)).fetchone()
+        if row is None:
+            close = closest_tag_names(conn, name)
+            hint = (
+                ("did you mean: " + ", ".join(close)) if close else "check the spelling (Danbooru tag names)"
+            )
+            raise KxlError(f"unknown tag {raw!r}", path=db_path, hint=hint)
+        out[name] = int(row[0])
+    return out
+
+
+def open_db(path: str | Path) -> sqlite3.Connection:
+    """Read-only connection usable from worker threads (one connection per thread)."""
+    return open_metadata_db(path, check_same_thread=False)
+
+
+def db_fingerprint(conn: sqlite3.Connection, path: str | Path) -> str:
+    """A cheap identity of a metadata DB (file size, row counts, highest ids) recorded in dataset.toml.
+
+    Hashing a 30 GB file would take minutes; these numbers change whenever the dump is re-exported.
+    """
+    import hashlib
+
+    size = Path(path).stat().st_size
+    n_posts, max_post = conn.execute('SELECT count(*), max(id) FROM "post"').fetchone()
+    n_tags, max_tag = conn.execute('SELECT count(*), max(id) FROM "tag"').fetchone()
+    max_rel = conn.execute('SELECT max(id) FROM "posttagrelation"').fetchone()[0]
+    text = f"{size}:{n_posts}:{max_post}:{n_tags}:{max_tag}:{max_rel}"
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def chunked(ids: np.ndarray, size: int = CHUNK_POSTS) -> Iterable[np.ndarray]:
+    for i in range(0, ids.size, size):
+        yield ids[i : i + size]

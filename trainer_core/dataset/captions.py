@@ -1,0 +1,382 @@
+"""HakuBooru's caption format, byte for byte (specs/dataset.md §3), for one post or a whole chunk of posts.
+
+Caption = `special, character, copyright, artist, |||general, meta, year, rating(s), quality`, built as
+`", ".join(keep) + ", " + "|||" + ", ".join(rest)`: the `", "` before `|||` is always there (so a post without
+identity tags starts with `", |||"`) and nothing follows `|||` but the first flexible tag.
+
+Two implementations of the same rules: `make_caption` (one post, plain Python: the reference used by the tests
+and the per-post benchmark baseline) and `CaptionBuilder.build` (a chunk of posts: tags are classified once per
+tag id, ordering and placement are numpy index arithmetic, and a chunk's captions come out of a single
+`str.join`). Tests check they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from ..danbooru.db_reader import PostColumns, TagChunk, fetch_tags
+from ..danbooru.schema import Rating, TagType
+from ..errors import KxlError
+from ..tags.text import tag_to_caption_text
+
+SPECIAL_TAGS = frozenset(
+    "1girl 2girls 3girls 4girls 5girls 6+girls multiple_girls 1boy 2boys 3boys 4boys 5boys 6+boys multiple_boys "
+    "male_focus 1other 2others 3others 4others 5others 6+others multiple_others".split()
+)
+META_BLACKLIST = (
+    "(medium)",
+    "commentary",
+    "bad",
+    "translat",
+    "request",
+    "mismatch",
+    "revision",
+    "audio",
+    "video",
+)
+RATING_TAGS: dict[int, tuple[str, ...]] = {
+    Rating.GENERAL: ("safe",),
+    Rating.SENSITIVE: ("sensitive",),
+    Rating.QUESTIONABLE: ("nsfw",),
+    Rating.EXPLICIT: ("explicit", "nsfw"),
+}
+QUALITY_LABELS = (
+    "masterpiece",
+    "best quality",
+    "great quality",
+    "good quality",
+    "normal quality",
+    "low quality",
+    "worst quality",
+)
+YEAR_TAGS = ("old", "early", "mid", "recent", "newest")
+
+# HakuBooru's metainfo.fav_count_percentile_full (§3.7): rating -> {percentile: fav_count}.
+_PCTS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 90, 95)
+FAV_PERCENTILES: dict[int, dict[int, int]] = {
+    0: dict(zip(_PCTS, (1, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 22, 27, 37), strict=True)),
+    1: dict(zip(_PCTS, (1, 2, 4, 5, 6, 8, 9, 11, 13, 15, 17, 19, 22, 26, 30, 36, 44, 56, 81), strict=True)),
+    2: dict(
+        zip(_PCTS, (4, 8, 11, 14, 18, 21, 25, 29, 33, 38, 43, 49, 56, 65, 75, 88, 105, 132, 182), strict=True)
+    ),
+    3: dict(
+        zip(
+            _PCTS,
+            (4, 9, 13, 18, 22, 27, 33, 39, 45, 52, 60, 69, 79, 92, 106, 125, 151, 190, 262),
+            strict=True,
+        )
+    ),
+}
+CARD_CUTS = (95, 85, 75, 50, 25, 10)  # the card / HakuBooru legacy `quality_tag`
+CARD_MAX_ID = 7_000_000
+HAKUBOORU_CUTS = (90, 75, 60, 45, 30, 10)  # HakuBooru's current `quality_tag_new`
+HAKUBOORU_MAX_ID = 7_500_000
+QUALITY_MODES = ("card", "hakubooru", "db")
+
+# Kinds a tag can take in a caption, in caption order. Sorting a post's tags by kind (stably) yields the caption.
+KIND_SPECIAL, KIND_CHARACTER, KIND_COPYRIGHT, KIND_ARTIST, KIND_GENERAL, KIND_META, KIND_DROP = range(7)
+_FIRST_REST_KIND = KIND_GENERAL
+
+
+@dataclass(frozen=True)
+class QualityScheme:
+    """Quality tag rule: `fav_count > thresholds[rating][j]` gives QUALITY_LABELS[j] (first match), else worst."""
+
+    mode: str
+    cuts: tuple[int, ...]
+    max_id: int  # posts with a higher id get no quality tag (too new to have their favourites)
+    thresholds: dict[int, tuple[float, ...]]
+
+    def label_index(self, post_id: int, rating: int, fav_count: int) -> int | None:
+        if post_id > self.max_id:
+            return None
+        limits = self.thresholds.get(rating)
+        if limits is None:
+            return None
+        for j, limit in enumerate(limits):
+            if fav_count > limit:
+                return j
+        return len(limits)
+
+    def label(self, post_id: int, rating: int, fav_count: int) -> str | None:
+        j = self.label_index(post_id, rating, fav_count)
+        return None if j is None else QUALITY_LABELS[j]
+
+    def label_indices(self, ids: np.ndarray, rating: np.ndarray, fav: np.ndarray) -> np.ndarray:
+        """Vectorised `label_index`; -1 = no quality tag."""
+        out = np.full(ids.size, -1, np.int64)
+        for r, limits in self.thresholds.items():
+            sel = (rating == r) & (ids <= self.max_id)
+            if not sel.any():
+                continue
+            # number of limits the fav does NOT exceed (limits descend) = label index
+            lim = np.asarray(limits, np.float64)
+            out[sel] = (fav[sel][:, None] <= lim[None, :]).sum(axis=1)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "quality": self.mode,
+            "quality_percentiles": list(self.cuts),
+            "quality_max_id": self.max_id,
+            "quality_thresholds": {
+                Rating(r).name.lower(): list(v) for r, v in sorted(self.thresholds.items())
+            },
+        }
+
+
+def _table_scheme(mode: str, cuts: tuple[int, ...], max_id: int) -> QualityScheme:
+    return QualityScheme(
+        mode, cuts, max_id, {r: tuple(float(tbl[c]) for c in cuts) for r, tbl in FAV_PERCENTILES.items()}
+    )
+
+
+def db_quality_scheme(conn: sqlite3.Connection) -> QualityScheme:
+    """Card cut points (P95/85/75/50/25/10) computed per rating from this DB's own fav_count.
+
+    Population: every post with id <= 7,000,000 (the posts that get a quality tag under the card's rule),
+    deleted ones included, as HakuBooru's static table was computed over the whole dump. numpy's default
+    (linear) percentile.
+    """
+    thresholds: dict[int, tuple[float, ...]] = {}
+    for r in range(4):
+        text = conn.execute(
+            'SELECT group_concat(fav_count) FROM "post" WHERE rating = ? AND id <= ?', (r, CARD_MAX_ID)
+        ).fetchone()[0]
+        favs = np.fromstring(text, dtype=np.float64, sep=",") if text else np.zeros(0)
+        if favs.size:
+            thresholds[r] = tuple(float(x) for x in np.percentile(favs, CARD_CUTS))
+        else:  # no post of this rating: fall back to the card's table rather than inventing numbers
+            thresholds[r] = tuple(float(FAV_PERCENTILES[r][c]) for c in CARD_CUTS)
+    return QualityScheme("db", CARD_CUTS, CARD_MAX_ID, thresholds)
+
+
+def quality_scheme(mode: str, conn: sqlite3.Connection | None = None) -> QualityScheme:
+    if mode == "card":
+        return _table_scheme("card", CARD_CUTS, CARD_MAX_ID)
+    if mode == "hakubooru":
+        return _table_scheme("hakubooru", HAKUBOORU_CUTS, HAKUBOORU_MAX_ID)
+    if mode == "db":
+        if conn is None:
+            raise KxlError("quality mode 'db' needs the metadata DB")
+        return db_quality_scheme(conn)
+    raise KxlError(f"unknown quality mode {mode!r}; choose one of {', '.join(QUALITY_MODES)}")
+
+
+def _dateutil_year(text: str) -> int:
+    try:
+        from dateutil import parser  # HakuBooru's parser; optional, only for non-ISO strings
+    except ImportError:
+        return 0
+    try:
+        return parser.parse(text).year
+    except (ValueError, OverflowError, TypeError):
+        return 0
+
+
+def year_of(created_at: str) -> int:
+    """The post's upload year in the offset written in the string; 0 when it does not parse (HakuBooru's rule)."""
+    try:
+        return datetime.fromisoformat(created_at).year
+    except (ValueError, TypeError):
+        return _dateutil_year(created_at) if created_at and created_at.strip() else 0
+
+
+def year_tag_index(year: int) -> int | None:
+    """Index into YEAR_TAGS. Years before 2005 (and 0, a parse failure) are 'early': HakuBooru's bug, kept."""
+    if 2005 <= year <= 2010:
+        return 0
+    if year <= 2014:
+        return 1
+    if year <= 2017:
+        return 2
+    if year <= 2020:
+        return 3
+    if year <= 2024:
+        return 4
+    return None
+
+
+def tag_kind(name: str, tag_type: int) -> int:
+    """Where a tag goes in a caption (KIND_*), or KIND_DROP."""
+    if not tag_to_caption_text(name).strip():
+        return KIND_DROP
+    if tag_type == TagType.GENERAL:
+        return KIND_SPECIAL if name in SPECIAL_TAGS else KIND_GENERAL
+    if tag_type == TagType.CHARACTER:
+        return KIND_CHARACTER
+    if tag_type == TagType.COPYRIGHT:
+        return KIND_COPYRIGHT
+    if tag_type == TagType.ARTIST:
+        return KIND_DROP if "banned" in name else KIND_ARTIST
+    if tag_type == TagType.META:
+        return KIND_DROP if any(word in name for word in META_BLACKLIST) else KIND_META
+    return KIND_DROP
+
+
+def extras_text(year_idx: int | None, rating: int, quality_idx: int | None) -> str:
+    parts = []
+    if year_idx is not None:
+        parts.append(YEAR_TAGS[year_idx])
+    parts.extend(RATING_TAGS.get(rating, ()))
+    if quality_idx is not None:
+        parts.append(QUALITY_LABELS[quality_idx])
+    return ", ".join(parts)
+
+
+def make_caption(
+    post_id: int,
+    rating: int,
+    fav_count: int,
+    created_at: str,
+    tags: Sequence[tuple[str, int]],
+    scheme: QualityScheme,
+) -> str:
+    """Caption of one post from its `(name, type)` tag rows in relation order (the reference implementation)."""
+    groups: list[list[str]] = [[] for _ in range(KIND_DROP)]
+    for name, ttype in tags:
+        kind = tag_kind(name, ttype)
+        if kind != KIND_DROP:
+            groups[kind].append(tag_to_caption_text(name))
+    keep = groups[KIND_SPECIAL] + groups[KIND_CHARACTER] + groups[KIND_COPYRIGHT] + groups[KIND_ARTIST]
+    rest = groups[KIND_GENERAL] + groups[KIND_META]
+    year_idx = year_tag_index(year_of(created_at))
+    if year_idx is not None:
+        rest.append(YEAR_TAGS[year_idx])
+    rest.extend(RATING_TAGS.get(rating, ()))
+    quality = scheme.label(post_id, rating, fav_count)
+    if quality is not None:
+        rest.append(quality)
+    return ", ".join(keep) + ", " + "|||" + ", ".join(rest)
+
+
+@dataclass
+class CaptionChunk:
+    """Captions of a chunk of posts plus what the manifest reports about each."""
+
+    ids: np.ndarray
+    captions: list[str]
+    rating: np.ndarray
+    quality: np.ndarray  # index into QUALITY_LABELS, -1 = none
+    year: np.ndarray  # index into YEAR_TAGS, -1 = none
+
+
+class CaptionBuilder:
+    """Builds captions for chunks of posts. Tag rows are looked up once per tag id and cached.
+
+    Not thread-safe: give each worker thread its own builder (and connection).
+    """
+
+    def __init__(self, scheme: QualityScheme) -> None:
+        self.scheme = scheme
+        self._lut = np.full(1024, -1, np.int32)  # tag id -> row in the lists below
+        self._kind: list[int] = []
+        self._text_sep: list[str] = []  # caption text + ", "
+        self._text_sep_json: list[str] = []  # the same, JSON-escaped
+        self._kind_arr = np.zeros(0, np.int64)
+        self._text_arr = np.zeros(0, object)
+        self._text_json_arr = np.zeros(0, object)
+        self._extras: dict[tuple[int, int, int], tuple[str, str]] = {}
+
+    def _learn(self, conn: sqlite3.Connection, tag_ids: np.ndarray) -> np.ndarray:
+        """Make sure every id in `tag_ids` is classified; return each one's row in the per-tag tables."""
+        if tag_ids.size == 0:
+            return np.zeros(0, np.int64)
+        top = int(tag_ids.max())
+        if top >= self._lut.size:
+            # a direct id -> row table; tag ids are dense-ish (real DB ~1.5M), so this stays a few MB
+            grown = np.full(max(top + 1, self._lut.size * 2), -1, np.int32)
+            grown[: self._lut.size] = self._lut
+            self._lut = grown
+        loc = self._lut[tag_ids]
+        missing = loc < 0
+        if missing.any():
+            new = np.unique(tag_ids[missing])
+            rows = fetch_tags(conn, new.tolist())
+            base = len(self._kind)
+            for tid in new.tolist():
+                name, ttype = rows.get(
+                    tid, ("", -1)
+                )  # a relation to a missing tag row is dropped, like a failed join
+                text = tag_to_caption_text(name) + ", "
+                self._kind.append(tag_kind(name, ttype))
+                self._text_sep.append(text)
+                self._text_sep_json.append(json.dumps(text, ensure_ascii=False)[1:-1])
+            self._lut[new] = np.arange(base, base + new.size, dtype=np.int32)
+            self._kind_arr = np.asarray(self._kind, np.int64)
+            self._text_arr = np.asarray(self._text_sep, object)
+            self._text_json_arr = np.asarray(self._text_sep_json, object)
+            loc = self._lut[tag_ids]
+        return loc.astype(np.int64)
+
+    def _extra(self, year_idx: int, rating: int, quality_idx: int) -> tuple[str, str]:
+        key = (year_idx, rating, quality_idx)
+        found = self._extras.get(key)
+        if found is None:
+            text = extras_text(
+                None if year_idx < 0 else year_idx, rating, None if quality_idx < 0 else quality_idx
+            )
+            found = (text, json.dumps(text, ensure_ascii=False)[1:-1])
+            self._extras[key] = found
+        return found
+
+    def build(
+        self, conn: sqlite3.Connection, posts: PostColumns, tags: TagChunk, *, jsonl: bool = False
+    ) -> CaptionChunk | str:
+        """Captions for `posts` (aligned with `tags.post_ids`).
+
+        With `jsonl=True` returns the chunk as ready JSON Lines text (`{"id": ..., "caption": ...}` per post)
+        instead, built in the same single join, which is what `kxl dataset captions` writes.
+        """
+        n = len(posts)
+        if not np.array_equal(posts.ids, tags.post_ids):
+            raise ValueError("post columns and tag chunk are not aligned")
+        loc = self._learn(conn, tags.tag_ids)
+        kinds = self._kind_arr[loc] if loc.size else np.zeros(0, np.int64)
+        owner = np.repeat(np.arange(n, dtype=np.int64), tags.counts)
+        live = kinds != KIND_DROP
+        loc, kinds, owner = loc[live], kinds[live], owner[live]
+        order = np.argsort(
+            owner * 8 + kinds, kind="stable"
+        )  # caption order inside each post, relation order kept
+        loc, kinds, owner = loc[order], kinds[order], owner[order]
+        is_keep = kinds < _FIRST_REST_KIND
+        n_keep = np.bincount(owner[is_keep], minlength=n)
+        n_all = np.bincount(owner, minlength=n)
+
+        years = np.fromiter((year_of(c) for c in posts.created_at), np.int64, count=n)
+        year_idx = np.array([-1 if (y := year_tag_index(int(v))) is None else y for v in years], np.int64)
+        quality = self.scheme.label_indices(posts.ids, posts.rating, posts.fav_count)
+
+        # Layout per post: prefix keep-texts "|||"-marker rest-texts extras suffix; every text ends in ", ".
+        per_post = n_all + 4
+        start = (
+            np.concatenate([[0], np.cumsum(per_post)[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
+        )
+        first_of_post = np.concatenate([[0], np.cumsum(n_all)[:-1]]).astype(np.int64) if n else n_all
+        rank = np.arange(owner.size) - np.repeat(first_of_post, n_all)
+        pos = start[owner] + 1 + rank + (~is_keep)  # rest texts sit after the marker
+        pieces = np.empty(int(per_post.sum()), object)
+        pieces[pos] = (self._text_json_arr if jsonl else self._text_arr)[loc]
+        pieces[start + 1 + n_keep] = np.where(n_keep > 0, "|||", ", |||")
+        pick = 1 if jsonl else 0
+        pieces[start + 2 + n_all] = [
+            self._extra(y, r, q)[pick]
+            for y, r, q in zip(year_idx.tolist(), posts.rating.tolist(), quality.tolist(), strict=True)
+        ]
+        if jsonl:
+            pieces[start] = [f'{{"id": {i}, "caption": "' for i in posts.ids.tolist()]
+            pieces[start + 3 + n_all] = '"}\n'
+            return "".join(pieces.tolist())
+        pieces[start] = ""
+        pieces[start + 3 + n_all] = (
+            "\x00"  # tag names never hold NUL, so it splits the chunk back into captions
+        )
+        captions = "".join(pieces.tolist()).split("\x00")[:-1]
+        return CaptionChunk(posts.ids, captions, posts.rating, quality, year_idx)

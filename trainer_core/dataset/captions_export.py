@@ -1,0 +1,42 @@
+"""`kxl dataset captions`: select posts and write their captions as JSON Lines, no images involved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import atomic_path
+from ..danbooru.db_reader import open_db
+from ..progress import Progress, ensure_progress
+from .caption_stream import iter_caption_chunks
+from .captions import quality_scheme
+from .filters import PostFilters
+from .selection import SelectionPlan, select_posts
+
+
+def write_captions_jsonl(
+    db: str | Path,
+    out: str | Path,
+    plan: SelectionPlan,
+    filters: PostFilters,
+    quality: str = "card",
+    *,
+    threads: int = 2,
+    progress: Progress | None = None,
+) -> int:
+    """Write `{"id": ..., "caption": ...}` per selected post, ordered by id, atomically. Returns the count."""
+    progress = ensure_progress(progress)
+    conn = open_db(db)
+    try:
+        scheme = quality_scheme(quality, conn)
+        progress.stage("Selecting posts")
+        selection = select_posts(conn, plan, filters, db, progress)
+    finally:
+        conn.close()
+    progress.stage(f"Captioning {len(selection):,} posts")
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        for text in iter_caption_chunks(
+            db, selection.ids, scheme, threads=threads, jsonl=True, progress=progress
+        ):
+            fh.write(text)  # type: ignore[arg-type]
+    progress.update(len(selection), len(selection))
+    return len(selection)

@@ -1,0 +1,169 @@
+"""Where a post's image lives: danbooru2023 tar shards or a plain folder of `<id>.<ext>` files.
+
+Shards (specs/dataset.md §1.4): `data-NXYZ.tar` directly in the folder, plus `updates/*/*.tar`. A post with id `i`
+is looked for in `data-{k}{i % 1000:03d}.tar` for k = 0..9 in that order, then in every updates tar (sorted by
+path); the first member named `<i>.<ext>` wins. Shards are untrusted input: only regular members whose whole name
+is `<digits>.<ext>` count, their names are parsed into an integer id and a short alphanumeric extension, and no
+name from a tar is ever used as a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import KxlError
+
+SHARD_RE = re.compile(r"data-(\d+)\.tar")
+MEMBER_RE = re.compile(r"(?:\./)?(\d{1,12})\.([A-Za-z0-9]{1,8})")
+BUCKETS = 1000
+GROUPS = 10  # k = 0..9 -> data-0XYZ .. data-9XYZ
+
+
+@dataclass
+class Hit:
+    post_id: int
+    data: bytes | None  # None when the member is unusable (see `problem`)
+    ext: str
+    origin: str  # shard name relative to the images folder, or the file name
+    problem: str | None = None  # "truncated tar member" etc.
+
+
+@dataclass
+class ShardReadError:
+    origin: str
+    message: str
+
+
+@dataclass
+class ImageSource:
+    """An indexed image folder: shard paths per bucket (tar layout) or file names per id (folder layout)."""
+
+    root: Path
+    kind: str  # "shards" | "folder"
+    shards: dict[int, Path] = field(default_factory=dict)  # shard number -> path
+    updates: list[Path] = field(default_factory=list)
+    files: dict[int, str] = field(default_factory=dict)  # folder layout: id -> file name
+    ignored: list[str] = field(default_factory=list)  # names that are not data-N.tar / <id>.<ext>
+
+    def origin(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def candidates(self, bucket: int) -> list[Path]:
+        return [
+            self.shards[bucket + k * BUCKETS] for k in range(GROUPS) if bucket + k * BUCKETS in self.shards
+        ]
+
+    def describe(self) -> str:
+        if self.kind == "shards":
+            return f"{len(self.shards)} shard(s), {len(self.updates)} update tar(s)"
+        return f"{len(self.files)} image file(s)"
+
+
+def open_image_source(root: str | Path) -> ImageSource:
+    """Index an images folder. Raises KxlError when it is missing or holds neither shards nor images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise KxlError("images folder not found", path=root, hint="point at the folder holding data-NXYZ.tar")
+    src = ImageSource(root=root, kind="shards")
+    loose: dict[int, str] = {}
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise KxlError(f"cannot list the images folder ({exc.strerror})", path=root) from exc
+    for entry in entries:
+        if not entry.is_file():
+            continue
+        name = entry.name
+        if name.endswith(".tar"):
+            m = SHARD_RE.fullmatch(name)
+            if m and int(m.group(1)) < BUCKETS * GROUPS:
+                # a later duplicate number (data-0001.tar vs data-001.tar) never replaces the first one
+                src.shards.setdefault(int(m.group(1)), Path(entry.path))
+            else:
+                src.ignored.append(name)
+            continue
+        m = MEMBER_RE.fullmatch(name)
+        if m:
+            loose.setdefault(int(m.group(1)), name)  # sorted names: the first one wins
+    updates_dir = root / "updates"
+    if updates_dir.is_dir():
+        src.updates = sorted(p for p in updates_dir.glob("*/*.tar") if p.is_file())
+    if not src.shards and not src.updates:
+        if not loose:
+            raise KxlError(
+                "holds no data-NXYZ.tar shards and no <id>.<ext> image files",
+                path=root,
+                hint="use the danbooru2023-webp-4Mpixel `images` folder or a folder of <post id>.<ext> files",
+            )
+        src.kind = "folder"
+        src.files = loose
+    return src
+
+
+def parse_member_name(name: str) -> tuple[int, str] | None:
+    m = MEMBER_RE.fullmatch(name)
+    if not m:
+        return None
+    return int(m.group(1)), m.group(2).lower()
+
+
+def scan_tar(
+    path: Path, origin: str, wanted: set[int], check_cancelled=None
+) -> Iterator[Hit | ShardReadError]:
+    """Yield a Hit for each wanted id found in `path` (and remove it from `wanted`); ShardReadError if unreadable.
+
+    Reads the tar once, front to back; only the data of wanted members is read.
+    """
+    try:
+        tar = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError) as exc:
+        yield ShardReadError(origin, f"unreadable shard ({exc})")
+        return
+    with tar:
+        while wanted:
+            if check_cancelled is not None:
+                check_cancelled()
+            try:
+                member = tar.next()
+            except (OSError, tarfile.TarError) as exc:
+                yield ShardReadError(origin, f"shard is damaged after some members ({exc})")
+                return
+            if member is None:
+                return
+            if not member.isreg():
+                continue
+            parsed = parse_member_name(member.name)
+            if parsed is None or parsed[0] not in wanted:
+                continue
+            post_id, ext = parsed
+            wanted.discard(post_id)
+            try:
+                fh = tar.extractfile(member)
+                data = fh.read() if fh is not None else b""
+            except (OSError, tarfile.TarError) as exc:
+                yield Hit(post_id, None, ext, origin, f"unreadable tar member ({exc})")
+                continue
+            if len(data) != member.size:
+                yield Hit(
+                    post_id, None, ext, origin, f"truncated tar member ({len(data)} of {member.size} bytes)"
+                )
+                continue
+            yield Hit(post_id, data, ext, origin)
+
+
+def read_folder_file(src: ImageSource, post_id: int) -> Hit | None:
+    name = src.files.get(post_id)
+    if name is None:
+        return None
+    parsed = parse_member_name(name)
+    ext = parsed[1] if parsed else "bin"
+    try:
+        data = (src.root / name).read_bytes()
+    except OSError as exc:
+        return Hit(post_id, None, ext, name, f"unreadable file ({exc.strerror})")
+    return Hit(post_id, data, ext, name)
