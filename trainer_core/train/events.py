@@ -1,0 +1,122 @@
+"""The run directory's observable files: `events.jsonl` (append-only, one JSON object per line) and `run.json`.
+
+Only rank 0 writes; each line is flushed as soon as it is written so a GUI tailing the file sees a step the moment
+it ends, and a crash loses at most the line being written. Event types: step, sample, save, status, error, done;
+every event carries "type", "step" and "t" (unix time).
+
+`run.json` lets a GUI reconcile a run it did not start: pid/pgid of the trainer, its process start time (to tell a
+recycled pid from ours), the command line and the state (running, done, stopped, error).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write_text
+
+EVENTS_FILE = "events.jsonl"
+RUN_FILE = "run.json"
+STOP_FILE = "commands/stop"
+SAMPLE_FILE = "commands/sample"  # render the sample prompts after the current step ("Sample now")
+SAVE_FILE = "commands/save"  # save the LoKr and the training state after the current step ("Save now")
+COMMAND_FILES = {"stop": STOP_FILE, "sample": SAMPLE_FILE, "save": SAVE_FILE}
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so the line stays parseable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class EventWriter:
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.enabled = enabled
+        self._fh = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+
+    def emit(self, type_: str, step: int, **fields: Any) -> None:
+        if not self.enabled or self._fh is None:
+            return
+        event = {"type": type_, "step": int(step), "t": round(time.time(), 3), **_clean(fields)}
+        self._fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All complete events of a run (a torn last line from a killed writer is skipped)."""
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - psutil missing or the process is gone: reconciliation falls back to pid
+        return None
+
+
+def write_run_info(run_dir: str | Path, state: str, **extra: Any) -> None:
+    """(Re)write run.json atomically with the current process's identity and `state`."""
+    pid = os.getpid()
+    info = {
+        "pid": pid,
+        "pgid": os.getpgid(0) if hasattr(os, "getpgid") else None,
+        "ppid": os.getppid(),
+        "process_start_time": process_start_time(pid),
+        "command": sys.argv,
+        "state": state,
+        "updated": round(time.time(), 3),
+        **extra,
+    }
+    atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2, default=str))
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def request_command(run_dir: str | Path, name: str) -> Path:
+    """Drop a command file ("stop", "sample" or "save") that rank 0 polls once per optimizer step."""
+    if name not in COMMAND_FILES:
+        raise ValueError(f"unknown trainer command {name!r} (known: {', '.join(COMMAND_FILES)})")
+    path = Path(run_dir) / COMMAND_FILES[name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{name}\n", encoding="utf-8")
+    return path
+
+
+def request_stop(run_dir: str | Path) -> Path:
+    """Ask a running trainer to save its state and finish (it polls this file once per optimizer step)."""
+    return request_command(run_dir, "stop")

@@ -1,0 +1,96 @@
+"""Build the `accelerate launch` command lines that start the trainer (one per machine).
+
+The trainer always runs as `accelerate launch ... -m trainer_core.train CONFIG [--resume]`, from the GUI, the CLI
+and by hand. CPU-only machines get `ACCELERATE_USE_CPU=true` plus `--multi_gpu` for more than one process: that is
+the only spelling that gives real gloo DDP on CPU (`--cpu --num_processes 2` starts ONE process, and `--multi_gpu`
+without the variable starts independent single-process trainings) — specs/training.md §5.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import KxlError
+
+MAIN_IP_PLACEHOLDER = "<MAIN_NODE_IP>"
+DEFAULT_PORT = 29500
+
+
+@dataclass
+class LaunchPlan:
+    """How to start a run: processes per machine, machines, and where rank 0 listens."""
+
+    config: Path
+    processes: int = 1  # per machine
+    machines: int = 1
+    machine_rank: int = 0
+    main_ip: str = ""
+    port: int = DEFAULT_PORT
+    cpu: bool | None = None  # None: decide from torch.cuda.is_available() on this machine
+    mixed_precision: str = "no"
+    threads_per_process: int | None = None
+    resume: bool = False
+    resume_from: Path | None = None  # a checkpoints/state-N folder; None with resume=True: the newest
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def use_cpu(self) -> bool:
+        if self.cpu is not None:
+            return self.cpu
+        import torch
+
+        return not torch.cuda.is_available()
+
+
+def launch_command(plan: LaunchPlan, machine_rank: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra environment) for one machine. `--num_processes` is the total over all machines."""
+    if plan.processes < 1 or plan.machines < 1:
+        raise KxlError("--processes and --machines must be at least 1")
+    rank = plan.machine_rank if machine_rank is None else machine_rank
+    total = plan.processes * plan.machines
+    cpu = plan.use_cpu()
+    argv = [plan.python, "-m", "accelerate.commands.launch", "--num_processes", str(total),
+            "--num_machines", str(plan.machines), "--mixed_precision", plan.mixed_precision]  # fmt: skip
+    if total > 1:
+        argv.append("--multi_gpu")
+    argv += ["--dynamo_backend", "no"]
+    if plan.machines > 1:
+        argv += ["--machine_rank", str(rank), "--main_process_ip", plan.main_ip or MAIN_IP_PLACEHOLDER,
+                 "--main_process_port", str(plan.port)]  # fmt: skip
+    elif total > 1:
+        argv += ["--main_process_port", str(plan.port)]
+    threads = plan.threads_per_process
+    if threads is None and cpu:
+        threads = max(1, (os.cpu_count() or 1) // plan.processes)
+    if threads:
+        argv += ["--num_cpu_threads_per_process", str(threads)]
+    argv += ["-m", "trainer_core.train", str(plan.config)]
+    if plan.resume_from is not None:
+        argv += ["--resume-from", str(plan.resume_from)]
+    elif plan.resume:
+        argv.append("--resume")
+    env = {"ACCELERATE_USE_CPU": "true"} if cpu else {}
+    return argv, env
+
+
+def format_command(argv: list[str], env: dict[str, str]) -> str:
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    cmd = " ".join(shlex.quote(a) for a in argv)
+    return f"{prefix} {cmd}" if prefix else cmd
+
+
+def per_node_commands(plan: LaunchPlan) -> list[str]:
+    """The exact shell line to run on each machine (machine 0 hosts rank 0 at main_ip:port)."""
+    return [format_command(*launch_command(plan, r)) for r in range(plan.machines)]
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, so two local runs do not collide on accelerate's default."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
