@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Prompts use A1111 syntax: (tag:1.5), [tag], BREAK. PNGs carry A1111 'parameters' metadata."
         ),
     )
-    gen.add_argument("--model", type=Path, required=True, help="base checkpoint (.safetensors or diffusers folder)")
+    gen.add_argument(
+        "--model", type=Path, required=True, help="base checkpoint (.safetensors or diffusers folder)"
+    )
     gen.add_argument("--lokr", action="append", default=[], metavar="FILE[:MULT]",
                      help="LoKr file with optional strength (default 1.0); repeat for several")  # fmt: skip
     gen.add_argument("--prompt", required=True)
@@ -28,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--steps", type=int, default=28)
     gen.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default 7)")
     gen.add_argument("--sampler", default="Euler a", help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M"')
-    gen.add_argument("--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ...")
+    gen.add_argument(
+        "--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ..."
+    )
     gen.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the run uses seed + i")
     gen.add_argument("--size", default="1024x1024", help="first-pass size WxH (multiples of 8)")
     gen.add_argument("--batch-count", type=int, default=1)
@@ -39,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     hires.add_argument("--hires-scale", type=float, default=None, help="upscale factor, e.g. 1.5")
     hires.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (0 = same as --steps)")
     hires.add_argument("--denoise", type=float, default=0.5, help="hires denoising strength (default 0.5)")
-    hires.add_argument("--hires-upscaler", default="Latent", help='"Latent", "Latent (bicubic)", "Lanczos", ...')
+    hires.add_argument(
+        "--hires-upscaler", default="Latent", help='"Latent", "Latent (bicubic)", "Lanczos", ...'
+    )
     gen.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: CUDA when available)")
     gen.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
                      help="model dtype (default fp16 on CUDA, fp32 on CPU)")  # fmt: skip
