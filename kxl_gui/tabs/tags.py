@@ -5,6 +5,8 @@ Right, "Image": the selected picture with its bucket crop drawn on it, its capti
 `|||` split and popularity dots, and "what the trainer sees": caption variants from the trainer's own
 `process_caption` with the card's settings for a chosen seed, epoch and sample index.
 Right, "Dataset": tag frequencies, category/rating/quality/year counts, the bucket histogram and warnings.
+Right, "Bulk edit": add / remove / replace a tag over the selected images (Ctrl/Shift-click in the grid), the
+current filter or the whole dataset, with Undo (also Ctrl+Z) of the last edit from the dataset's undo journal.
 
 Indexing the folder, loading the tag vocabulary, reading image sizes for the statistics, building the
 completion index and decoding pictures all run off the GUI thread (`Job`s and the thumbnail loader); a
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -36,14 +39,17 @@ from PySide6.QtWidgets import (
 
 from trainer_core.errors import KxlError
 from trainer_core.progress import Progress, ProgressEvent
+from trainer_core.tags.bulk_edit import edit_dataset, preview_bulk_edit
 from trainer_core.tags.caption_processing import card_caption_processing
 from trainer_core.tags.dataset_index import DatasetIndex, find_newest_dataset, open_dataset, split_caption
+from trainer_core.tags.edit_journal import last_edit, undo_last
 from trainer_core.tags.preview import BucketPreview, bucket_preview, caption_variants
 from trainer_core.tags.vocabulary import TagVocabulary
 from trainer_core.workspace import Workspace
 
 from ..context import AppContext
 from ..jobs import Job
+from ..widgets.tags_bulk_edit import BulkEditPanel
 from ..widgets.tags_chips import ChipView
 from ..widgets.tags_grid import CELL_SIZE, DatasetGridModel, ThumbnailDelegate, ThumbnailLoader
 from ..widgets.tags_image_view import CropImageView
@@ -115,6 +121,7 @@ class TagsTab(QWidget):
     stats_ready = Signal(object)  # DatasetStats
     preview_shown = Signal(int)  # entry whose picture is on screen
     completer_ready = Signal()
+    bulk_edit_finished = Signal(str)  # "ok" | "failed" | "cancelled", after an edit or an undo
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -128,6 +135,7 @@ class TagsTab(QWidget):
         self._preview_generation = 0
         self._vocab_db: Path | None = None
         self._jobs: list[Job] = []
+        self._edit_job: Job | None = None
         self._build_ui()
         context.workspace_changed.connect(self._on_workspace)
         if context.workspace is not None:
@@ -179,13 +187,15 @@ class TagsTab(QWidget):
         self.grid.setGridSize(CELL_SIZE)
         self.grid.setResizeMode(QListView.ResizeMode.Adjust)
         self.grid.setMovement(QListView.Movement.Static)
-        self.grid.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        # Extended: Ctrl/Shift-click picks the images a bulk edit applies to; the current one is previewed.
+        self.grid.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.grid.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.grid.verticalScrollBar().setSingleStep(24)
         self.grid.setItemDelegate(ThumbnailDelegate(self.loader, self.grid))
         self.grid.setModel(self.model)
         self.grid.setStyleSheet("QListView#tagsGrid { background: #1d1f23; border: none; }")
         self.grid.selectionModel().currentChanged.connect(lambda cur, _prev: self._row_selected(cur.row()))
+        self.grid.selectionModel().selectionChanged.connect(lambda *_: self._update_bulk_scope())
 
         self.side = QTabWidget()
         self.side.setDocumentMode(True)
@@ -193,6 +203,16 @@ class TagsTab(QWidget):
         self.stats_view = DatasetStatsView()
         self.stats_view.tag_activated.connect(self.search.setText)
         self.side.addTab(self.stats_view, "Dataset")
+        self.bulk = BulkEditPanel()
+        self.bulk.inputs_changed.connect(self.update_bulk_preview)
+        self.bulk.apply_requested.connect(self.apply_bulk_edit)
+        self.bulk.cancel_requested.connect(self._cancel_bulk_edit)
+        self.bulk.undo_requested.connect(self.undo_last_edit)
+        self.side.addTab(self.bulk, "Bulk edit")
+        # Inside a text field Ctrl+Z stays the field's own undo (Qt gives it the shortcut first).
+        self.undo_shortcut = QShortcut(QKeySequence(QKeySequence.StandardKey.Undo), self)
+        self.undo_shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.undo_shortcut.activated.connect(self.undo_last_edit)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.grid)
@@ -304,25 +324,45 @@ class TagsTab(QWidget):
         if folder:
             self.open_dataset(Path(folder))
 
-    def open_dataset(self, path: Path) -> None:
+    def open_dataset(self, path: Path, keep_view: bool = False) -> None:
+        """Index a dataset folder in a Job. `keep_view` (a re-read after an edit of the same folder): keep the
+        selection, the current image and the image sizes already read."""
         self._generation += 1
         generation = self._generation
         self.path_label.setText(str(path))
         self.count_label.setText("indexing…")
         self._show_message("")
+        old = self.index if keep_view else None
+        view = (self.current_entry, self.selected_entries()) if old is not None else None
         job = Job(lambda p: open_dataset(path, p), name="Index dataset", parent=self)
-        self._run(job, lambda index: self._dataset_opened(index, generation))
+        self._run(job, lambda index: self._dataset_opened(index, generation, old, view))
 
-    def _dataset_opened(self, index: DatasetIndex, generation: int) -> None:
+    def _dataset_opened(
+        self,
+        index: DatasetIndex,
+        generation: int,
+        old: DatasetIndex | None = None,
+        view: tuple[int | None, np.ndarray] | None = None,
+    ) -> None:
         if generation != self._generation:
             return
+        same_images = old is not None and [e.image for e in old.entries] == [e.image for e in index.entries]
+        if same_images:
+            for new, prev in zip(index.entries, old.entries, strict=True):
+                if new.size is None and prev.width != 0:
+                    new.width, new.height = prev.width, prev.height
         self.index = index
         self.current_entry = None
         self.model.set_dataset(index)
         self.apply_filter(self.search.text())
+        if same_images and view is not None:
+            self._restore_view(*view)
         self._show_problem_count()
+        self.bulk.set_undo(last_edit(index.root))
+        self._update_bulk_scope()
         self.dataset_loaded.emit(index)
-        self.context.show_status(f"Tags: opened {index.root.name} ({len(index):,} images)")
+        if old is None:  # a re-read after an edit keeps the edit's summary in the status bar
+            self.context.show_status(f"Tags: opened {index.root.name} ({len(index):,} images)")
         self._start_dataset_jobs(generation)
 
     def _vocab_loaded(self, vocabulary: TagVocabulary) -> None:
@@ -351,6 +391,7 @@ class TagsTab(QWidget):
     def _completer_built(self, completer: object, generation: int) -> None:
         if generation == self._generation:
             self.search.set_completer(completer)
+            self.bulk.set_completer(completer)
             self.completer_ready.emit()
 
     def _stats_computed(self, stats: object, generation: int) -> None:
@@ -378,6 +419,7 @@ class TagsTab(QWidget):
         self.count_label.setText(f"{total:,} images" if shown == total else f"{shown:,} of {total:,} images")
         row = self.model.row_of(keep) if keep is not None else -1
         self.select_row(row if row >= 0 else 0)
+        self._update_bulk_scope()
 
     def add_search_tag(self, tag: str) -> None:
         current = self.search.text().strip().rstrip(",")
@@ -392,6 +434,109 @@ class TagsTab(QWidget):
         self.grid.scrollTo(idx)
         if self.current_entry != self.model.entry_at(row):
             self._row_selected(row)
+
+    def selected_entries(self) -> np.ndarray:
+        """Entry positions of the images selected in the grid, ascending."""
+        rows = [i.row() for i in self.grid.selectionModel().selectedIndexes()]
+        return np.unique(np.array([self.model.entry_at(r) for r in rows], dtype=np.int64))
+
+    def select_entries(self, entries: list[int] | np.ndarray) -> None:
+        """Select these images (those shown by the current filter); the first becomes the previewed one."""
+        rows = [r for r in (self.model.row_of(int(e)) for e in entries) if r >= 0]
+        if not rows:
+            return
+        self.select_row(rows[0])
+        selection = self.grid.selectionModel()
+        for r in rows[1:]:
+            selection.select(self.model.index(r), QItemSelectionModel.SelectionFlag.Select)
+
+    def _restore_view(self, current: int | None, selected: np.ndarray) -> None:
+        keep = [int(e) for e in selected if self.model.row_of(int(e)) >= 0]
+        if current is not None and self.model.row_of(current) >= 0:
+            keep = [current] + [e for e in keep if e != current]
+        self.select_entries(keep)
+
+    # -- bulk edit -------------------------------------------------------------------------------------------
+    def _scope_entries(self, scope: str) -> np.ndarray | None:
+        if scope == "selected":
+            return self.selected_entries()
+        if scope == "filter":
+            return self.model.rows.copy()
+        return None
+
+    def _update_bulk_scope(self) -> None:
+        total = len(self.index) if self.index is not None else 0
+        self.bulk.set_scope_counts(len(self.selected_entries()), self.model.rowCount(), total)
+        self.update_bulk_preview()
+
+    def update_bulk_preview(self) -> None:
+        """Recount what the edit in the form would change (index postings only: instant, GUI thread)."""
+        if self.index is None:
+            self.bulk.show_preview(None)
+            return
+        try:
+            edit = self.bulk.edit()
+        except KxlError as exc:
+            self.bulk.bad_input(exc)
+            return
+        if edit is None:
+            self.bulk.show_preview(None)
+            return
+        self.bulk.show_preview(preview_bulk_edit(self.index, edit, self._scope_entries(self.bulk.scope())))
+
+    def apply_bulk_edit(self) -> None:
+        if self.index is None or self._edit_job is not None:
+            return
+        try:
+            edit = self.bulk.edit()
+        except KxlError as exc:
+            self.bulk.bad_input(exc)
+            return
+        if edit is None:
+            return
+        index, entries = self.index, self._scope_entries(self.bulk.scope())
+        self._start_edit_job(
+            Job(lambda p: edit_dataset(index, edit, entries, p), name="Bulk tag edit", parent=self),
+            f"Applying: {edit.describe()}…",
+            "Cancelled: the captions already written stay edited; Undo reverts them.",
+        )
+
+    def undo_last_edit(self) -> None:
+        if self.index is None or self._edit_job is not None or last_edit(self.index.root) is None:
+            return
+        root = self.index.root
+        self._start_edit_job(
+            Job(lambda p: undo_last(root, p), name="Undo tag edit", parent=self),
+            "Undoing…",
+            "Undo cancelled: the files already restored stay restored; Undo again finishes it.",
+        )
+
+    def _start_edit_job(self, job: Job, what: str, cancelled_text: str) -> None:
+        self._edit_job = job
+        self.bulk.set_busy(True, what)
+        job.cancelled.connect(lambda: self._edit_ended("cancelled", cancelled_text))
+        self._run(
+            job,
+            lambda result: self._edit_ended("ok", result.describe()),
+            on_fail=lambda message: self._edit_ended("failed", message),
+        )
+
+    def _cancel_bulk_edit(self) -> None:
+        if self._edit_job is not None:
+            self._edit_job.cancel()
+
+    def _edit_ended(self, outcome: str, text: str) -> None:
+        self._edit_job = None
+        self.bulk.set_busy(False)
+        self.bulk.show_result(text if outcome != "failed" else "")
+        if outcome == "failed":
+            self.bulk.show_preview(None, text)
+        else:
+            self.context.show_status(f"Tags: {text}")
+        if self.index is not None:
+            self.bulk.set_undo(last_edit(self.index.root))
+            self.open_dataset(self.index.root, keep_view=True)  # re-read: chips, counts and stats follow
+        self.bulk_edit_finished.emit(outcome)
 
     # -- the selected image ----------------------------------------------------------------------------------
     def _row_selected(self, row: int) -> None:

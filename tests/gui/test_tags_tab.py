@@ -1,5 +1,5 @@
 """Tags tab driven by qtbot on a small kohya dataset: opening the workspace's newest dataset, chips by category,
-trainer caption variants, bucket label, AND/OR/NOT filtering, thumbnails and statistics."""
+trainer caption variants, bucket label, AND/OR/NOT filtering, thumbnails and statistics, bulk edit + undo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 
 from kxl_gui.context import AppContext
 from kxl_gui.settings import AppSettings
@@ -176,3 +177,85 @@ def test_thumbnails_and_stats(qtbot, tab):
     assert stats.buckets[(896, 1152)] == 2 and stats.buckets[(1024, 1024)] == 2
     assert tab.stats_view.model.rowCount() == len(stats.tags)
     assert tab.stats_view.problems.count() == 2
+
+
+def _chip_texts(tab) -> list[str]:
+    return [c.tag_text for c in tab.chips.chips]
+
+
+def test_bulk_edit_selection_remove_then_undo(qtbot, tab, workspace):
+    folder = workspace.datasets_path / "my_set" / "2_chars"
+    before = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    assert not tab.bulk.undo_button.isEnabled()
+    assert tab.bulk.undo_label.text() == "Nothing to undo for this dataset."
+
+    tab.side.setCurrentWidget(tab.bulk)
+    tab.select_entries([0, 1])  # 100 and 101, both with "long hair"; 100 stays the previewed image
+    assert tab.selected_entries().tolist() == [0, 1] and tab.current_entry == 0
+    assert tab.bulk.scope_buttons["selected"].text() == "Selected images (2)"
+    assert tab.bulk.scope_buttons["all"].text() == "Whole dataset (5)"
+    tab.bulk.set_operation("remove")
+    tab.bulk.set_scope("selected")
+    tab.bulk.tag_edit.setText("Long_Hair")
+    tab.update_bulk_preview()
+    assert tab.bulk.preview_label.text() == "2 of 2 caption(s) would change"
+    assert "twintails, solo, newest" in tab.bulk.samples_label.text()
+    assert 'text-decoration:line-through">long hair</span>' in tab.bulk.samples_label.text()  # the change
+    assert tab.bulk.apply_button.isEnabled()
+    # The tag field completes whole tags from the dataset, parentheses included.
+    tab.bulk.set_completer(tab.search._completer_index)
+    assert [insert for _, insert in tab.bulk.tag_edit.completions_for("twin")] == ["twintails"]
+
+    with qtbot.waitSignals([tab.bulk_edit_finished, tab.dataset_loaded, tab.stats_ready], timeout=20000):
+        tab.bulk.apply_button.click()
+    assert (folder / "100.txt").read_text(encoding="utf-8") == (
+        "1girl, hatsune miku, vocaloid, |||twintails, solo, newest, safe, masterpiece"
+    )
+    assert (folder / "101.txt").read_text(encoding="utf-8") == "2girls, |||smile, highres, old, nsfw"
+    after = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    assert {n for n in after if after[n] != before[n]} == {"100.txt", "101.txt"}
+    # Index, chips, selection and statistics follow the files.
+    assert tab.selected_entries().tolist() == [0, 1] and tab.current_entry == 0
+    assert "long hair" not in _chip_texts(tab) and "twintails" in _chip_texts(tab)
+    assert "long hair" not in {t.text for t in tab.stats_view.stats.tags}
+    assert tab.bulk.result_label.text() == (
+        'remove "Long Hair": 2 of 2 caption(s) changed (2 tag(s) removed)'
+    )
+    assert tab.bulk.preview_label.text() == "0 of 2 caption(s) would change"
+    assert not tab.bulk.apply_button.isEnabled()
+    assert tab.bulk.undo_button.isEnabled()
+    assert tab.bulk.undo_label.text().startswith('Undo would revert: remove "Long Hair" (2 file(s), ')
+
+    # Ctrl+Z on the grid (not in a text field) undoes the edit.
+    tab.activateWindow()
+    tab.grid.setFocus()
+    qtbot.waitUntil(tab.grid.hasFocus, timeout=5000)
+    with qtbot.waitSignals([tab.bulk_edit_finished, tab.dataset_loaded], timeout=20000):
+        qtbot.keyClick(tab.grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert {p.name: p.read_bytes() for p in sorted(folder.iterdir())} == before
+    assert "long hair" in _chip_texts(tab)
+    assert not tab.bulk.undo_button.isEnabled()
+    assert tab.bulk.result_label.text() == 'undid remove "Long Hair": 2 file(s) restored'
+
+
+def test_bulk_edit_add_to_head_over_the_filter(qtbot, tab, workspace):
+    folder = workspace.datasets_path / "my_set" / "2_chars"
+    tab.search.setText("solo")
+    tab.apply_filter("solo")  # 100, 102, 103
+    tab.bulk.set_operation("add")
+    tab.bulk.set_head(True)
+    tab.bulk.set_scope("filter")
+    tab.bulk.tag_edit.setText("kohaku_\\(artist\\)")
+    tab.update_bulk_preview()
+    assert tab.bulk.preview_label.text() == "3 of 3 caption(s) would change"
+    tab.bulk.tag_edit.setText("a, b")
+    tab.update_bulk_preview()
+    assert "contains a comma" in tab.bulk.error_label.text() and not tab.bulk.apply_button.isEnabled()
+    tab.bulk.tag_edit.setText("kohaku_\\(artist\\)")
+    tab.update_bulk_preview()
+    with qtbot.waitSignals([tab.bulk_edit_finished, tab.dataset_loaded], timeout=20000):
+        tab.apply_bulk_edit()
+    assert (folder / "102.txt").read_text(encoding="utf-8") == "kohaku (artist), |||solo, smile, sensitive"
+    assert (folder / "103.txt").read_text(encoding="utf-8").startswith("1boy, kohaku (artist), |||short hair")
+    assert (folder / "101.txt").read_text(encoding="utf-8") == CAPTIONS[1][2]
+    assert tab.count_label.text() == "3 of 5 images"  # the filter is kept across the re-read

@@ -1,4 +1,5 @@
-"""`kxl tags ...`: look at a dataset the way the trainer will (caption variants, buckets, tag statistics)."""
+"""`kxl tags ...`: look at a dataset the way the trainer will (caption variants, buckets, tag statistics) and
+edit its captions in bulk (add / remove / replace a tag, undo)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("--filter", default="", help="only images matching this tag search (AND/OR/NOT)")
     stats.add_argument("--no-sizes", action="store_true", help="skip reading image headers for the buckets")
     stats.set_defaults(func=run_stats)
+
+    edit = tags_sub.add_parser(
+        "edit",
+        help="add, remove or replace a tag in every caption (or those matching --filter), undoable",
+        description="Rewrite caption files atomically (and manifest.jsonl's captions with them). Tags match as "
+        "typed: spaces or underscores, any case, \\( escapes. The previous bytes go to DIR/.kxl-undo so that "
+        "`kxl tags undo DIR` can restore them.",
+    )
+    edit.add_argument("dir", type=Path, help="dataset folder")
+    action = edit.add_mutually_exclusive_group(required=True)
+    action.add_argument("--add", metavar="TAG", help="add TAG where it is missing (end of the flexible part)")
+    action.add_argument("--remove", metavar="TAG", help="remove every occurrence of TAG")
+    action.add_argument(
+        "--replace",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="replace OLD by NEW in place (OLD is dropped where NEW is already there)",
+    )
+    edit.add_argument(
+        "--head", action="store_true", help="with --add: put the tag in the fixed head before |||"
+    )
+    edit.add_argument("--filter", default="", help="only images matching this tag search (AND/OR/NOT)")
+    edit.add_argument("--dry-run", action="store_true", help="only say how many captions would change")
+    edit.set_defaults(func=run_edit)
+
+    undo = tags_sub.add_parser(
+        "undo",
+        help="undo the last `kxl tags edit` (or Tags tab bulk edit) of a dataset",
+        description="Restore the files of the newest edit to their exact previous bytes. Refused, naming the file, "
+        "when one was changed since the edit.",
+    )
+    undo.add_argument("dir", type=Path, help="dataset folder")
+    undo.set_defaults(func=run_undo)
 
 
 def run_preview(args: argparse.Namespace) -> int:
@@ -116,4 +150,47 @@ def run_stats(args: argparse.Namespace) -> int:
         print("\nwarnings:")
         for w in stats.warnings:
             print(f"  - {w}")
+    return 0
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    from ..errors import KxlError
+    from ..progress import text_progress
+    from ..tags.bulk_edit import TagEdit, edit_dataset, preview_bulk_edit
+    from ..tags.dataset_index import open_dataset
+
+    if args.head and not args.add:
+        raise KxlError("--head only goes with --add")
+    if args.add is not None:
+        edit = TagEdit("add", args.add, head=args.head)
+    elif args.remove is not None:
+        edit = TagEdit("remove", args.remove)
+    else:
+        edit = TagEdit("replace", args.replace[0], args.replace[1])
+    index = open_dataset(args.dir)
+    rows = index.filter(args.filter) if args.filter else None
+    if args.dry_run:
+        preview = preview_bulk_edit(index, edit, rows)
+        print(f"{edit.describe()}: {preview.describe()}")
+        for image, before, after in preview.samples:
+            print(f"  {image}\n    before: {before}\n    after:  {after}")
+        return 0
+    summary = edit_dataset(index, edit, rows, progress=text_progress(unit="files"))
+    print(summary.describe())
+    if summary.manifest_updated:
+        print(f"  {index.root / 'manifest.jsonl'}: captions updated")
+    for line in summary.skipped[:20]:
+        print(f"  skipped {line}")
+    if len(summary.skipped) > 20:
+        print(f"  ... and {len(summary.skipped) - 20} more skipped")
+    if summary.journal is not None:
+        print(f"undo with: kxl tags undo {args.dir}")
+    return 0
+
+
+def run_undo(args: argparse.Namespace) -> int:
+    from ..progress import text_progress
+    from ..tags.edit_journal import undo_last
+
+    print(undo_last(args.dir, progress=text_progress(unit="files")).describe())
     return 0

@@ -8,6 +8,7 @@ and patched into the header at the end (same byte length), so hashing costs no e
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,12 +22,13 @@ from ..hashing import cached_sha256, full_sha256, remember_sha256
 from ..lokr.file import LokrFile, read_lokr
 from ..lokr.math import lokr_delta
 from ..models.loading import checkpoint_metadata
-from ..models.safetensors_writer import ST_ITEMSIZE, PlannedTensor, StreamingWriter, build_header
+from ..models.safetensors_writer import ST_ITEMSIZE, PlannedTensor, StreamingWriter, build_header, plan_order
 from ..models.sdxl_layout import EMBEDDING_KEYS, IGNORED_SGM_KEYS
 from ..progress import Progress, ensure_progress
 from .blocks import block_of
 from .recipe import MergeRecipe
 from .sources import ModelSource, SingleFileSource, open_source
+from .streaming import RANGE, Arithmetic, Prefetcher, TensorJob, check_range
 
 OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -197,65 +199,32 @@ def _apply_patches(result, patches: list[LokrPatch]):
     return result
 
 
-class _Buffers:
-    """Work buffers sized for the largest tensor, allocated once.
-
-    Fresh multi-hundred-MB allocations fault in zeroed pages on every tensor, which costs more than the
-    arithmetic; converting into a reused fp32 buffer (`copy_`) is several times faster than `.float()`.
-    """
-
-    def __init__(self, max_numel: int, max_nbytes: int):
-        import torch
-
-        self.result = torch.empty(max_numel, dtype=torch.float32)
-        self.term = torch.empty(max_numel, dtype=torch.float32)
-        self.scratch = torch.empty(max_nbytes, dtype=torch.uint8)
-        self.out = torch.empty(max_numel * 4, dtype=torch.uint8)
-
-    def load(self, dst, src: ModelSource, key: str):
-        n = _numel(src.tensors[key].shape)
-        view = dst[:n].view(src.tensors[key].shape)
-        view.copy_(src.get(key, self.scratch))
-        return view
-
-
-def _compute(recipe: MergeRecipe, key: str, sources: list[ModelSource], original: ModelSource | None,
-             plan: MergePlan, buf: _Buffers):  # fmt: skip
-    """The fp32 result for `key` (a view into `buf.result`), or the raw tensor for non-float keys."""
+def _job_for(
+    key: str, recipe: MergeRecipe, plan: MergePlan, inputs: list[ModelSource | None], out_st: str
+) -> TensorJob:
+    """`inputs` = the recipe's inputs followed by the original model (or None)."""
+    sources = inputs[:-1]
     a = sources[0]
+    patches = plan.patches.get(key, [])
     if key in plan.reverted:
-        return buf.load(buf.result, original, key)
-    if a.tensors[key].dtype not in FLOAT_DTYPES:
-        return a.get(key).clone()
-    if key in plan.taken_from_a or recipe.operation == "copy":
-        result = buf.load(buf.result, a, key)
+        terms = [(len(sources), 1.0)]  # the original model sits after the inputs
+    elif a.tensors[key].dtype not in FLOAT_DTYPES:
+        return TensorJob(key, [(0, 1.0)], raw=True, check=False)
+    elif key in plan.taken_from_a or recipe.operation == "copy":
+        terms = [(0, 1.0)]
     elif recipe.operation == "weighted_sum":
         weights = recipe.block_weights.get(block_of(key), recipe.weights)
-        result = buf.load(buf.result, a, key).mul_(weights[0])
-        for w, s in zip(weights[1:], sources[1:], strict=True):
-            result.add_(buf.load(buf.term, s, key), alpha=w)
+        terms = list(enumerate(weights))
     else:  # add_difference: A + m * (B - C)
         (m,) = recipe.block_weights.get(block_of(key), recipe.weights)
-        result = buf.load(buf.result, sources[2], key).mul_(-m)
-        result.add_(buf.load(buf.term, sources[1], key), alpha=m)
-        result.add_(buf.load(buf.term, a, key))
-    if key in plan.patches:
-        result = _apply_patches(result, plan.patches[key])
-    return result
-
-
-def _check_finite(key: str, value, out_dtype: str) -> None:
-    """NaN/inf, or an fp16 overflow, named by key; aminmax is ~20x cheaper than isfinite on this data."""
-    import torch
-
-    if value.numel() == 0:
-        return
-    lo, hi = torch.aminmax(value)
-    limit = 65504.0 if out_dtype == "fp16" else float("inf")
-    lo, hi = float(lo), float(hi)
-    if not (abs(lo) <= limit and abs(hi) <= limit):  # false for NaN too
-        raise KxlError(f"the merge produced NaN/inf or values outside {out_dtype} range in '{key}' "
-                       f"(min {lo:g}, max {hi:g}); check the weights and inputs, or write bf16/fp32")  # fmt: skip
+        terms = [(0, 1.0), (1, m), (2, -m)]
+    weights = [w for _, w in terms]
+    convex = all(w >= 0 for w in weights) and sum(weights) <= 1 + 1e-6
+    in_dtypes = [inputs[i].tensors[key].dtype for i, _ in terms]
+    # A convex combination stays within its inputs' range, so without LoKr deltas it cannot overflow an output
+    # dtype at least as wide: the scan is skipped there (NaN inputs pass through unchanged, as in sd-webui).
+    safe = convex and not patches and all(RANGE.get(d, 0) <= RANGE[out_st] for d in in_dtypes)
+    return TensorJob(key, terms, patches, check=not safe)
 
 
 def _recipe_metadata(plan: MergePlan, hashes: dict[str, str]) -> dict[str, str]:
@@ -288,16 +257,26 @@ def _recipe_metadata(plan: MergePlan, hashes: dict[str, str]) -> dict[str, str]:
                                            "sd_merge_models": json.dumps(models, sort_keys=True)})  # fmt: skip
 
 
-def _start_hashing(sources: list[ModelSource]) -> dict[str, str]:
-    """Known hashes from the cache; the other single files hash their own reads (stream_hash.py)."""
+def _start_hashing(sources: list[ModelSource], original: ModelSource | None) -> tuple[dict[str, str], list]:
+    """Known hashes come from the cache. Inputs hash their own reads (stream_hash.py); the original, of which
+    only four tensors are read, is hashed by a side thread while the merge runs."""
     known: dict[str, str] = {}
-    for src in sources:
+    threads = []
+    for src in [*sources, *([original] if original else [])]:
         cached = cached_sha256(src.path) if src.path.is_file() else None
         if cached:
             known[str(src.path)] = cached
-        elif isinstance(src, SingleFileSource):
+        elif isinstance(src, SingleFileSource) and src is not original:
             src.hash_while_reading()
-    return known
+        elif isinstance(src, SingleFileSource):
+
+            def work(path=src.path):
+                known[str(path)] = full_sha256(path)
+
+            t = threading.Thread(target=work, name="merge-hash-original", daemon=True)
+            t.start()
+            threads.append(t)
+    return known, threads
 
 
 def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = None,
@@ -316,32 +295,64 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
     sources = [open_source(p) for p in recipe.inputs]
     original = open_source(recipe.original) if recipe.original else None
     everyone = [*sources, *([original] if original else [])]
-    hashes = _start_hashing(everyone)
-    out_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[recipe.dtype]
-    max_numel = max(_numel(e.shape) for e in plan.entries)
-    max_nbytes = max(
-        _numel(t.shape) * ST_ITEMSIZE.get(t.dtype, 4) for src in everyone for t in src.tensors.values()
-    )
-    buf = _Buffers(max_numel, max_nbytes)
     try:
+        hashes, hash_threads = _start_hashing(sources, original)
+        out_st = OUT_DTYPES[recipe.dtype]
+        out_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[recipe.dtype]
+        entries = {e.name: e for e in plan.entries}
+        inputs: list[ModelSource | None] = [*sources, original]
+        jobs = [
+            _job_for(e.name, recipe, plan, inputs, out_st) for e in plan_order(plan.entries, keep_order=True)
+        ]
+        slot_bytes = [0] * len(inputs)
+        for job in jobs:
+            for i, _ in job.terms:
+                t = inputs[i].tensors[job.key]
+                slot_bytes[i] = max(slot_bytes[i], _numel(t.shape) * ST_ITEMSIZE.get(t.dtype, 8))
+        out_buf = torch.empty(max(e.nbytes for e in plan.entries), dtype=torch.uint8)
+        arith = Arithmetic()
+        limit = RANGE[out_st]
         progress.stage(f"Merging {len(plan.keys):,} tensors")
         done = 0
         with atomic_path(out) as tmp:
             with StreamingWriter(tmp, plan.entries, _recipe_metadata(plan, {}), keep_order=True) as writer:
-                for entry in writer.order:
-                    progress.check_cancelled()
-                    value = _compute(recipe, entry.name, sources, original, plan, buf)
-                    if value.is_floating_point():
-                        _check_finite(entry.name, value, recipe.dtype)
-                        if value.dtype != out_dtype:
-                            n = value.numel()
-                            cast = buf.out[: n * out_dtype.itemsize].view(out_dtype).view(value.shape)
-                            value = cast.copy_(value)
-                    writer.write(entry.name, value)
-                    done += entry.nbytes
-                    progress.update(done, plan.out_bytes, "merging")
+                reader = Prefetcher(jobs, inputs, slot_bytes)
+                try:
+                    for job, tensors in reader:
+                        progress.check_cancelled()
+                        entry = entries[job.key]
+                        first = tensors[job.terms[0][0]]
+                        if job.raw:
+                            value = first
+                        elif (
+                            len(job.terms) == 1
+                            and job.terms[0][1] == 1.0
+                            and not job.patches
+                            and first.dtype == out_dtype
+                        ):
+                            value = (
+                                first  # a revert or a copy in the output dtype: the stored bytes, untouched
+                            )
+                        else:
+                            value = out_buf[: entry.nbytes].view(out_dtype).view(entry.shape)
+                            terms = [(tensors[i], w) for i, w in job.terms]
+                            if job.patches:
+                                full = arith.full(_numel(entry.shape)).view(entry.shape)
+                                arith.combine(terms, full, None, job.key)
+                                _apply_patches(full, job.patches)
+                                check_range(full, limit, job.key)
+                                value.copy_(full)
+                            else:
+                                arith.combine(terms, value, limit if job.check else None, job.key)
+                        writer.write(job.key, value)
+                        done += entry.nbytes
+                        progress.update(done, plan.out_bytes, "merging")
+                finally:
+                    reader.close()
             progress.stage("Finishing (input hashes)")
-            for src in everyone:
+            for t in hash_threads:
+                t.join()
+            for src in sources:
                 digest = src.finish_hash()
                 if digest is not None:
                     hashes[str(src.path)] = digest
