@@ -428,25 +428,7 @@ def run_txt2img(
 
 
 def _pipeline(components: Any, scheduler: Any, img2img: bool = False) -> Any:
-    from ..hf_quiet import quiet_hf
-
-    with quiet_hf():
-        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
-
-        cls = StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline
-        pipe = cls(
-            vae=components.vae,
-            text_encoder=components.text_encoder,
-            text_encoder_2=components.text_encoder_2,
-            tokenizer=components.tokenizer,
-            tokenizer_2=components.tokenizer_2,
-            unet=components.unet,
-            scheduler=scheduler,
-            force_zeros_for_empty_prompt=True,
-            add_watermarker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return components.pipeline(scheduler=scheduler, img2img=img2img)
 
 
 def _generators(seeds: Sequence[int], device: Any) -> list[Any]:

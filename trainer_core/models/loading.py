@@ -46,22 +46,25 @@ class SdxlComponents:
     def models(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in COMPONENTS}
 
-    def pipeline(self):
-        """A diffusers StableDiffusionXLPipeline over these components (no copy, no watermark)."""
+    def pipeline(self, scheduler: Any = None, img2img: bool = False):
+        """A diffusers SDXL (img2img) pipeline over these components: no copy, no watermark, no progress bar."""
         with quiet_hf():
-            from diffusers import StableDiffusionXLPipeline
+            from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-            return StableDiffusionXLPipeline(
+            cls = StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline
+            pipe = cls(
                 vae=self.vae,
                 text_encoder=self.text_encoder,
                 text_encoder_2=self.text_encoder_2,
                 tokenizer=self.tokenizer,
                 tokenizer_2=self.tokenizer_2,
                 unet=self.unet,
-                scheduler=self.scheduler,
+                scheduler=scheduler if scheduler is not None else self.scheduler,
                 force_zeros_for_empty_prompt=True,
                 add_watermarker=False,
             )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
 
 def _dtype(name_or_dtype):
@@ -239,7 +242,11 @@ def load_sdxl(
 
 
 def components_to_single_file_state(components: SdxlComponents, dtype=None) -> dict[str, Any]:
-    """The single-file (SGM) state dict for `components`, optionally cast (floating tensors only)."""
+    """The single-file (SGM) state dict for `components`, optionally cast (floating tensors only).
+
+    Like `state_dict()`, tensors that need no cast or layout change share memory with the live model: copy
+    before editing them in place.
+    """
     layout = layout_for(components.arch)
     sds = {name: model.state_dict() for name, model in components.models().items()}
     out = layout.to_sgm(sds, components.extras)
