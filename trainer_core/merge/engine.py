@@ -295,6 +295,10 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
     sources = [open_source(p) for p in recipe.inputs]
     original = open_source(recipe.original) if recipe.original else None
     everyone = [*sources, *([original] if original else [])]
+    # One intra-op thread: the reader and hash threads keep the other core busy, and torch's OpenMP workers
+    # spin-waiting against them made the element-wise work twice as slow overall (benchmarks/bench_merge.py).
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         hashes, hash_threads = _start_hashing(sources, original)
         out_st = OUT_DTYPES[recipe.dtype]
@@ -359,6 +363,7 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
                     remember_sha256(src.path, digest)
             _patch_header(tmp, plan, _recipe_metadata(plan, hashes))
     finally:
+        torch.set_num_threads(torch_threads)
         for s in everyone:
             s.close()
     lokr_hashes = {Path(p).name: full_sha256(p)[:10] for p, _ in recipe.lokr}  # small files
