@@ -314,13 +314,13 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
                 t = inputs[i].tensors[job.key]
                 slot_bytes[i] = max(slot_bytes[i], _numel(t.shape) * ST_ITEMSIZE.get(t.dtype, 8))
         out_buf = torch.empty(max(e.nbytes for e in plan.entries), dtype=torch.uint8)
-        arith = Arithmetic()
         limit = RANGE[out_st]
         progress.stage(f"Merging {len(plan.keys):,} tensors")
         done = 0
         with atomic_path(out) as tmp:
             with StreamingWriter(tmp, plan.entries, _recipe_metadata(plan, {}), keep_order=True) as writer:
                 reader = Prefetcher(jobs, inputs, slot_bytes)
+                arith = Arithmetic()
                 try:
                     for job, tensors in reader:
                         progress.check_cancelled()
@@ -353,6 +353,7 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
                         progress.update(done, plan.out_bytes, "merging")
                 finally:
                     reader.close()
+                    arith.__exit__(None, None, None)
             progress.stage("Finishing (input hashes)")
             for t in hash_threads:
                 t.join()

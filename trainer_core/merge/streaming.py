@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,14 +85,27 @@ class Prefetcher:
 
 
 class Arithmetic:
-    """Chunk buffers plus a full fp32 buffer (grown on demand) for tensors that get LoKr deltas."""
+    """Chunk buffers for two lanes, plus a full fp32 buffer (grown on demand) for tensors that get LoKr deltas.
+
+    Large tensors are split between the calling thread and one helper thread (torch kernels release the GIL);
+    each lane owns its chunk buffers. Use as a context manager so the helper thread is shut down.
+    """
 
     def __init__(self):
         import torch
 
-        self.acc = torch.empty(CHUNK, dtype=torch.float32)
-        self.tmp = torch.empty(CHUNK, dtype=torch.float32)
+        self._lanes = [
+            (torch.empty(CHUNK, dtype=torch.float32), torch.empty(CHUNK, dtype=torch.float32))
+            for _ in range(2)
+        ]
         self._full = torch.empty(0, dtype=torch.float32)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-math")
+
+    def __enter__(self) -> Arithmetic:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True)
 
     def full(self, n: int):
         import torch
@@ -105,15 +119,29 @@ class Arithmetic:
         flat_out = out.reshape(-1)
         flats = [(t.reshape(-1), w) for t, w in terms]
         n = flat_out.numel()
-        for s in range(0, n, CHUNK):
-            e = min(n, s + CHUNK)
-            acc = self.acc[: e - s]
+        if n <= 2 * CHUNK:
+            self._run(0, flats, flat_out, 0, n, check_limit, key)
+            return
+        half = (n // 2 + CHUNK - 1) // CHUNK * CHUNK
+        other = self._pool.submit(self._run, 1, flats, flat_out, half, n, check_limit, key)
+        try:
+            self._run(0, flats, flat_out, 0, half, check_limit, key)
+        finally:
+            other.result()  # re-raises a range error found by the helper lane
+
+    def _run(
+        self, lane: int, flats, flat_out, begin: int, end_: int, check_limit: float | None, key: str
+    ) -> None:
+        acc_buf, tmp_buf = self._lanes[lane]
+        for s in range(begin, end_, CHUNK):
+            e = min(end_, s + CHUNK)
+            acc = acc_buf[: e - s]
             first, w0 = flats[0]
             acc.copy_(first[s:e])
             if w0 != 1.0:
                 acc.mul_(w0)
             for t, w in flats[1:]:
-                tmp = self.tmp[: e - s]
+                tmp = tmp_buf[: e - s]
                 tmp.copy_(t[s:e])
                 acc.add_(tmp, alpha=w)
             if check_limit is not None:
