@@ -123,6 +123,12 @@ class MainWindow(QMainWindow):
         self.context.settings.save_window(self.saveGeometry(), self.saveState())
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        # A tab with something live (a training run) may ask first; `confirm_close() -> bool`, False keeps the window.
+        for page in self.tab_pages.values():
+            confirm = getattr(page, "confirm_close", None)
+            if confirm is not None and not confirm():
+                event.ignore()
+                return
         self.save_window_state()
         cancel_all(wait_s=2.0)
         super().closeEvent(event)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,7 @@ def write_run_info(run_dir: str | Path, state: str, **extra: Any) -> None:
     """(Re)write run.json atomically with the current process's identity and `state`."""
     pid = os.getpid()
     info = {
+        "host": socket.gethostname(),  # reconciliation only judges runs of this machine
         "pid": pid,
         "pgid": os.getpgid(0) if hasattr(os, "getpgid") else None,
         "ppid": os.getppid(),

@@ -1,0 +1,149 @@
+"""Sample images made during training, one row per step (newest first), thumbnails decoded off the GUI thread.
+
+A 1024² PNG takes tens of milliseconds to decode, so the gallery never decodes on the GUI thread: a daemon thread
+reads and scales each image into a QImage (safe outside the GUI thread) and a queued signal hands it back.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QImage, QImageReader, QPixmap
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+THUMB = 168
+
+
+class ThumbnailLoader(QObject):
+    loaded = Signal(str, QImage)
+    _relay = Signal(str, QImage)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._relay.connect(self.loaded, Qt.ConnectionType.QueuedConnection)
+        self._thread = threading.Thread(target=self._work, name="kxl-train-thumbs", daemon=True)
+        self._thread.start()
+
+    def request(self, path: str) -> None:
+        self._queue.put(path)
+
+    def _work(self) -> None:
+        while True:
+            path = self._queue.get()
+            reader = QImageReader(path)
+            size = reader.size()
+            if size.isValid() and max(size.width(), size.height()) > THUMB:
+                reader.setScaledSize(size.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio))
+            image = reader.read()
+            try:
+                self._relay.emit(path, image)
+            except RuntimeError:  # the gallery was destroyed: nobody is listening any more
+                return
+
+
+class _Thumb(QLabel):
+    def __init__(self, sample: dict[str, Any], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.path = str(sample.get("path", ""))
+        self.setFixedSize(THUMB + 6, THUMB + 6)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setObjectName("sampleThumb")
+        self.setText("…")
+        prompt = str(sample.get("prompt", ""))
+        self.setToolTip(f"{prompt}\n{self.path}\n(double-click to open)")
+
+    def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802 - Qt override
+        QDesktopServices.openUrl(QUrl.fromLocalFile(self.path))
+        super().mouseDoubleClickEvent(event)
+
+
+class SampleGallery(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.loader = ThumbnailLoader(self)
+        self.loader.loaded.connect(self._on_loaded)
+        self._thumbs: dict[str, _Thumb] = {}
+        self._rows: dict[int, QWidget] = {}
+        self._count = 0
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.empty = QLabel(
+            "No samples yet. Set training.sample_every and sample_prompts, or press Sample now."
+        )
+        self.empty.setObjectName("muted")
+        self.empty.setWordWrap(True)
+        outer.addWidget(self.empty)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        body = QWidget()
+        self.rows_layout = QVBoxLayout(body)
+        self.rows_layout.setContentsMargins(0, 0, 0, 0)
+        self.rows_layout.addStretch(1)
+        self.scroll.setWidget(body)
+        outer.addWidget(self.scroll, 1)
+
+    def clear(self) -> None:
+        for row in self._rows.values():
+            row.deleteLater()
+        self._rows.clear()
+        self._thumbs.clear()
+        self._count = 0
+        self.empty.show()
+
+    def set_samples(self, samples: list[dict[str, Any]]) -> None:
+        """Show exactly these sample events (adds new ones; rebuilds when some disappeared after a resume)."""
+        paths = {str(s.get("path", "")) for s in samples}
+        if any(p not in paths for p in self._thumbs):
+            self.clear()
+        for s in samples:
+            if str(s.get("path", "")) not in self._thumbs:
+                self._add(s)
+        self.empty.setVisible(not self._thumbs)
+
+    def _add(self, sample: dict[str, Any]) -> None:
+        step = int(sample.get("step", 0))
+        row = self._rows.get(step)
+        if row is None:
+            row = QWidget()
+            lay = QVBoxLayout(row)
+            lay.setContentsMargins(0, 4, 0, 4)
+            title = QLabel(f"Step {step:,}")
+            title.setObjectName("cardTitle")
+            lay.addWidget(title)
+            strip = QHBoxLayout()
+            strip.setSpacing(6)
+            strip.addStretch(1)
+            lay.addLayout(strip)
+            row.strip = strip  # type: ignore[attr-defined]
+            index = sum(1 for s in self._rows if s > step)  # rows are kept newest first
+            self.rows_layout.insertWidget(index, row)
+            self._rows[step] = row
+        thumb = _Thumb(sample)
+        strip: QHBoxLayout = row.strip  # type: ignore[attr-defined]
+        strip.insertWidget(strip.count() - 1, thumb)
+        self._thumbs[thumb.path] = thumb
+        self._count += 1
+        if Path(thumb.path).is_file():
+            self.loader.request(thumb.path)
+        else:
+            thumb.setText("missing")
+
+    def _on_loaded(self, path: str, image: QImage) -> None:
+        thumb = self._thumbs.get(path)
+        if thumb is None:
+            return
+        if image.isNull():
+            thumb.setText("unreadable")
+        else:
+            thumb.setPixmap(QPixmap.fromImage(image))
+
+    def steps(self) -> list[int]:
+        return sorted(self._rows, reverse=True)
+
+    def sample_count(self) -> int:
+        return len(self._thumbs)

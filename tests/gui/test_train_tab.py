@@ -1,0 +1,238 @@
+"""Train tab driven with qtbot on the demo workspace: settings, pre-flight, a real 2-process CPU run that is stopped,
+resumed, followed by a recreated tab, and killed (one rank SIGKILLed); plus a launcher that dies at once.
+
+The real run uses the tiny demo model at 64 px with batch 1, so each launch is mostly interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from kxl_gui.context import AppContext  # noqa: E402
+from kxl_gui.settings import AppSettings  # noqa: E402
+from kxl_gui.tabs import train as train_tab  # noqa: E402
+from kxl_gui.tabs.train import TrainTab  # noqa: E402
+from trainer_core.train.events import read_events  # noqa: E402
+from trainer_core.train.runs import group_members  # noqa: E402
+
+RUN_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The demo workspace (DB + tiny checkpoints, no image shards) with a 4-image kohya dataset."""
+    from trainer_core.demo import init_demo
+
+    root = tmp_path_factory.mktemp("train-ws") / "demo"
+    ws = init_demo(root, posts=20, seed=0, images=False)
+    sub = ws.datasets_path / "squares" / "1_demo"
+    sub.mkdir(parents=True)
+    for i in range(4):
+        im = Image.new("RGB", (64, 64), (60 * i, 40, 140))
+        ImageDraw.Draw(im).ellipse((10, 10, 50, 50), fill=(250, 220, 40))
+        im.save(sub / f"{i}.png")
+        (sub / f"{i}.txt").write_text(f"1girl ||| yellow circle, tag{i}", encoding="utf-8")
+    return ws
+
+
+@pytest.fixture
+def context(workspace, tmp_path):
+    ctx = AppContext(AppSettings(tmp_path / "gui.ini"))
+    ctx.set_workspace(workspace)
+    return ctx
+
+
+def make_tab(qtbot, context) -> TrainTab:
+    tab = TrainTab(context)
+    qtbot.addWidget(tab)
+    tab.resize(1280, 860)
+    return tab
+
+
+def set_setting(tab: TrainTab, key: str, value) -> None:
+    w = tab.settings.editors[key]
+    if hasattr(w, "setValue"):
+        w.setValue(value)
+    elif hasattr(w, "setChecked"):
+        w.setChecked(value)
+    else:
+        w.setText(str(value))
+
+
+def wait_preflight(qtbot, tab: TrainTab):
+    with qtbot.waitSignal(tab.preflight_done, timeout=20_000) as blocker:
+        tab._preflight_timer.start(0)
+    return blocker.args[0]
+
+
+def configure_small_run(qtbot, tab: TrainTab, max_steps: int = 1000):
+    tab.device_combo.setCurrentIndex(tab.device_combo.findData("cpu"))
+    tab.processes_spin.setValue(2)
+    for key, value in (("dataset.resolution", 64), ("training.batch_size", 1), ("training.max_steps", max_steps),
+                       ("training.gradient_accumulation_steps", 1), ("training.save_every_n_steps", 0),
+                       ("optimizer.lr_warmup_steps", 0)):  # fmt: skip
+        set_setting(tab, key, value)
+    return wait_preflight(qtbot, tab)
+
+
+def loss_steps(tab: TrainTab) -> list[int]:
+    tab._refresh_live()
+    return [int(x) for x in tab.plots.loss_points()[0]]
+
+
+def test_defaults_come_from_the_workspace_and_requests(qtbot, context, workspace, tmp_path):
+    tab = make_tab(qtbot, context)
+    assert tab.preset_combo.currentData() == "tiny-demo"  # demo workspace -> the demo preset
+    assert Path(tab.dataset_edit.text()) == workspace.datasets_path / "squares"
+    assert Path(tab.base_edit.text()) == workspace.checkpoint_path("original")
+    assert Path(tab.run_dir_edit.text()).parent == workspace.runs_path
+    assert Path(tab.run_dir_edit.text()).name.startswith("tiny-demo-lokr-")
+    merged = workspace.models_path / "kohaku-xl-delta-base.safetensors"
+    merged.write_bytes(workspace.checkpoint_path("gamma").read_bytes())
+    try:
+        assert train_tab.default_base(workspace) == merged  # a merged base wins over the original
+    finally:
+        merged.unlink()
+    context.request("train.set_base", tmp_path / "other.safetensors")
+    context.request("train.set_dataset", tmp_path / "ds")
+    assert tab.base_edit.text() == str(tmp_path / "other.safetensors")
+    assert tab.dataset_edit.text() == str(tmp_path / "ds")
+    report = wait_preflight(qtbot, tab)
+    topics = {i.topic: i.level for i in report.items}
+    assert topics["dataset"] == "error" and topics["base"] == "error"
+    assert not tab.launch_button.isEnabled()
+    assert (
+        "dataset folder not found"
+        in tab.preflight_card.findChildren(type(tab.run_title), "preflightItem")[0].text()
+    )
+
+
+def test_settings_search_tooltips_and_toml_round_trip(qtbot, context, tmp_path):
+    tab = make_tab(qtbot, context)
+    assert tab.settings.filter("warmup") == 1
+    assert tab.settings.visible_keys() == ["optimizer.lr_warmup_steps"]
+    assert "optimizer.lr_warmup_steps" in tab.settings.editors["optimizer.lr_warmup_steps"].toolTip()
+    assert tab.settings.filter("min_snr") == 1  # the TOML key itself is searchable
+    assert tab.settings.filter("no such option") == 0 and tab.settings.no_match.isVisibleTo(tab)
+    tab.settings.filter("")
+    assert len(tab.settings.visible_keys()) == len(tab.settings.editors)
+
+    set_setting(tab, "training.batch_size", 3)
+    set_setting(tab, "optimizer.unet_lr", "2.5e-4")
+    tab.settings.editors["training.sample_prompts"].setPlainText("1girl, solo\n\n1boy")
+    path = tmp_path / "saved.toml"
+    tab.save_toml(path)
+    tab2 = make_tab(qtbot, context)
+    tab2.load_toml(path)
+    cfg = tab2.current_config()
+    assert cfg.training.batch_size == 3 and cfg.optimizer.unet_lr == 2.5e-4
+    assert cfg.training.sample_prompts == ["1girl, solo", "1boy"]
+    assert Path(cfg.model.base) == Path(tab.base_edit.text())
+
+    set_setting(tab, "optimizer.betas", "0.9; 0.95")
+    with pytest.raises(Exception, match="optimizer.betas"):
+        tab.current_config()
+
+
+def test_launcher_that_dies_at_once_shows_exit_code_and_log(qtbot, context, monkeypatch):
+    tab = make_tab(qtbot, context)
+    configure_small_run(qtbot, tab)
+    script = "import sys; print('trainer could not import torch: boom', flush=True); sys.exit(3)"
+    monkeypatch.setattr(train_tab, "launch_command", lambda plan: ([sys.executable, "-c", script], {}))
+    with qtbot.waitSignal(tab.run_ended, timeout=20_000) as ended:
+        run_dir = tab.launch()
+    assert ended.args == ["failed"]
+    assert tab.monitor.exit_code == 3
+    text = tab.live_message.text()
+    assert "exit code 3" in text and "exited before reporting anything" in text
+    assert tab.failure_log.isVisibleTo(tab) and "boom" in tab.failure_log.toPlainText()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["state"] == "failed" and info["exit_code"] == 3
+    assert tab.launch_button.isEnabled()  # the GUI is ready for the next launch
+
+
+def test_run_stop_resume_reattach_and_killed_rank(qtbot, context, workspace):
+    tab = make_tab(qtbot, context)
+    report = configure_small_run(qtbot, tab)
+    assert report.ok, report.items
+    assert report.images == 4 and report.memory is not None and report.memory.total > 0
+    command = tab.command_box.toPlainText()
+    assert (
+        "ACCELERATE_USE_CPU=true" in command and "--num_processes 2" in command and "--multi_gpu" in command
+    )
+
+    # -- launch, see steps on the plot
+    run_dir = tab.launch()
+    assert run_dir is not None and tab.monitor.owns_process
+    qtbot.waitUntil(lambda: tab.monitor.series.last_step >= 3, timeout=RUN_TIMEOUT_MS)
+    assert tab.monitor.state == "running"
+    steps = loss_steps(tab)
+    assert steps[:3] == [1, 2, 3] and steps == list(range(1, len(steps) + 1))
+
+    # -- Save now: a state appears without stopping
+    tab._command("save")
+    qtbot.waitUntil(lambda: tab.states_list.count() >= 1, timeout=RUN_TIMEOUT_MS)
+
+    # -- graceful stop
+    with qtbot.waitSignal(tab.run_ended, timeout=RUN_TIMEOUT_MS) as ended:
+        tab.stop()
+        assert tab.monitor.state == "stopping"
+    assert ended.args == ["stopped"]
+    stopped_at = tab.monitor.series.done["step"]
+    assert loss_steps(tab)[-1] == stopped_at
+    assert tab.states_list.item(0).text().startswith(f"step {stopped_at:,}")
+    assert tab.lokr_list.count() >= 1 and tab.resume_button.isEnabled()
+
+    # -- resume from the newest state: the plot continues from that step
+    assert tab.resume() == run_dir
+    qtbot.waitUntil(lambda: tab.monitor.series.last_step >= stopped_at + 2, timeout=RUN_TIMEOUT_MS)
+    steps = loss_steps(tab)
+    assert steps == list(range(1, steps[-1] + 1))  # one continuous curve, no restart at 1
+    assert any(m.kind == "resume" and m.step == stopped_at for m in tab.monitor.series.markers)
+
+    # -- a second tab (GUI restarted) finds the live run and follows it
+    tab2 = make_tab(qtbot, context)
+    qtbot.waitUntil(lambda: tab2.monitor is not None, timeout=20_000)
+    assert tab2.monitor.run_dir == run_dir and not tab2.monitor.owns_process
+    qtbot.waitUntil(lambda: len(loss_steps(tab2)) > stopped_at, timeout=20_000)
+    assert [r.state for r in tab2.runs.runs if r.run_dir == run_dir] == ["running"]
+    tab2.close_choice = lambda *_: "cancel"
+    assert tab2.confirm_close() is False
+    tab2.close_choice = lambda *_: "leave"
+    assert tab2.confirm_close() is True and not tab2.monitor.timer.isActive()
+
+    # -- SIGKILL one rank: the run fails with the exit code and the log tail, nothing is left running
+    launcher = tab.monitor.proc.pid
+    ranks = [p for p in psutil.Process(launcher).children(recursive=True)
+             if "trainer_core.train" in " ".join(p.cmdline())]  # fmt: skip
+    assert len(ranks) == 2
+    with qtbot.waitSignal(tab.run_ended, timeout=RUN_TIMEOUT_MS) as ended:
+        os.kill(ranks[-1].pid, signal.SIGKILL)
+    assert ended.args == ["failed"]
+    assert tab.monitor.exit_code not in (0, None)
+    assert f"exit code {tab.monitor.exit_code}" in tab.live_message.text()
+    log = tab.failure_log.toPlainText().splitlines()
+    assert tab.failure_log.isVisibleTo(tab) and 0 < len(log) <= 40
+    assert group_members(launcher) == [] and not psutil.pid_exists(launcher)  # reaped, no straggler
+    assert json.loads((run_dir / "run.json").read_text())["state"] in ("failed", "error")
+    assert not any(e["type"] == "done" for e in read_events(run_dir)[-3:])
+
+    # -- a fresh tab lists the run as failed and can inspect it
+    tab3 = make_tab(qtbot, context)
+    qtbot.waitUntil(lambda: any(r.run_dir == run_dir for r in tab3.runs.runs), timeout=20_000)
+    assert [r.state for r in tab3.runs.runs if r.run_dir == run_dir] == ["failed"]
+    assert tab3.monitor is None  # nothing live to reattach to
+    tab3.attach(run_dir)
+    assert tab3.monitor.state == "failed"
+    qtbot.waitUntil(lambda: tab3.monitor.series.n > 0 and not tab3.monitor.catching_up, timeout=10_000)
+    assert loss_steps(tab3)[-1] == tab.monitor.series.last_step
