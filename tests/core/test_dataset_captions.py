@@ -213,3 +213,60 @@ def test_captions_jsonl_every_post_ordered(spec_db, tmp_path):
     assert [r["id"] for r in rows] == sorted(p[0] for p in SPEC_POSTS)
     assert {r["id"]: r["caption"] for r in rows} == {p[0]: p[5] for p in SPEC_POSTS}
     assert list(rows[0]) == ["id", "caption"]
+
+
+def test_years_of_matches_year_of_on_odd_strings():
+    from trainer_core.dataset.captions import years_of
+
+    cases = [
+        "2024-05-19T01:30:25.096-04:00",
+        "2024-02-29T01:30:25.096-04:00",  # leap day
+        "2023-02-29T01:30:25.096-04:00",  # impossible date: not the fast path
+        "2024-13-19T01:30:25.096-04:00",
+        "2024-05-19T24:30:25.096-04:00",
+        "2024-05-19T01:30:25.096-24:00",
+        "0000-05-19T01:30:25.096-04:00",
+        "2024-05-19 01:30:25.096-04:00",
+        "2019-12-31T23:59:59.999+14:00",
+        "unknown",
+        "",
+        "2024-05-19T01:30:25.096-04:0é",
+    ]
+    assert years_of(cases).tolist() == [year_of(c) for c in cases]
+
+
+def test_process_and_thread_paths_match_reference(tmp_path):
+    """Worker processes, reader threads and the per-post reference give the same captions, in id order."""
+    from trainer_core.danbooru.demo_db import generate_demo_db
+    from trainer_core.dataset.caption_stream import iter_caption_chunks
+
+    db = tmp_path / "demo.db"
+    generate_demo_db(db, 400, 3)
+    conn = open_db(db)
+    ids = np.array([r[0] for r in conn.execute("SELECT id FROM post ORDER BY id")], np.int64)[::2]
+    scheme = quality_scheme("card")
+    expected = []
+    for pid in ids.tolist():
+        rating, fav, created = conn.execute(
+            "SELECT rating, fav_count, created_at FROM post WHERE id = ?", (pid,)
+        ).fetchone()
+        tags = conn.execute(
+            "SELECT t.name, t.type FROM posttagrelation r JOIN tag t ON t.id = r.tag_id WHERE r.post_id = ? "
+            "ORDER BY r.id",
+            (pid,),
+        ).fetchall()
+        expected.append(make_caption(pid, rating, fav, created, tags, scheme))
+    conn.close()
+    by_process = [
+        c for ch in iter_caption_chunks(db, ids, scheme, processes=2, chunk_posts=37) for c in ch.captions
+    ]
+    by_thread = [
+        c
+        for ch in iter_caption_chunks(db, ids, scheme, processes=0, threads=3, chunk_posts=50)
+        for c in ch.captions
+    ]
+    assert by_process == by_thread == expected
+    jsonl = "".join(iter_caption_chunks(db, ids, scheme, processes=2, chunk_posts=64, jsonl=True))
+    import json
+
+    assert [json.loads(line)["caption"] for line in jsonl.splitlines()] == expected

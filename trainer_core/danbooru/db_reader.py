@@ -74,11 +74,17 @@ def fetch_post_columns(conn: sqlite3.Connection, ids: np.ndarray) -> PostColumns
 
     One row of group_concat strings per chunk (parsed by numpy) instead of one Python tuple per post.
     """
+    return _post_columns(conn, ids)[0]
+
+
+def _post_columns(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[PostColumns, int | None]:
+    """(columns, number of posts in [ids[0], ids[-1]] when the chunk was read as a range, else None)."""
     if ids.size == 0:
-        return PostColumns(*(np.zeros(0, np.int64) for _ in range(6)), [], [])  # type: ignore[arg-type]
+        return PostColumns(*(np.zeros(0, np.int64) for _ in range(6)), [], []), 0  # type: ignore[arg-type]
     lo, hi = int(ids[0]), int(ids[-1])
     # a dense chunk is cheapest as an id range; a sparse one as an IN list (index seeks)
-    if ids.size * 20 >= hi - lo:
+    ranged = ids.size * 20 >= hi - lo
+    if ranged:
         where, params = "id >= ? AND id <= ?", (lo, hi)
     else:
         where, params = "id IN (SELECT value FROM json_each(?))", (_ids_json(ids),)
@@ -91,27 +97,45 @@ def fetch_post_columns(conn: sqlite3.Connection, ids: np.ndarray) -> PostColumns
         params,
     ).fetchone()
     all_ids = _parse_ints(row[0])
-    keep = np.isin(all_ids, ids, assume_unique=True)
-    if int(keep.sum()) != ids.size:
-        have = set(all_ids[keep].tolist())
+    every = all_ids.size == ids.size  # every post of the range is wanted: no masking needed
+    keep = None if every else np.isin(all_ids, ids, assume_unique=True)
+    if (all_ids.size if keep is None else int(keep.sum())) != ids.size or (
+        every and not np.array_equal(all_ids, ids)
+    ):
+        have = set(all_ids.tolist() if keep is None else all_ids[keep].tolist())
         lost = [int(i) for i in ids if int(i) not in have][:5]
         raise DatabaseError(f"post id(s) {lost} are not in the post table")
-    nums = [_parse_ints(t)[keep] for t in row[1:6]]
+    nums = [_parse_ints(t) if keep is None else _parse_ints(t)[keep] for t in row[1:6]]
     created = row[6].split(_SEP) if row[6] is not None else []
     exts = row[7].split(_SEP) if row[7] is not None else []
     if len(created) != all_ids.size or len(exts) != all_ids.size:
         raise DatabaseError("a created_at or file_ext value holds a control character (\\x1e)")
-    rows = np.flatnonzero(keep).tolist()
-    return PostColumns(
-        ids=all_ids[keep],
+    if keep is not None:
+        rows = np.flatnonzero(keep).tolist()
+        created = [created[i] for i in rows]
+        exts = [exts[i] for i in rows]
+    cols = PostColumns(
+        ids=ids.astype(np.int64, copy=False),
         rating=nums[0],
         fav_count=nums[1],
         score=nums[2],
         width=nums[3],
         height=nums[4],
-        created_at=[created[i] for i in rows],
-        file_ext=[exts[i] for i in rows],
+        created_at=created,
+        file_ext=exts,
     )
+    return cols, (int(all_ids.size) if ranged else None)
+
+
+def fetch_chunk(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[PostColumns, TagChunk]:
+    """Post columns and tags of `ids` (sorted, unique) in one go: the post read tells how dense the chunk is,
+    which picks the cheaper tag read without an extra query."""
+    posts, in_span = _post_columns(conn, ids)
+    if ids.size and in_span and ids.size / in_span >= 0.5:
+        chunk = _clustered_path(conn, ids)
+        if chunk is not None:
+            return posts, chunk
+    return posts, fetch_tag_chunk(conn, ids, allow_clustered=False)
 
 
 def _index_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk:
@@ -136,36 +160,80 @@ def _index_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk:
     return TagChunk(ids, counts, tag_ids)
 
 
-def _clustered_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk | None:
-    """Read the relation rows of posts [ids[0], ids[-1]] as one rowid range, or None if they are not contiguous."""
-    lo, hi = int(ids[0]), int(ids[-1])
-    first = conn.execute(
-        'SELECT id FROM "posttagrelation" WHERE post_id >= ? AND post_id <= ? ORDER BY post_id, id LIMIT 1',
-        (lo, hi),
+_TAG_BITS = (
+    21  # the clustered read packs (post offset << 21) | tag_id into one number: tag ids below 2,097,152
+)
+
+
+def _column_bounds(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+    """(min tag_id, max tag_id, min post_id, max post_id) of posttagrelation: four seeks on its two indexes."""
+    row = conn.execute(
+        'SELECT (SELECT min(tag_id) FROM "posttagrelation"), (SELECT max(tag_id) FROM "posttagrelation"), '
+        '(SELECT min(post_id) FROM "posttagrelation"), (SELECT max(post_id) FROM "posttagrelation")'
     ).fetchone()
-    if first is None:
-        return TagChunk(ids, np.zeros(ids.size, np.int64), np.zeros(0, np.int64))
+    return (0, 0, 0, 0) if row[0] is None else tuple(int(v) for v in row)  # type: ignore[return-value]
+
+
+def _clustered_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk | None:
+    """Read the relation rows of posts [ids[0], ids[-1]] as one rowid range, or None if they are not contiguous.
+
+    Proof that the range is right, not a heuristic: the post_id index says n rows belong to posts in [lo, hi];
+    a table range [start, start + n) holding n rows, all of posts in [lo, hi], is then exactly those rows
+    (`start` = the first row of post lo; if it is not the range's start, the checks fail and the caller
+    falls back to the index path). Rows in rowid order with non-decreasing post_id are in
+    (post_id, id) order, i.e. HakuBooru's order.
+    """
+    lo, hi = int(ids[0]), int(ids[-1])
     n_rows = conn.execute(
         'SELECT count(*) FROM "posttagrelation" WHERE post_id >= ? AND post_id <= ?', (lo, hi)
     ).fetchone()[0]
-    start = first[0]
-    # rows [start, start + n_rows) when ids are dense; a gap in relation ids makes the check below fail safely
-    ptext, ttext = conn.execute(
-        'SELECT group_concat(post_id), group_concat(tag_id) FROM "posttagrelation" WHERE id >= ? AND id < ?',
-        (start, start + n_rows),
-    ).fetchone()
-    posts, tags = _parse_ints(ptext), _parse_ints(ttext)
-    if posts.size != n_rows or tags.size != n_rows:
+    if n_rows == 0:
+        return TagChunk(ids, np.zeros(ids.size, np.int64), np.zeros(0, np.int64))
+    # the first row of post `lo`: the start of the range if the rows are clustered (checked below either way)
+    start = conn.execute(
+        'SELECT id FROM "posttagrelation" WHERE post_id >= ? ORDER BY post_id, id LIMIT 1', (lo,)
+    ).fetchone()[0]
+    tag_lo, tag_hi, post_lo, post_hi = _column_bounds(conn)
+    # Packing is exact when every tag id fits its 21 bits and no post offset in the whole table can spill past
+    # bit 62: then a row of a post outside [lo, hi] shows up as an offset outside [0, hi - lo], never aliased.
+    packed = tag_lo >= 0 and tag_hi < (1 << _TAG_BITS) and max(hi, post_hi) - min(lo, post_lo) < (1 << 40)
+    if packed:
+        # one number per row (post offset and tag id): less text for SQLite to write and numpy to parse
+        text = conn.execute(
+            f"SELECT group_concat(((post_id - ?) << {_TAG_BITS}) | tag_id) "
+            'FROM "posttagrelation" WHERE id >= ? AND id < ?',
+            (lo, start, start + n_rows),
+        ).fetchone()[0]
+        values = _parse_ints(text)
+        offsets, tags = values >> _TAG_BITS, values & ((1 << _TAG_BITS) - 1)
+    else:
+        ptext, ttext = conn.execute(
+            'SELECT group_concat(post_id), group_concat(tag_id) FROM "posttagrelation" WHERE id >= ? AND id < ?',
+            (start, start + n_rows),
+        ).fetchone()
+        offsets, tags = _parse_ints(ptext) - lo, _parse_ints(ttext)
+    if offsets.size and (offsets.min() < 0 or offsets.max() > hi - lo):
         return None
-    if posts[0] < lo or posts[-1] > hi or (posts.size > 1 and np.any(np.diff(posts) < 0)):
+    if offsets.size != n_rows or tags.size != n_rows:
         return None
-    # group_concat follows the table's rowid scan order; the rows are in post order, hence (post_id, id) order
-    keep = np.isin(posts, ids, assume_unique=False)
-    posts, tags = posts[keep], tags[keep]
-    uniq, cnt = np.unique(posts, return_counts=True)
-    counts = np.zeros(ids.size, np.int64)
-    counts[np.searchsorted(ids, uniq)] = cnt
-    return TagChunk(ids, counts, tags)
+    if offsets.size > 1 and np.any(offsets[1:] < offsets[:-1]):
+        return None
+    want = ids - lo
+    if offsets.size and hi - lo < 8 * (ids.size + offsets.size):
+        per_post = np.bincount(offsets, minlength=hi - lo + 1)
+        counts = per_post[want]
+        if int(counts.sum()) != offsets.size:  # rows of posts that are not selected: drop them
+            chosen = np.zeros(hi - lo + 1, bool)
+            chosen[want] = True
+            tags = tags[chosen[offsets]]
+    else:  # a very sparse id span: no table as long as the span
+        uniq, cnt = np.unique(offsets, return_counts=True)
+        counts = np.zeros(ids.size, np.int64)
+        pos = np.searchsorted(want, uniq)
+        hit = (pos < want.size) & (want[np.minimum(pos, want.size - 1)] == uniq)
+        counts[pos[hit]] = cnt[hit]
+        tags = tags[np.isin(offsets, want)]
+    return TagChunk(ids, counts.astype(np.int64), tags)
 
 
 def fetch_tag_chunk(conn: sqlite3.Connection, ids: np.ndarray, *, allow_clustered: bool = True) -> TagChunk:

@@ -9,17 +9,16 @@ Layout written into the output folder:
 
 Work is split by bucket (`id % 1000`, the shard naming): a bucket's shards are read once, front to back, in
 data-0XYZ .. data-9XYZ order, and buckets run in parallel threads. When a bucket is done its records go to
-`.kxl-build/buckets/bNNN.jsonl` (atomically); that file is the bucket's "done" mark. An interrupted build resumes
-by skipping marked buckets, and since every output depends only on the post, the result is the same as an
-uninterrupted build, whatever the thread count. Ids not found in their bucket are then looked for in
-`updates/*/*.tar`. Image files are written under a temporary name and renamed, so a cancelled build never leaves
-a half-written image under its final name.
+`.kxl-build/buckets/bNNN.jsonl`, written only after the bucket's files are flushed to disk (durable.py); that
+file is the bucket's "done" mark. An interrupted build resumes by skipping marked buckets and rewriting the
+others whole, and since every output depends only on the post, the result is the same as an uninterrupted
+build, whatever the thread count. Ids not found in their bucket are then looked for in `updates/*/*.tar`.
+Images and captions are written straight to their final names (a cancel stops between files; a failed write
+removes its partial file): until dataset.toml exists the folder is an unfinished build, never a dataset.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import json
 import os
@@ -38,7 +37,9 @@ from ..atomic import atomic_write_text
 from ..danbooru.db_reader import db_fingerprint, fetch_post_columns, fetch_tag_chunk, open_db
 from ..errors import Cancelled, KxlError
 from ..progress import Progress, ensure_progress
-from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionBuilder, QualityScheme, quality_scheme
+from .caption_stream import iter_caption_chunks
+from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionBuilder, CaptionChunk, QualityScheme, quality_scheme
+from .durable import MarkWriter, write_new_file
 from .filters import PostFilters
 from .images import BUCKETS, Hit, ImageSource, ShardReadError, open_image_source, read_folder_file, scan_tar
 from .selection import SelectionPlan, select_posts
@@ -208,22 +209,29 @@ def _prepare_image(hit: Hit, opts: BuildOptions) -> tuple[bytes, str, int, int]:
         return buf.getvalue(), fmt, width, height
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise KxlError(
-                "disk full while writing the dataset",
-                path=path,
-                hint="free space and run the same build again: it resumes",
-            ) from None
-        raise KxlError(f"cannot write ({exc.strerror})", path=path) from None
+def chunk_metas(chunk: CaptionChunk) -> dict[int, dict]:
+    """Caption and manifest fields of every post of a caption chunk."""
+    out = {}
+    for pid, cap, r, q, y in zip(
+        chunk.ids.tolist(),
+        chunk.captions,
+        chunk.rating.tolist(),
+        chunk.quality.tolist(),
+        chunk.year.tolist(),
+        strict=True,
+    ):
+        out[pid] = {
+            "caption": cap,
+            "rating": RATING_LABELS[r] if 0 <= r < 4 else str(r),
+            "quality": QUALITY_LABELS[q] if q >= 0 else None,
+            "year": YEAR_TAGS[y] if y >= 0 else None,
+        }
+    return out
+
+
+# Up to this many selected posts, captions are made up front in id order (one dense read instead of a query per
+# bucket, ~1 KB of memory per post); above it each bucket queries its own.
+PRECAPTION_MAX_POSTS = 200_000
 
 
 # ---- the build --------------------------------------------------------------------------------------------------
@@ -241,8 +249,11 @@ class _Builder:
         self.local = threading.local()
         self.conns: list = []
         self.sub = opts.out / opts.subfolder
+        self.sub_prefix = str(self.sub) + os.sep  # str paths: pathlib per file costs more than the write
         self.buckets_dir = opts.out / BUILD_DIR / "buckets"
         self.shard_errors: dict[str, str] = {}
+        self.metas: dict[int, dict] | None = None  # captions computed up front (small builds)
+        self.marks: MarkWriter | None = None
 
     def _thread_state(self):
         state = getattr(self.local, "state", None)
@@ -263,21 +274,13 @@ class _Builder:
             c.close()
 
     def captions(self, ids: np.ndarray) -> dict[int, dict]:
+        if self.metas is not None:
+            return {pid: self.metas[pid] for pid in ids.tolist()}
         conn, builder = self._thread_state()
         posts = fetch_post_columns(conn, ids)
-        chunk = builder.build(conn, posts, fetch_tag_chunk(conn, ids, allow_clustered=False))
-        out = {}
-        for i, pid in enumerate(chunk.ids.tolist()):
-            q, y, r = int(chunk.quality[i]), int(chunk.year[i]), int(chunk.rating[i])
-            out[pid] = {
-                "caption": chunk.captions[i],
-                "rating": RATING_LABELS[r] if 0 <= r < 4 else str(r),
-                "quality": QUALITY_LABELS[q] if q >= 0 else None,
-                "year": YEAR_TAGS[y] if y >= 0 else None,
-            }
-        return out
+        return chunk_metas(builder.build(conn, posts, fetch_tag_chunk(conn, ids, allow_clustered=False)))
 
-    def write_hit(self, hit: Hit, meta: dict) -> dict:
+    def write_hit(self, hit: Hit, meta: dict, written: list[str] | None = None) -> dict:
         """Write one found image + caption; returns its manifest (or skipped) record."""
         if hit.problem is not None or hit.data is None:
             return {
@@ -296,8 +299,11 @@ class _Builder:
                 "reason": f"not a readable image ({type(exc).__name__}: {exc})",
             }
         name = f"{hit.post_id}.{ext}"
-        _write_file(self.sub / name, data)
-        _write_file(self.sub / f"{hit.post_id}.txt", meta["caption"].encode("utf-8"))
+        image_path, caption_path = self.sub_prefix + name, f"{self.sub_prefix}{hit.post_id}.txt"
+        write_new_file(image_path, data)
+        write_new_file(caption_path, meta["caption"].encode("utf-8"))
+        if written is not None:
+            written += (image_path, caption_path)
         return {
             "id": hit.post_id,
             "file": f"{self.opts.subfolder}/{name}",
@@ -315,6 +321,7 @@ class _Builder:
         metas = self.captions(ids)
         wanted = set(metas)
         records: dict[int, dict] = {}
+        written: list[str] = []
         check = self.progress.check_cancelled
         if self.src.kind == "shards":
             for shard in self.src.candidates(bucket):
@@ -325,7 +332,7 @@ class _Builder:
                         with self.lock:
                             self.shard_errors[item.origin] = item.message
                         continue
-                    records[item.post_id] = self.write_hit(item, metas[item.post_id])
+                    records[item.post_id] = self.write_hit(item, metas[item.post_id], written)
                     self.advance(1)
         else:
             for pid in sorted(wanted):
@@ -333,16 +340,15 @@ class _Builder:
                 hit = read_folder_file(self.src, pid)
                 if hit is not None:
                     wanted.discard(pid)
-                    records[pid] = self.write_hit(hit, metas[pid])
+                    records[pid] = self.write_hit(hit, metas[pid], written)
                     self.advance(1)
         for pid in wanted:  # not in this bucket's shards: maybe in updates/, else missing
             records[pid] = {"id": pid, "status": "missing", **metas[pid]}
         if not self.src.updates:
             self.advance(len(wanted))
         lines = "".join(json.dumps(records[pid], ensure_ascii=False) + "\n" for pid in sorted(records))
-        # renamed into place, not fsynced: an fsync per bucket would dominate the export, and a bucket mark lost
-        # in a power cut only means that bucket is exported again on resume
-        _write_file(self.buckets_dir / f"b{bucket:03d}.jsonl", lines.encode("utf-8"))
+        assert self.marks is not None
+        self.marks.submit(bucket, lines.encode("utf-8"), written)
 
     def run_updates(self, missing: dict[int, dict]) -> dict[int, dict]:
         """Look for still-missing ids in updates/*/*.tar (each read once, in path order)."""
@@ -420,17 +426,27 @@ def build_dataset(
         else:
             remaining.append((b, g))
     progress.update(builder.done, builder.total)
+    if 0 < sum(int(g.size) for _b, g in remaining) <= PRECAPTION_MAX_POSTS:
+        todo_ids = np.sort(np.concatenate([g for _b, g in remaining]))
+        builder.metas = {}
+        for chunk in iter_caption_chunks(opts.db, todo_ids, scheme, processes=0, progress=None):
+            progress.check_cancelled()
+            builder.metas.update(chunk_metas(chunk))  # type: ignore[arg-type]
+    builder.marks = MarkWriter(out, build_dir / "buckets")
     try:
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="kxl-export") as pool:
-            futures = [pool.submit(builder.run_bucket, b, g) for b, g in remaining]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-            if failed:
-                for f in futures:
-                    f.cancel()
-                _stop_workers(builder)
-                wait(futures)
-                raise failed[0].exception()  # type: ignore[misc]
+        try:
+            with ThreadPoolExecutor(max(1, workers), thread_name_prefix="kxl-export") as pool:
+                futures = [pool.submit(builder.run_bucket, b, g) for b, g in remaining]
+                wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+                if failed:
+                    for f in futures:
+                        f.cancel()
+                    _stop_workers(builder)
+                    wait(futures)
+                    raise failed[0].exception()  # type: ignore[misc]
+        finally:
+            builder.marks.close()  # finished buckets get their marks even when the build stops
         records = _read_bucket_files(build_dir / "buckets")
         missing = {pid: r for pid, r in records.items() if r.get("status") == "missing"}
         if src.updates and missing:
