@@ -1,7 +1,11 @@
 """One run under watch: tails its events.jsonl, owns the launcher process when this GUI started it, and stops it.
 
 Everything happens in short timer ticks on the GUI thread, none of which waits:
-- events are read in slices bounded by a time budget, so a 100k-event file is caught up over a few ticks;
+- events are read in slices bounded by a time budget per event-loop turn (READ_BUDGET_S); while more is waiting,
+  the next slice is read on the next turn (a zero-delay timer), so a 100k-event backlog (reattach) is caught up in
+  about a second of ~10 ms turns, with paints and input handled in between. The reading stays on the GUI thread on
+  purpose: parsing is Python work that holds the GIL, so a worker thread would only move the same pauses around
+  (and make each GUI-side Python call wait for the GIL), not remove them;
 - the launcher (started in its own session by `trainer_core.train.runs.start_trainer`) is `poll()`ed, which also
   reaps it, so no zombie is left;
 - a run this GUI did not start (CLI, an earlier GUI) is followed through its files, and its processes are checked
@@ -37,8 +41,10 @@ from trainer_core.train.runs import (
 
 ACTIVE = ("launching", "running", "stopping")
 TICK_MS = 120
-READ_BUDGET_S = 0.02  # per tick: keeps every tick well under the 100 ms stall target
-READ_SLICE = 64 * 1024
+READ_BUDGET_S = 0.008  # per event-loop turn; a slice may run over by the time of one READ_SLICE (~2 ms)
+READ_SLICE = 32 * 1024  # ~120 events
+# a backlog this big (~4000 events) is a reattach: more than a live run writes between two ticks at 10k events/s
+FAR_BEHIND_BYTES = 1 << 20
 PROCESS_CHECK_S = 1.0
 
 
@@ -71,10 +77,15 @@ class RunMonitor(QObject):
         self._stop_deadline = 0.0
         self._last_process_check = 0.0
         self._exit_seen = False
+        self._verdict_due = False  # the launcher is gone; the outcome is decided once the backlog is read
         self._resets_seen = 0
         self.timer = QTimer(self)
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self.poll)
+        self._more = QTimer(self)  # the next read slice, on the next event-loop turn
+        self._more.setSingleShot(True)
+        self._more.setInterval(0)
+        self._more.timeout.connect(self._read_more)
         if proc is None:
             summary = reconcile_run(self.run_dir)
             self.exit_code = summary.exit_code
@@ -98,7 +109,14 @@ class RunMonitor(QObject):
 
     @property
     def catching_up(self) -> bool:
+        """Events are waiting to be read."""
         return self.tail.pending
+
+    @property
+    def far_behind(self) -> bool:
+        """Reading a long backlog (a reattach), not just the last moments of a live run: intermediate redraws
+        are not worth their paint then."""
+        return self.tail.backlog() > FAR_BEHIND_BYTES
 
     def _set_state(self, state: str, detail: str = "") -> None:
         if (state, detail) != (self.state, self.detail):
@@ -109,7 +127,8 @@ class RunMonitor(QObject):
     def poll(self) -> None:
         self._read_events()
         if self._exit_seen:
-            if not self.tail.pending and self.timer.isActive():
+            self._conclude()
+            if not self.tail.pending and not self._verdict_due and self.timer.isActive():
                 self.timer.stop()
             return
         now = time.monotonic()
@@ -134,10 +153,16 @@ class RunMonitor(QObject):
                             "it is still starting or stuck. Last log lines are shown below.")  # fmt: skip
         self._escalate_stop(now)
 
+    def _read_more(self) -> None:
+        self._read_events()
+        self._conclude()
+
     def _read_events(self) -> None:
+        if self._more.isActive():
+            self._more.stop()  # this call reads the slice the pending turn would have read
         end = time.perf_counter() + READ_BUDGET_S
         got = False
-        while time.perf_counter() < end:
+        while True:  # at least one slice per turn, so any budget makes progress
             events = self.tail.read(READ_SLICE)
             if self.tail.resets != self._resets_seen:  # the file was replaced: start the series over
                 self._resets_seen = self.tail.resets
@@ -146,22 +171,32 @@ class RunMonitor(QObject):
                 break
             self.series.add(events)
             got = True
+            if time.perf_counter() >= end:
+                self._more.start()  # more may be waiting: read it on the next turn, after paints and input
+                break
         if got:
             self.updated.emit()
 
     def _on_exit(self, code: int | None) -> None:
-        """The launcher (or the followed trainer) is gone: read the rest, decide the outcome, clean up."""
+        """The launcher (or the followed trainer) is gone: clean up now, decide the outcome once the events that
+        are left (they matter for the verdict) are read, in budgeted slices like any others."""
         self._exit_seen = True
+        self._verdict_due = True
         self.exit_code = code
-        while self.tail.pending:  # the last events matter for the verdict; at exit a longer read is fine
-            self.series.add(self.tail.read(4 << 20))
-        self.updated.emit()
         stragglers = group_members(self.pgid) if self.pgid else []
         if stragglers:  # a dead launcher cannot clean up its ranks any more
             try:
                 signal_group(self.pgid, signal.SIGKILL)
             except KxlError:
                 pass
+        self._read_events()
+        self._conclude()
+
+    def _conclude(self) -> None:
+        if not self._verdict_due or self.tail.pending:
+            return
+        self._verdict_due = False
+        code = self.exit_code
         done, error = self.series.done, self.series.error
         info = read_run_info(self.run_dir) or {}
         if code is None:
@@ -250,4 +285,5 @@ class RunMonitor(QObject):
     def detach(self) -> None:
         """Stop watching without touching the processes (the run goes on; reattach later from the runs list)."""
         self.timer.stop()
+        self._more.stop()
         self.proc = None

@@ -68,6 +68,17 @@ def test_tail_reads_in_bounded_slices_and_restarts_on_a_replaced_file(tmp_path):
     assert [e["step"] for e in tail.read()] == [1] and tail.resets == 1
 
 
+def test_tail_parses_a_slice_at_once_but_counts_each_bad_line(tmp_path):
+    # "1, 2" is no JSON document, but joined into one array it would parse as two values: the line count check
+    # must send the slice back to line-by-line parsing, which counts it as one bad line
+    path = tmp_path / "events.jsonl"
+    lines = [json.dumps(step(1)), "1, 2", json.dumps(step(2)), '{"no": "type"}', json.dumps(step(3))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tail = EventTail(path)
+    assert [e["step"] for e in tail.read()] == [1, 2, 3]
+    assert tail.bad_lines == 1
+
+
 # ------------------------------------------------------------------------------------------ series
 
 
@@ -104,6 +115,30 @@ def test_ema_is_debiased_and_incremental():
     fresh = RunSeries()
     fresh.add([step(1, loss=2.0), step(2, loss=4.0), step(3, loss="nan"), step(4, loss=6.0)])
     assert list(fresh.ema(0.5)) == pytest.approx(list(s.ema(0.5)), nan_ok=True)
+
+
+def reference_ema(values: list[float], smoothing: float) -> list[float]:
+    acc = weight = 0.0
+    out = []
+    for v in values:
+        if v == v:  # NaN leaves the state alone
+            acc, weight = smoothing * acc + (1 - smoothing) * v, smoothing * weight + (1 - smoothing)
+        out.append(acc / weight if weight > 0 else float("nan"))
+    return out
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.001, 0.3, 0.9, 0.99])
+def test_ema_matches_the_point_by_point_definition_across_blocks(smoothing):
+    # 1000 points span several of the vectorised blocks (and, for tiny smoothing, many short ones); NaNs at the
+    # start, inside and across a block edge; added in three uneven parts like a tail read would
+    values = [0.5 + 0.4 * ((i * 7919) % 101) / 101 for i in range(1000)]
+    for i in (0, 1, 127, 128, 129, 500, 999):
+        values[i] = float("nan")
+    s = RunSeries()
+    for lo, hi in ((0, 3), (3, 700), (700, 1000)):
+        s.add([step(i + 1, loss=values[i]) for i in range(lo, hi)])
+        s.ema(smoothing)
+    assert list(s.ema(smoothing)) == pytest.approx(reference_ema(values, smoothing), rel=1e-12, nan_ok=True)
 
 
 def test_eta_from_recent_step_times():

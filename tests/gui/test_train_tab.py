@@ -161,6 +161,68 @@ def test_launcher_that_dies_at_once_shows_exit_code_and_log(qtbot, context, monk
     assert tab.launch_button.isEnabled()  # the GUI is ready for the next launch
 
 
+def write_finished_run(run_dir: Path, steps: int) -> None:
+    """What a trainer leaves behind: step events, a save every 100 steps, one sample, done, run.json "done"."""
+    from trainer_core.train.events import EventWriter, write_run_info
+
+    write_run_info(run_dir, "running")
+    w = EventWriter(run_dir)
+    w.emit("status", 0, message="dataset", total_steps=steps)
+    for i in range(1, steps + 1):
+        w.emit(
+            "step", i, loss=1.0 / i, lr={"unet": 1e-4, "textencoder": 1e-5}, grad_norm=0.5, total_steps=steps
+        )
+        if i % 100 == 0:
+            w.emit("save", i, path=str(run_dir / f"checkpoints/x-step{i:08d}.safetensors"), reason="interval")
+    w.emit("sample", steps, path=str(run_dir / "samples/last.png"), index=0, prompt="1girl")
+    w.emit("done", steps, reason="finished", final_step=steps)
+    w.close()
+    write_run_info(run_dir, "done", final_step=steps)
+
+
+def test_reattach_reads_a_backlog_in_slices_and_redraws_one_slot_per_tick(
+    qtbot, context, tmp_path, monkeypatch
+):
+    from kxl_gui.widgets import train_process
+
+    run_dir = tmp_path / "runs" / "old-run"
+    run_dir.mkdir(parents=True)
+    write_finished_run(run_dir, 1500)
+    monkeypatch.setattr(train_process, "READ_BUDGET_S", 0.0)  # one slice per event-loop turn
+    monkeypatch.setattr(train_process, "READ_SLICE", 8 * 1024)
+    tab = make_tab(qtbot, context)
+    tab.show()
+    monitor = tab.attach(run_dir)
+    assert monitor.state == "finished"
+    monitor._read_events()
+    assert 0 < monitor.series.n < 1500 and monitor.catching_up
+    assert monitor._more.isActive()  # the next slice is already scheduled for the next turn
+    qtbot.waitUntil(lambda: not monitor.catching_up, timeout=10_000)
+    s = monitor.series
+    assert s.n == 1500 and s.last_step == 1500 and s.done is not None
+    assert [m.step for m in s.markers if m.kind == "save"] == list(range(100, 1501, 100))
+
+    # the redraw timer's tick redraws one slot (one plot, or the figures), in turn, and each only once
+    tab._redraw_timer.stop()
+    tab._slot_drawn.clear()
+    tab._next_slot = 0
+    s.version += 1
+    tab._on_redraw_tick()
+    assert tab.plots.stale_plots() == ["lr", "grad"]
+    for _ in range(3):
+        tab._on_redraw_tick()
+    assert tab.plots.stale_plots() == [] and tab.plots.drawn_version == s.version
+    assert tab.figures.text().startswith("step 1,500 / 1,500")
+    assert tab.plots.loss_points()[0] == [float(i) for i in range(1, 1501)]
+    assert len(tab.plots.marker_lines.markers()) == 16  # all 15 saves and the sample: no cap, no rebuild
+    tab.hide()
+    s.version += 1
+    for _ in range(4):
+        tab._on_redraw_tick()
+    assert len(tab.plots.stale_plots()) == 3  # hidden: plots wait, the figures and lists do not
+    assert tab._slot_drawn["status"] == s.version
+
+
 def test_run_stop_resume_reattach_and_killed_rank(qtbot, context, workspace):
     tab = make_tab(qtbot, context)
     report = configure_small_run(qtbot, tab)
