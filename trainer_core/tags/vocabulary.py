@@ -10,35 +10,20 @@ Two sources (specs/dataset.md §1.2 and §6):
 from __future__ import annotations
 
 import csv
-import enum
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..danbooru.schema import DANBOORU_CATEGORY_TO_TAG_TYPE, TagType
 from ..errors import DatabaseError, KxlError
 from ..progress import Progress, ensure_progress
 from .text import normalize_tag_name, normalize_tag_query
 
-
-class TagCategory(enum.IntEnum):
-    """HakuBooru's `tag.type` numbering (not Danbooru's; see DANBOORU_TO_CATEGORY)."""
-
-    GENERAL = 0
-    ARTIST = 1
-    CHARACTER = 2
-    COPYRIGHT = 3
-    META = 4
-
-
+# One enum for HakuBooru's `tag.type` numbering, owned by the DB schema module; the vocabulary calls it a category.
+TagCategory = TagType
 # Danbooru API / tagcomplete category id -> HakuBooru enum (specs/dataset.md §6). Danbooru's 2 is unused.
-DANBOORU_TO_CATEGORY: dict[int, TagCategory] = {
-    0: TagCategory.GENERAL,
-    1: TagCategory.ARTIST,
-    4: TagCategory.CHARACTER,
-    3: TagCategory.COPYRIGHT,
-    5: TagCategory.META,
-}
+DANBOORU_TO_CATEGORY = DANBOORU_CATEGORY_TO_TAG_TYPE
 
 
 @dataclass(frozen=True, slots=True)
