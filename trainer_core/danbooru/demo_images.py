@@ -6,7 +6,7 @@ hair and eyes from the `*_hair` / `*_eyes` colour tags, the number of figures fr
 (1girl, 2girls, 1boy, ...), and happy / closed / surprised eyes and a smile from the emoticon tags.
 
 Shard layout (spec §1.3): `images_dir/data-{k}{id % 1000:03d}.tar` holding `<id>.webp`. The real split of ids
-between the 0XXX/1XXX/2XXX groups is not documented; the demo uses k = 0 for ids below 5,000,000, k = 1 for ids up to
+between the data-0nnn / data-1nnn / data-2nnn groups is not documented; the demo uses k = 0 for ids below 5,000,000, k = 1 for ids up to
 7,000,000 and k = 2 above (roughly "original", "recent", "updates"). Readers must scan every shard anyway, as
 HakuBooru does.
 """
