@@ -23,12 +23,9 @@ import numpy as np
 from ..danbooru.db_reader import PostColumns, TagChunk, fetch_tags
 from ..danbooru.schema import Rating, TagType
 from ..errors import KxlError
+from ..tags.special_tags import QUALITY_LABELS, RATING_TAGS, SPECIAL_TAGS, YEAR_TAGS  # noqa: F401 - re-exported
 from ..tags.text import tag_to_caption_text
 
-SPECIAL_TAGS = frozenset(
-    "1girl 2girls 3girls 4girls 5girls 6+girls multiple_girls 1boy 2boys 3boys 4boys 5boys 6+boys multiple_boys "
-    "male_focus 1other 2others 3others 4others 5others 6+others multiple_others".split()
-)
 META_BLACKLIST = (
     "(medium)",
     "commentary",
@@ -40,23 +37,6 @@ META_BLACKLIST = (
     "audio",
     "video",
 )
-RATING_TAGS: dict[int, tuple[str, ...]] = {
-    Rating.GENERAL: ("safe",),
-    Rating.SENSITIVE: ("sensitive",),
-    Rating.QUESTIONABLE: ("nsfw",),
-    Rating.EXPLICIT: ("explicit", "nsfw"),
-}
-QUALITY_LABELS = (
-    "masterpiece",
-    "best quality",
-    "great quality",
-    "good quality",
-    "normal quality",
-    "low quality",
-    "worst quality",
-)
-YEAR_TAGS = ("old", "early", "mid", "recent", "newest")
-
 # HakuBooru's metainfo.fav_count_percentile_full (§3.7): rating -> {percentile: fav_count}.
 _PCTS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 90, 95)
 FAV_PERCENTILES: dict[int, dict[int, int]] = {

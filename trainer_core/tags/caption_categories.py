@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import enum
 
+from .special_tags import QUALITY_LABELS, SPECIAL_TAGS
+from .special_tags import RATING_TAGS as _RATING_TAGS
+from .special_tags import YEAR_TAGS as _YEAR_TAGS
 from .text import normalize_tag_name
 from .vocabulary import TagCategory, TagVocabulary
 
@@ -27,23 +30,11 @@ class CaptionTagKind(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
-# specs/dataset.md §3.2, as index keys (underscored): membership is by exact name.
-COUNT_TAGS = frozenset(
-    "1girl 2girls 3girls 4girls 5girls 6+girls multiple_girls 1boy 2boys 3boys 4boys 5boys 6+boys multiple_boys "
-    "male_focus 1other 2others 3others 4others 5others 6+others multiple_others".split()
-)
-# §3.6: what the year / rating / quality processors append.
-YEAR_TAGS = ("old", "early", "mid", "recent", "newest")
-RATING_TAGS = ("safe", "sensitive", "nsfw", "explicit")
-QUALITY_TAGS = (
-    "masterpiece",
-    "best_quality",
-    "great_quality",
-    "good_quality",
-    "normal_quality",
-    "low_quality",
-    "worst_quality",
-)
+# The exporter's special names (special_tags.py) as index keys (underscored): membership is by exact name.
+COUNT_TAGS = SPECIAL_TAGS
+YEAR_TAGS = _YEAR_TAGS
+RATING_TAGS = tuple(dict.fromkeys(name for names in _RATING_TAGS.values() for name in names))
+QUALITY_TAGS = tuple(normalize_tag_name(label) for label in QUALITY_LABELS)
 _BY_NAME: dict[str, CaptionTagKind] = {
     **{k: CaptionTagKind.COUNT for k in COUNT_TAGS},
     **{k: CaptionTagKind.YEAR for k in YEAR_TAGS},
