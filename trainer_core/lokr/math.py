@@ -5,6 +5,7 @@ Our own math on purpose: lycoris-lora 4.1.3's `merge_to` applies alpha/rank twic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,16 +56,9 @@ def lokr_delta(t: Mapping[str, Any], target_shape: tuple[int, ...]):
         w1 = w1[:, :, None, None]
     delta = torch.kron(w1.contiguous(), w2.contiguous())
     if tuple(delta.shape) != tuple(target_shape):
-        if delta.numel() != _numel(target_shape):
+        if delta.numel() != math.prod(target_shape):
             raise ValueError(
                 f"LoKr delta has shape {tuple(delta.shape)}, target weight is {tuple(target_shape)}"
             )
         delta = delta.reshape(target_shape)
     return delta * lokr_scale(t)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

@@ -8,6 +8,7 @@ and patched into the header at the end (same byte length), so hashing costs no e
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from ..errors import CheckpointError, KxlError
 from ..hashing import cached_sha256, full_sha256, remember_sha256
 from ..lokr.file import LokrFile, read_lokr
 from ..lokr.math import lokr_delta
-from ..models.loading import checkpoint_metadata
+from ..models.loading import checkpoint_metadata, torch_dtype
 from ..models.safetensors_writer import ST_ITEMSIZE, PlannedTensor, StreamingWriter, build_header, plan_order
 from ..models.sdxl_layout import EMBEDDING_KEYS, IGNORED_SGM_KEYS
 from ..progress import Progress, ensure_progress
@@ -164,7 +165,7 @@ def plan_merge(recipe: MergeRecipe, out: str | Path | None = None) -> MergePlan:
             for k in keys
         ]
         out_bytes = sum(e.nbytes for e in entries)
-        largest = max((_numel(s) for s in shapes.values()), default=0)
+        largest = max((math.prod(s) for s in shapes.values()), default=0)
         # Per tensor: result fp32 + one input fp32 + one stored copy + the output cast; see benchmarks/bench_merge.py.
         peak = RAM_BASELINE + largest * (4 + 4 + 2 + ST_ITEMSIZE[out_dtype])
         return MergePlan(recipe, a.arch, keys, entries, sorted(taken), sorted(dropped), reverted, patches,
@@ -174,13 +175,6 @@ def plan_merge(recipe: MergeRecipe, out: str | Path | None = None) -> MergePlan:
             s.close()
         if original is not None:
             original.close()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _apply_patches(result, patches: list[LokrPatch]):
@@ -302,7 +296,7 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
     try:
         hashes, hash_threads = _start_hashing(sources, original)
         out_st = OUT_DTYPES[recipe.dtype]
-        out_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[recipe.dtype]
+        out_dtype = torch_dtype(recipe.dtype)
         entries = {e.name: e for e in plan.entries}
         inputs: list[ModelSource | None] = [*sources, original]
         jobs = [
@@ -312,7 +306,7 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
         for job in jobs:
             for i, _ in job.terms:
                 t = inputs[i].tensors[job.key]
-                slot_bytes[i] = max(slot_bytes[i], _numel(t.shape) * ST_ITEMSIZE.get(t.dtype, 8))
+                slot_bytes[i] = max(slot_bytes[i], math.prod(t.shape) * ST_ITEMSIZE.get(t.dtype, 8))
         out_buf = torch.empty(max(e.nbytes for e in plan.entries), dtype=torch.uint8)
         limit = RANGE[out_st]
         progress.stage(f"Merging {len(plan.keys):,} tensors")
@@ -341,7 +335,7 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
                             value = out_buf[: entry.nbytes].view(out_dtype).view(entry.shape)
                             terms = [(tensors[i], w) for i, w in job.terms]
                             if job.patches:
-                                full = arith.full(_numel(entry.shape)).view(entry.shape)
+                                full = arith.full(math.prod(entry.shape)).view(entry.shape)
                                 arith.combine(terms, full, None, job.key)
                                 _apply_patches(full, job.patches)
                                 check_range(full, limit, job.key)

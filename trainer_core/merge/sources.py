@@ -17,11 +17,11 @@ from typing import Any
 from ..errors import CheckpointError
 from ..models.architectures import fingerprint, layout_for
 from ..models.safetensors_header import SafetensorsHeader, TensorEntry, read_header
+from ..models.safetensors_writer import TORCH_TO_ST
 from ..models.sdxl_layout import CONV1X1, FUSE_QKV, TE2_LOGIT_SCALE, TRANSPOSE, te1_canonical
 from .stream_hash import SequentialHasher
 
-ST_TO_TORCH = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
+ST_TO_TORCH = {st: name.removeprefix("torch.") for name, st in TORCH_TO_ST.items()}
 DIFFUSERS_FILES = {
     "unet": "diffusion_pytorch_model.safetensors",
     "vae": "diffusion_pytorch_model.safetensors",

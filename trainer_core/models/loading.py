@@ -67,7 +67,8 @@ class SdxlComponents:
         return pipe
 
 
-def _dtype(name_or_dtype):
+def torch_dtype(name_or_dtype):
+    """A torch dtype from "fp32"/"fp16"/"bf16" (or their long names, or a dtype); None passes through."""
     import torch
 
     if name_or_dtype is None or isinstance(name_or_dtype, torch.dtype):
@@ -161,7 +162,7 @@ def load_single_file(
     arch = detect_single_file_arch(path, {k: tuple(v.shape) for k, v in sd.items()})
     comps_sd, extras, _unexpected = layout_for(arch).from_sgm(sd)
     del sd
-    dt = _dtype(dtype)
+    dt = torch_dtype(dtype)
     models = build_empty_components(arch, "meta")
     for name, model in models.items():
         state = comps_sd[name]
@@ -207,7 +208,7 @@ def load_diffusers_folder(folder: str | Path, dtype=None, device: str = "cpu") -
 
     folder = Path(folder)
     arch = _folder_arch(folder)
-    dt = _dtype(dtype)
+    dt = torch_dtype(dtype)
     kw: dict[str, Any] = {"local_files_only": True}
     if dt is not None:
         kw["torch_dtype"] = dt
@@ -250,7 +251,7 @@ def components_to_single_file_state(components: SdxlComponents, dtype=None) -> d
     layout = layout_for(components.arch)
     sds = {name: model.state_dict() for name, model in components.models().items()}
     out = layout.to_sgm(sds, components.extras)
-    dt = _dtype(dtype)
+    dt = torch_dtype(dtype)
     return {k: (v.to(dt) if dt is not None and v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in out.items()}  # fmt: skip
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
+from .safetensors_header import DTYPE_SIZES
 
 TORCH_TO_ST = {
     "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16",
     "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8", "torch.uint8": "U8",
     "torch.bool": "BOOL", "torch.float8_e4m3fn": "F8_E4M3", "torch.float8_e5m2": "F8_E5M2",
 }  # fmt: skip
-ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+ST_ITEMSIZE = DTYPE_SIZES  # one table of element sizes, owned by the header reader
 
 
 @dataclass(frozen=True)

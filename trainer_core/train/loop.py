@@ -314,14 +314,12 @@ class Trainer:
         import torch
 
         from ..hf_quiet import quiet_hf
-        from ..models.loading import load_sdxl
+        from ..models.loading import load_sdxl, torch_dtype
         from .loss import alphas_cumprod
 
         wdt = weight_dtype_for(cfg.training.mixed_precision)
         comps = load_sdxl(cfg.base_path, dtype=torch.float32)
-        vae_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-            cfg.training.vae_dtype
-        ]
+        vae_dtype = torch_dtype(cfg.training.vae_dtype)
         with quiet_hf():  # diffusers warns about casting with .to(); the frozen base is meant to be cast
             for name in ("unet", "text_encoder", "text_encoder_2"):
                 m = getattr(comps, name)
