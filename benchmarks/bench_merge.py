@@ -1,8 +1,13 @@
 """Merge benchmark at real SDXL size: the card's preset (0.5/0.5 + 4-embedding revert) on three 6.9 GB checkpoints.
 
-Makes SDXL-shaped single files (the 2514 real keys and shapes, random fp16), then measures in the same run:
-- baseline: reading all three inputs once (`cat > /dev/null`) plus writing one output of the same size (`dd`, fsync);
-- the merge (`kxl merge --preset kohaku-xl-delta`) in a child process: wall time and peak RSS.
+Makes SDXL-shaped single files (the 2514 real keys and shapes, random fp16), then measures in the same run, with
+the page cache dropped before each step (when run as root):
+- baseline (the issue's): reading all three inputs once (`cat > /dev/null`) plus writing one output of the same
+  size (`dd`, fsync);
+- a stricter baseline: the same reads and write with `dd iflag=direct` / `oflag=direct` (no page cache), which is
+  how the merge itself does its I/O where the file system allows (trainer_core/direct_io.py);
+- the merge (`kxl merge --preset kohaku-xl-delta`, SHA-256 of every input included) in a child process: wall time,
+  CPU time and peak RSS.
 Targets: merge / baseline <= 1.5, peak RSS < 1.5 GB. The big files are removed afterwards.
 
     python benchmarks/bench_merge.py [--dir /tmp/kxl-bench-merge] [--keep]
@@ -57,40 +62,63 @@ def drop_caches() -> bool:
         return False
 
 
+CPU = {"user": 0.0, "sys": 0.0}  # CPU seconds of the last `timed` child
+
+
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of a child process."""
+    """Wall seconds and peak RSS (bytes) of a child process (its CPU seconds land in CPU)."""
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+    CPU.update(user=usage.ru_utime, sys=usage.ru_stime)
     return wall, usage.ru_maxrss * 1024
+
+
+def _cpu() -> str:
+    return f"(cpu user {CPU['user']:.1f} s, sys {CPU['sys']:.1f} s)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/kxl-bench-merge"))
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the inputs (a later run with --keep reuses them)"
+    )
     args = ap.parse_args()
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
     names = {"gamma": 1, "beta": 2, "original": 3}
     paths = {n: d / f"{n}.safetensors" for n in names}
     t0 = time.monotonic()
-    sizes = {n: make_checkpoint(paths[n], seed) for n, seed in names.items()}
-    print(
-        f"made 3 SDXL-shaped checkpoints ({sizes['gamma'] / 1e9:.2f} GB each) in {time.monotonic() - t0:.0f} s"
-    )
+    reuse = args.keep and all(p.is_file() for p in paths.values())
+    sizes = {
+        n: paths[n].stat().st_size if reuse else make_checkpoint(paths[n], seed) for n, seed in names.items()
+    }
+    print(f"{'reused' if reuse else 'made'} 3 SDXL-shaped checkpoints ({sizes['gamma'] / 1e9:.2f} GB each) "
+          f"in {time.monotonic() - t0:.0f} s")  # fmt: skip
     out = d / "delta.safetensors"
+    out.unlink(missing_ok=True)
+    shutil.rmtree(d / "data", ignore_errors=True)  # no cached hashes: the merge hashes every input
     base_out = d / "baseline.bin"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KXL_DATA_DIR": str(d / "data")}
     cold = drop_caches()
     read_s, _ = timed(["sh", "-c", f"cat {' '.join(str(p) for p in paths.values())} > /dev/null"])
+    read_cpu = _cpu()
     mib = sizes["gamma"] // 2**20
     write_s, _ = timed(
         ["dd", "if=/dev/zero", f"of={base_out}", "bs=1M", f"count={mib}", "conv=fsync", "status=none"]
     )
+    write_cpu = _cpu()
+    base_out.unlink()
+    drop_caches()
+    dread_s = 0.0
+    for p in paths.values():
+        dread_s += timed(["dd", f"if={p}", "of=/dev/null", "bs=64M", "iflag=direct", "status=none"])[0]
+    dwrite_s, _ = timed(["dd", "if=/dev/zero", f"of={base_out}", "bs=64M", f"count={mib // 64}", "oflag=direct",
+                         "conv=fsync", "status=none"])  # fmt: skip
     base_out.unlink()
     drop_caches()
     merge_cmd = [sys.executable, "-m", "trainer_core.cli", "merge", "--preset", "kohaku-xl-delta",
@@ -98,17 +126,23 @@ def main() -> None:
                  "--out", str(out)]  # fmt: skip
     merge_s, rss = timed(merge_cmd, env)
     baseline = read_s + write_s
+    direct = dread_s + dwrite_s
     print(f"page cache dropped between runs: {'yes' if cold else 'no (not root)'}")
-    print(f"baseline: read 3 inputs {read_s:.1f} s + write 1 output {write_s:.1f} s = {baseline:.1f} s")
+    print(f"baseline: read 3 inputs {read_s:.1f} s {read_cpu} + write 1 output {write_s:.1f} s {write_cpu} "
+          f"= {baseline:.1f} s")  # fmt: skip
     print(
-        f"merge (kohaku-xl-delta preset, hashing included): {merge_s:.1f} s, peak RSS {rss / 2**30:.2f} GiB"
+        f"direct-I/O baseline: read 3 inputs {dread_s:.1f} s + write 1 output {dwrite_s:.1f} s = {direct:.1f} s"
     )
-    print(f"ratio merge/baseline: {merge_s / baseline:.2f} (target <= 1.5); "
-          f"RSS target < 1.5 GB: {'ok' if rss < 1.5e9 else 'MISSED'}")  # fmt: skip
+    print(f"merge (kohaku-xl-delta preset, hashing included): {merge_s:.1f} s {_cpu()}, "
+          f"peak RSS {rss / 2**30:.2f} GiB")  # fmt: skip
+    print(f"ratio merge/baseline: {merge_s / baseline:.2f} (target <= 1.5); merge/direct-I/O baseline: "
+          f"{merge_s / direct:.2f}; RSS target < 1.5 GB: {'ok' if rss < 1.5e9 else 'MISSED'}")  # fmt: skip
     print(
         f"throughput: {(sum(sizes.values()) + out.stat().st_size) / merge_s / 2**20:.0f} MiB/s (inputs read + output written)"
     )
-    if not args.keep:
+    if args.keep:
+        out.unlink()
+    else:
         shutil.rmtree(d)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import atomic_path, check_free_space
+from ..direct_io import ALIGN, SequentialWriter
 from ..errors import CheckpointError, KxlError
 from ..hashing import cached_sha256, full_sha256, remember_sha256
 from ..lokr.file import LokrFile, read_lokr
@@ -27,9 +27,10 @@ from ..models.safetensors_writer import ST_ITEMSIZE, PlannedTensor, StreamingWri
 from ..models.sdxl_layout import EMBEDDING_KEYS, IGNORED_SGM_KEYS
 from ..progress import Progress, ensure_progress
 from .blocks import block_of
+from .feeds import SEGMENT_BYTES, Feed, open_feed
 from .recipe import MergeRecipe
-from .sources import ModelSource, SingleFileSource, open_source
-from .streaming import RANGE, Arithmetic, Prefetcher, TensorJob, check_range
+from .sources import ModelSource, SingleFileSource, SourceTensor, open_source
+from .streaming import RANGE, Arithmetic, TensorJob, check_range
 
 OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -165,9 +166,7 @@ def plan_merge(recipe: MergeRecipe, out: str | Path | None = None) -> MergePlan:
             for k in keys
         ]
         out_bytes = sum(e.nbytes for e in entries)
-        largest = max((math.prod(s) for s in shapes.values()), default=0)
-        # Per tensor: result fp32 + one input fp32 + one stored copy + the output cast; see benchmarks/bench_merge.py.
-        peak = RAM_BASELINE + largest * (4 + 4 + 2 + ST_ITEMSIZE[out_dtype])
+        peak = _ram_estimate(entries, a.tensors, len(sources) + (original is not None), out_dtype)
         return MergePlan(recipe, a.arch, keys, entries, sorted(taken), sorted(dropped), reverted, patches,
                          lokr_files, warnings, out_bytes, peak)  # fmt: skip
     finally:
@@ -251,26 +250,27 @@ def _recipe_metadata(plan: MergePlan, hashes: dict[str, str]) -> dict[str, str]:
                                            "sd_merge_models": json.dumps(models, sort_keys=True)})  # fmt: skip
 
 
-def _start_hashing(sources: list[ModelSource], original: ModelSource | None) -> tuple[dict[str, str], list]:
-    """Known hashes come from the cache. Inputs hash their own reads (stream_hash.py); the original, of which
-    only four tensors are read, is hashed by a side thread while the merge runs."""
+def _hash_plan(inputs: list[ModelSource | None]) -> tuple[dict[str, str], list[bool]]:
+    """(hashes already known from the cache, which inputs must hash their file while the merge reads it)."""
     known: dict[str, str] = {}
-    threads = []
-    for src in [*sources, *([original] if original else [])]:
-        cached = cached_sha256(src.path) if src.path.is_file() else None
+    wanted = []
+    for src in inputs:
+        cached = cached_sha256(src.path) if src is not None and src.path.is_file() else None
         if cached:
             known[str(src.path)] = cached
-        elif isinstance(src, SingleFileSource) and src is not original:
-            src.hash_while_reading()
-        elif isinstance(src, SingleFileSource):
+        wanted.append(src is not None and not cached and isinstance(src, SingleFileSource))
+    return known, wanted
 
-            def work(path=src.path):
-                known[str(path)] = full_sha256(path)
 
-            t = threading.Thread(target=work, name="merge-hash-original", daemon=True)
-            t.start()
-            threads.append(t)
-    return known, threads
+def _ram_estimate(plan_entries: list[PlannedTensor], shapes: dict[str, SourceTensor], n_inputs: int,
+                  out_dtype: str) -> int:  # fmt: skip
+    """Peak memory of `run_merge`: per input a read ring (feeds.py), the output tensor, one fp32 copy of the
+    largest tensor (only used for LoKr-patched ones, but counted) and the writer's staging buffers."""
+    largest_in = max((math.prod(t.shape) * ST_ITEMSIZE.get(t.dtype, 8) for t in shapes.values()), default=0)
+    largest = max((math.prod(e.shape) for e in plan_entries), default=0)
+    ring = largest_in + 2 * SEGMENT_BYTES + ALIGN
+    return (RAM_BASELINE + n_inputs * ring + largest * (4 + ST_ITEMSIZE[out_dtype])
+            + 2 * SequentialWriter.STAGE_BYTES)  # fmt: skip
 
 
 def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = None,
@@ -289,75 +289,69 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
     sources = [open_source(p) for p in recipe.inputs]
     original = open_source(recipe.original) if recipe.original else None
     everyone = [*sources, *([original] if original else [])]
-    # One intra-op thread: the reader and hash threads keep the other core busy, and torch's OpenMP workers
+    # One intra-op thread: the reader threads keep the other core busy (SHA-256), and torch's OpenMP workers
     # spin-waiting against them made the element-wise work twice as slow overall (benchmarks/bench_merge.py).
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    feeds: list[Feed | None] = []
     try:
-        hashes, hash_threads = _start_hashing(sources, original)
         out_st = OUT_DTYPES[recipe.dtype]
         out_dtype = torch_dtype(recipe.dtype)
         entries = {e.name: e for e in plan.entries}
         inputs: list[ModelSource | None] = [*sources, original]
+        hashes, hash_wanted = _hash_plan(inputs)
         jobs = [
             _job_for(e.name, recipe, plan, inputs, out_st) for e in plan_order(plan.entries, keep_order=True)
         ]
-        slot_bytes = [0] * len(inputs)
-        for job in jobs:
-            for i, _ in job.terms:
-                t = inputs[i].tensors[job.key]
-                slot_bytes[i] = max(slot_bytes[i], math.prod(t.shape) * ST_ITEMSIZE.get(t.dtype, 8))
+        for i, src in enumerate(inputs):
+            keys = [job.key for job in jobs if any(j == i for j, _ in job.terms)]
+            feeds.append(None if src is None else open_feed(src, keys, hash_wanted[i]))
         out_buf = torch.empty(max(e.nbytes for e in plan.entries), dtype=torch.uint8)
         limit = RANGE[out_st]
         progress.stage(f"Merging {len(plan.keys):,} tensors")
         done = 0
         with atomic_path(out) as tmp:
-            with StreamingWriter(tmp, plan.entries, _recipe_metadata(plan, {}), keep_order=True) as writer:
-                reader = Prefetcher(jobs, inputs, slot_bytes)
-                arith = Arithmetic()
-                try:
-                    for job, tensors in reader:
-                        progress.check_cancelled()
-                        entry = entries[job.key]
-                        first = tensors[job.terms[0][0]]
-                        if job.raw:
-                            value = first
-                        elif (
-                            len(job.terms) == 1
-                            and job.terms[0][1] == 1.0
-                            and not job.patches
-                            and first.dtype == out_dtype
-                        ):
-                            value = (
-                                first  # a revert or a copy in the output dtype: the stored bytes, untouched
-                            )
+            with StreamingWriter(tmp, plan.entries, _recipe_metadata(plan, {}), keep_order=True, direct=True) as writer, \
+                    Arithmetic() as arith:  # fmt: skip
+                for job in jobs:
+                    progress.check_cancelled()
+                    entry = entries[job.key]
+                    tensors = {i: feeds[i].get(job.key) for i, _ in job.terms}  # type: ignore[union-attr]
+                    first = tensors[job.terms[0][0]]
+                    if job.raw or (
+                        len(job.terms) == 1
+                        and job.terms[0][1] == 1.0
+                        and not job.patches
+                        and first.dtype == out_dtype
+                    ):
+                        value = first  # a revert, a copy in the output dtype or a non-float: the stored bytes
+                    else:
+                        value = out_buf[: entry.nbytes].view(out_dtype).view(entry.shape)
+                        terms = [(tensors[i], w) for i, w in job.terms]
+                        if job.patches:
+                            full = arith.full(math.prod(entry.shape)).view(entry.shape)
+                            arith.combine(terms, full, None, job.key)
+                            _apply_patches(full, job.patches)
+                            check_range(full, limit, job.key)
+                            value.copy_(full)
                         else:
-                            value = out_buf[: entry.nbytes].view(out_dtype).view(entry.shape)
-                            terms = [(tensors[i], w) for i, w in job.terms]
-                            if job.patches:
-                                full = arith.full(math.prod(entry.shape)).view(entry.shape)
-                                arith.combine(terms, full, None, job.key)
-                                _apply_patches(full, job.patches)
-                                check_range(full, limit, job.key)
-                                value.copy_(full)
-                            else:
-                                arith.combine(terms, value, limit if job.check else None, job.key)
-                        writer.write(job.key, value)
-                        done += entry.nbytes
-                        progress.update(done, plan.out_bytes, "merging")
-                finally:
-                    reader.close()
-                    arith.__exit__(None, None, None)
+                            arith.combine(terms, value, limit if job.check else None, job.key)
+                    writer.write(job.key, value)
+                    for i, _ in job.terms:
+                        feeds[i].release(job.key)  # type: ignore[union-attr]
+                    done += entry.nbytes
+                    progress.update(done, plan.out_bytes, "merging")
             progress.stage("Finishing (input hashes)")
-            for t in hash_threads:
-                t.join()
-            for src in sources:
-                digest = src.finish_hash()
+            for src, feed in zip(inputs, feeds, strict=True):
+                digest = feed.finish_hash() if feed is not None else None
                 if digest is not None:
-                    hashes[str(src.path)] = digest
-                    remember_sha256(src.path, digest)
+                    hashes[str(src.path)] = digest  # type: ignore[union-attr]
+                    remember_sha256(src.path, digest)  # type: ignore[union-attr]
             _patch_header(tmp, plan, _recipe_metadata(plan, hashes))
     finally:
+        for feed in feeds:
+            if feed is not None:
+                feed.close()
         torch.set_num_threads(torch_threads)
         for s in everyone:
             s.close()

@@ -97,6 +97,8 @@ class StreamingWriter:
 
     `write()` must be called in `order` (the planned layout); `close()` checks every tensor arrived. Use as a
     context manager inside `atomic_path` so an interrupted stream never leaves a file under the final name.
+    `direct=True` (multi-GB outputs) writes through `direct_io.SequentialWriter`: unbuffered where the file
+    system allows it, with the disk writes overlapping the caller's work.
     """
 
     def __init__(
@@ -105,11 +107,18 @@ class StreamingWriter:
         entries: list[PlannedTensor],
         metadata: Mapping[str, str] | None = None,
         keep_order: bool = False,
+        direct: bool = False,
     ):
         head, self.order = build_header(entries, metadata, keep_order)
-        self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()/__exit__
+        if direct:
+            from ..direct_io import SequentialWriter
+
+            self._fh = SequentialWriter(path)
+        else:
+            self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()/__exit__
         self._fh.write(head)
         self._next = 0
+        self._closed = False
 
     def write(self, name: str, tensor: Any) -> None:
         expected = self.order[self._next]
@@ -123,8 +132,9 @@ class StreamingWriter:
         self._next += 1
 
     def close(self) -> None:
-        if self._fh.closed:
+        if self._closed:
             return
+        self._closed = True
         self._fh.close()
         if self._next != len(self.order):
             raise ValueError(f"only {self._next} of {len(self.order)} planned tensors were written")
@@ -134,7 +144,10 @@ class StreamingWriter:
 
     def __exit__(self, *exc) -> None:
         if exc[0] is not None:
-            self._fh.close()
+            if not self._closed:
+                self._closed = True
+                abort = getattr(self._fh, "abort", self._fh.close)
+                abort()
             return
         self.close()
 
