@@ -300,7 +300,7 @@ class _Builder:
             }
         name = f"{hit.post_id}.{ext}"
         image_path, caption_path = self.sub_prefix + name, f"{self.sub_prefix}{hit.post_id}.txt"
-        write_new_file(image_path, data)
+        write_new_file(image_path, data, direct=True)
         write_new_file(caption_path, meta["caption"].encode("utf-8"))
         if written is not None:
             written += (image_path, caption_path)
