@@ -794,7 +794,12 @@ class MergeTab(QWidget):
                     f"{len(o.plan.taken_from_a):,} tensor(s) missing from other inputs are copied from A"
                 )
             if self.output_path is not None and self.output_path.exists():
-                warnings.append(f"{self.output_path.name} exists and will be replaced")
+                own = self.result is not None and _same_file(self.result.path, self.output_path)
+                warnings.append(
+                    f"{self.output_path.name} holds the merge just made; running again replaces it"
+                    if own
+                    else f"{self.output_path.name} exists and will be replaced"
+                )
             self.warnings_label.setText("\n".join(f"⚠ {w}" for w in warnings))
             self.warnings_label.setVisible(bool(warnings))
         self.run_button.setEnabled(not running and o is not None and o.error is None)
@@ -956,3 +961,10 @@ def _unique(folder: Path, stem: str) -> Path:
 
 def create_tab(context: AppContext) -> QWidget:
     return MergeTab(context)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False

@@ -270,3 +270,31 @@ def test_process_and_thread_paths_match_reference(tmp_path):
     import json
 
     assert [json.loads(line)["caption"] for line in jsonl.splitlines()] == expected
+
+
+def test_captions_file_from_prestarted_workers_matches_in_process(tmp_path, monkeypatch):
+    """`kxl dataset captions` on a big DB starts its workers before selecting; the file must not change."""
+    from trainer_core.danbooru.demo_db import generate_demo_db
+    from trainer_core.dataset import caption_stream
+    from trainer_core.dataset.captions_export import write_captions_jsonl
+    from trainer_core.dataset.filters import PostFilters
+    from trainer_core.dataset.selection import PRESETS
+
+    db = tmp_path / "demo.db"
+    generate_demo_db(db, 300, 5)
+    inproc = tmp_path / "a.jsonl"
+    write_captions_jsonl(db, inproc, PRESETS["all"], PostFilters())  # small DB: no workers
+    started = []
+    real_init = caption_stream.CaptionWorkers.__init__
+
+    def spy(self, n_proc):
+        started.append(n_proc)
+        real_init(self, n_proc)
+
+    monkeypatch.setattr(caption_stream.CaptionWorkers, "__init__", spy)
+    monkeypatch.setattr(caption_stream, "PRESTART_MIN_DB_BYTES", 0)
+    monkeypatch.setattr(caption_stream, "PROCESS_MIN_POSTS", 1)
+    by_workers = tmp_path / "b.jsonl"
+    write_captions_jsonl(db, by_workers, PRESETS["all"], PostFilters())
+    assert started == [caption_stream.default_processes(1)]  # started once, before selecting; reused
+    assert by_workers.read_bytes() == inproc.read_bytes()

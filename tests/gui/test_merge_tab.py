@@ -115,6 +115,9 @@ def test_run_writes_the_same_tensors_as_the_engine(qtbot, tab, context, demo, tm
     with qtbot.waitSignal(tab.merge_finished, timeout=60000):
         qtbot.mouseClick(tab.run_button, merge_tab.Qt.MouseButton.LeftButton)
     assert tab.result_box.isVisible() and out.name in tab.result_label.text()
+    # a chosen output name stays; the warning says it is this merge's own result, not some other file
+    qtbot.waitUntil(lambda: tab.warnings_label.isVisible(), timeout=20000)
+    assert "holds the merge just made" in tab.warnings_label.text()
 
     gamma, beta, original = (demo.checkpoint_path(r) for r in ("gamma", "beta", "original"))
     cli = run_merge(kohaku_xl_delta_recipe(gamma, beta, original), tmp_path / "engine.safetensors").path

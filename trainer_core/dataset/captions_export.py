@@ -7,7 +7,7 @@ from pathlib import Path
 from ..atomic import atomic_path
 from ..danbooru.db_reader import open_db
 from ..progress import Progress, ensure_progress
-from .caption_stream import iter_caption_chunks
+from .caption_stream import CaptionWorkers, iter_caption_chunks
 from .captions import quality_scheme
 from .filters import PostFilters
 from .selection import SelectionPlan, select_posts
@@ -25,18 +25,23 @@ def write_captions_jsonl(
 ) -> int:
     """Write `{"id": ..., "caption": ...}` per selected post, ordered by id, atomically. Returns the count."""
     progress = ensure_progress(progress)
-    conn = open_db(db)
+    workers = CaptionWorkers.for_db(db)  # they start while the selection runs
     try:
-        scheme = quality_scheme(quality, conn)
-        progress.stage("Selecting posts")
-        selection = select_posts(conn, plan, filters, db, progress)
+        conn = open_db(db)
+        try:
+            scheme = quality_scheme(quality, conn)
+            progress.stage("Selecting posts")
+            selection = select_posts(conn, plan, filters, db, progress)
+        finally:
+            conn.close()
+        progress.stage(f"Captioning {len(selection):,} posts")
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            for text in iter_caption_chunks(
+                db, selection.ids, scheme, threads=threads, jsonl=True, progress=progress, workers=workers
+            ):
+                fh.write(text)  # type: ignore[arg-type]
     finally:
-        conn.close()
-    progress.stage(f"Captioning {len(selection):,} posts")
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        for text in iter_caption_chunks(
-            db, selection.ids, scheme, threads=threads, jsonl=True, progress=progress
-        ):
-            fh.write(text)  # type: ignore[arg-type]
+        if workers is not None:
+            workers.close()
     progress.update(len(selection), len(selection))
     return len(selection)
