@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QFrame,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QListView,
@@ -242,22 +243,28 @@ class TagsTab(QWidget):
         self.split_label.setObjectName("muted")
         self.split_label.setWordWrap(True)
 
-        controls = QHBoxLayout()
+        # Two rows of two: in one row the four spin boxes (sized for 10-digit seeds) made the page wider than
+        # the side panel, and every wrapped label and chip row below was cut off at the right edge.
+        controls = QGridLayout()
+        controls.setHorizontalSpacing(8)
         self.seed_spin = self._spin("seed", 0, 2**31 - 1, 0)
         self.epoch_spin = self._spin("epoch", 1, 100000, 1)
         self.index_spin = self._spin("sample", 0, 10**9, 0)
         self.n_spin = self._spin("variants", 1, 32, DEFAULT_VARIANTS)
-        for label, spin in (
-            ("Seed", self.seed_spin),
-            ("Epoch", self.epoch_spin),
-            ("Sample index", self.index_spin),
-            ("Variants", self.n_spin),
+        for i, (label, spin) in enumerate(
+            (
+                ("Seed", self.seed_spin),
+                ("Epoch", self.epoch_spin),
+                ("Sample index", self.index_spin),
+                ("Variants", self.n_spin),
+            )
         ):
             text = QLabel(label)
             text.setObjectName("muted")
-            controls.addWidget(text)
-            controls.addWidget(spin)
-        controls.addStretch(1)
+            controls.addWidget(text, i // 2, (i % 2) * 2)
+            controls.addWidget(spin, i // 2, (i % 2) * 2 + 1)
+        controls.setColumnStretch(1, 1)
+        controls.setColumnStretch(3, 1)
         self.variants_label = QLabel("")
         self.variants_label.setTextFormat(Qt.TextFormat.RichText)
         self.variants_label.setWordWrap(True)

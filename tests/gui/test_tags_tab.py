@@ -259,3 +259,16 @@ def test_bulk_edit_add_to_head_over_the_filter(qtbot, tab, workspace):
     assert (folder / "103.txt").read_text(encoding="utf-8").startswith("1boy, kohaku (artist), |||short hair")
     assert (folder / "101.txt").read_text(encoding="utf-8") == CAPTIONS[1][2]
     assert tab.count_label.text() == "3 of 5 images"  # the filter is kept across the re-read
+
+
+def test_side_panel_fits_its_width_without_a_horizontal_scrollbar(qtbot, tab):
+    """At a common window width (side panel ~480 px) the image page wraps chips and captions instead of cutting them off."""
+    tab.resize(1200, 860)
+    with qtbot.waitSignal(tab.preview_shown, timeout=10000):
+        tab.select_row(1)
+    page = tab.side.widget(0)
+    qtbot.waitUntil(lambda: page.viewport().width() > 0)
+    content = page.widget()
+    assert content.minimumSizeHint().width() <= page.viewport().width()
+    assert page.horizontalScrollBar().maximum() == 0
+    assert all(chip.geometry().right() <= tab.chips.width() for chip in tab.chips.chips)
