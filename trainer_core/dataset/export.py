@@ -41,6 +41,7 @@ from .caption_stream import iter_caption_chunks
 from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionBuilder, CaptionChunk, QualityScheme, quality_scheme
 from .durable import MarkWriter, write_new_file
 from .filters import PostFilters
+from .image_header import image_size
 from .images import BUCKETS, Hit, ImageSource, ShardReadError, open_image_source, read_folder_file, scan_tar
 from .selection import SelectionPlan, select_posts
 from .stats import DATASET_FILE, MANIFEST_FILE, RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize
@@ -179,9 +180,20 @@ def _check_output(out: Path, wanted: dict, on_partial: str, subfolder: str) -> b
 # ---- per-post image handling -------------------------------------------------------------------------------------
 def _prepare_image(hit: Hit, opts: BuildOptions) -> tuple[bytes, str, int, int]:
     """(bytes to write, extension, width, height); raises ValueError for an image that does not decode."""
+    assert hit.data is not None
+    if opts.image_format == "copy" and not opts.verify_images:
+        # Copying needs only the size: read it from the header (~1 us instead of ~120 us for Image.open on a
+        # 400 KB WebP). image_size gives a size only where Image.open would give the same one; anything else
+        # (unknown format, damaged header, huge image) takes the Pillow path below, so what is reported
+        # corrupt does not change.
+        found = image_size(hit.data)
+        if found is not None:
+            _fmt, width, height = found
+            if opts.max_pixels is None or width * height <= opts.max_pixels:
+                return hit.data, ("jpg" if hit.ext == "jpeg" else hit.ext), width, height
+
     from PIL import Image
 
-    assert hit.data is not None
     with Image.open(io.BytesIO(hit.data)) as img:
         width, height = img.size
         over = opts.max_pixels is not None and width * height > opts.max_pixels
