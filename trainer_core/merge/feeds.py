@@ -33,7 +33,47 @@ SKIP_GAP = 2**20  # without hashing, unused bytes up to this long between two wa
 
 
 class Feed(ABC):
-    """Tensors of one input in a fixed order; see the module docstring."""
+    """Tensors of one input in a fixed order, read by a thread of its own; see the module docstring.
+
+    Subclasses implement `_read_all` (the thread's work) and call `_start(name)` at the end of `__init__`.
+    """
+
+    def _start(self, name: str) -> None:
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._read_all()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by get() in the merge thread
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    @abstractmethod
+    def _read_all(self) -> None:
+        """Read (and hash) everything in order; returns early once `self._stop` is set."""
+
+    def _wait(self, done) -> None:
+        """Block until `done()` holds (called under the lock); raise the reader's error, or Cancelled if closed."""
+        with self._cond:
+            while not done() and self._error is None and not self._stop:
+                self._cond.wait()
+            if done():
+                return
+            if self._error is not None:
+                raise self._error
+            raise Cancelled("merge stopped")
+
+    def close(self) -> None:
+        """Stop the reader thread and release the file."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
 
     @abstractmethod
     def get(self, key: str) -> Any:
@@ -46,10 +86,6 @@ class Feed(ABC):
     @abstractmethod
     def finish_hash(self) -> str | None:
         """The input's full-file SHA-256 once every tensor was consumed, if the feed was asked to hash."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Stop the reader thread and release the file."""
 
 
 @dataclass
@@ -134,12 +170,8 @@ class SegmentFeed(Feed):
         self._ring = aligned_array(self._capacity)
         self._ring_t = torch.from_numpy(self._ring)
         self._live: deque[_Segment] = deque()
-        self._cond = threading.Condition()
-        self._error: BaseException | None = None
-        self._stop = False
         self._fd = fd if fd is not None else os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        self._thread = threading.Thread(target=self._run, name=f"merge-read-{self.path.name}", daemon=True)
-        self._thread.start()
+        self._start(f"merge-read-{self.path.name}")
 
     # -- ring bookkeeping (under self._cond) --------------------------------------------------------------------
     def _place(self, length: int) -> int | None:
@@ -161,51 +193,36 @@ class SegmentFeed(Feed):
             self._live.popleft()
 
     # -- reader thread ------------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            view = memoryview(self._ring)
-            for seg in self._segments:
-                with self._cond:
-                    while not self._stop and (pos := self._place(seg.read_len)) is None:
-                        self._cond.wait()
-                    if self._stop:
-                        return
-                    seg.pos = pos
-                    self._live.append(seg)
-                read_at(
-                    self._fd,
-                    view[pos : pos + seg.read_len],
-                    seg.read_start,
-                    seg.end - seg.read_start,
-                    self.path,
-                )
-                with self._cond:
-                    seg.ready = True
-                    self._cond.notify_all()
-                if self._hasher is not None:
-                    skip = seg.start - seg.read_start
-                    self._hasher.update(view[pos + skip : pos + skip + seg.end - seg.start])
-                    with self._cond:
-                        seg.hashed = True
-                        self._drop_finished()
-                        self._cond.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by get() in the merge thread
+    def _read_all(self) -> None:
+        view = memoryview(self._ring)
+        for seg in self._segments:
             with self._cond:
-                self._error = exc
+                while not self._stop and (pos := self._place(seg.read_len)) is None:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                seg.pos = pos
+                self._live.append(seg)
+            read_at(
+                self._fd, view[pos : pos + seg.read_len], seg.read_start, seg.end - seg.read_start, self.path
+            )
+            with self._cond:
+                seg.ready = True
                 self._cond.notify_all()
+            if self._hasher is not None:
+                skip = seg.start - seg.read_start
+                self._hasher.update(view[pos + skip : pos + skip + seg.end - seg.start])
+                with self._cond:
+                    seg.hashed = True
+                    self._drop_finished()
+                    self._cond.notify_all()
 
     # -- merge thread --------------------------------------------------------------------------------------------
     def get(self, key: str) -> Any:
         import torch
 
         seg = self._of_key[key]
-        with self._cond:
-            while not seg.ready and self._error is None and not self._stop:
-                self._cond.wait()
-            if self._error is not None:
-                raise self._error
-            if self._stop:
-                raise Cancelled("merge stopped")
+        self._wait(lambda: seg.ready)
         entry = self._entries[key]
         dtype = getattr(torch, ST_TO_TORCH[entry.dtype])
         if entry.nbytes == 0:
@@ -233,10 +250,7 @@ class SegmentFeed(Feed):
         return self._hasher.hexdigest()
 
     def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join()
+        super().close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -257,11 +271,7 @@ class ReadAheadFeed(Feed):
         self._slots = [torch.empty(biggest, dtype=torch.uint8) for _ in range(2)]
         self._free = [0, 1]
         self._ready: dict[str, tuple[int, Any]] = {}
-        self._cond = threading.Condition()
-        self._error: BaseException | None = None
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name=f"merge-read-{source.name}", daemon=True)
-        self._thread.start()
+        self._start(f"merge-read-{source.name}")
 
     def _nbytes(self, key: str) -> int:
         t = self.source.tensors[key]
@@ -270,33 +280,22 @@ class ReadAheadFeed(Feed):
             n *= s
         return n
 
-    def _run(self) -> None:
-        try:
-            for key in self._keys:
-                with self._cond:
-                    while not self._free and not self._stop:
-                        self._cond.wait()
-                    if self._stop:
-                        return
-                    slot = self._free.pop()
-                tensor = self.source.get(key, self._slots[slot])
-                with self._cond:
-                    self._ready[key] = (slot, tensor)
-                    self._cond.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by get() in the merge thread
+    def _read_all(self) -> None:
+        for key in self._keys:
             with self._cond:
-                self._error = exc
+                while not self._free and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                slot = self._free.pop()
+            tensor = self.source.get(key, self._slots[slot])
+            with self._cond:
+                self._ready[key] = (slot, tensor)
                 self._cond.notify_all()
 
     def get(self, key: str) -> Any:
-        with self._cond:
-            while key not in self._ready and self._error is None and not self._stop:
-                self._cond.wait()
-            if key in self._ready:
-                return self._ready[key][1]
-            if self._error is not None:
-                raise self._error
-            raise Cancelled("merge stopped")
+        self._wait(lambda: key in self._ready)
+        return self._ready[key][1]
 
     def release(self, key: str) -> None:
         with self._cond:
@@ -306,12 +305,6 @@ class ReadAheadFeed(Feed):
 
     def finish_hash(self) -> str | None:
         return self.source.finish_hash()
-
-    def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join()
 
 
 def open_feed(source: ModelSource, keys: list[str], hash_file: bool) -> Feed:
