@@ -419,3 +419,31 @@ def test_export_copy_path_respects_the_pixel_budget(tmp_path):
     ]
     assert (out / "1_kxl" / "8.png").read_bytes() == small
     assert Image.open(out / "1_kxl" / "7.png").size == (141, 70)
+
+
+def test_image_file_size_reads_past_the_head_when_it_must(tmp_path, monkeypatch):
+    """Files whose header does not fit the first 64 KB (a big WebP, a JPEG behind a large ICC profile) and a
+    format the parser does not know all give Pillow's size; an unreadable file raises OSError as Pillow does."""
+    from trainer_core.dataset.image_header import HEAD_BYTES, image_file_size
+
+    big_webp = encode(picture(900, 700, seed=3), "WEBP", quality=95)
+    assert len(big_webp) > HEAD_BYTES
+    # an 80 KB ICC profile (split over two APP2 segments) pushes the frame header past the head
+    jpeg = encode(picture(33, 21), "JPEG", icc_profile=srgb_icc() + bytes(HEAD_BYTES + 15_000))
+    assert len(jpeg) > HEAD_BYTES
+    tiff = encode(picture(12, 9), "TIFF")
+    files = {"a.webp": big_webp, "b.jpg": jpeg, "c.tif": tiff, "d.png": encode(picture(5, 4), "PNG")}
+    expected = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with Image.open(tmp_path / name) as im:
+            expected[name] = im.size
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    assert {name: image_file_size(tmp_path / name) for name in files} == expected
+    assert [Path(p).name for p in opened] == ["c.tif"]  # only the format the parser does not know
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(OSError):
+        image_file_size(bad)

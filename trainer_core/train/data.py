@@ -50,7 +50,7 @@ class Entry:
 
 def scan_dataset(root: str | Path) -> list[ImageItem]:
     """Every image of a kohya folder with its caption; errors name the folder or file at fault."""
-    from PIL import Image
+    from ..dataset.image_header import image_file_size
 
     root = Path(root)
     if not root.is_dir():
@@ -76,8 +76,7 @@ def scan_dataset(root: str | Path) -> list[ImageItem]:
             if not caption:
                 raise KxlError("caption is empty", path=txt)
             try:
-                with Image.open(img) as im:
-                    size = im.size
+                size = image_file_size(img)
             except OSError as exc:
                 raise KxlError(f"cannot read image ({exc})", path=img) from None
             items.append(ImageItem(img, caption, repeats, sub.name, size))
