@@ -43,11 +43,14 @@ class LatentCache:
 
         try:
             t = load_file(str(path))
-        except Exception:  # noqa: BLE001 - a torn cache file (killed writer) is just a miss
+            mean, std = t["mean"], t["std"]
+            if mean.shape != std.shape:
+                raise ValueError("mean and std differ in shape")
+        except Exception:  # noqa: BLE001 - a torn or foreign cache file is just a miss; put() replaces it
             self.misses += 1
             return None
         self.hits += 1
-        return t["mean"], t["std"]
+        return mean, std
 
     def put(self, key: str, mean: Any, std: Any) -> None:
         from safetensors.torch import save_file

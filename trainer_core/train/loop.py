@@ -365,8 +365,10 @@ class Trainer:
                 for eid in batch.entries:
                     e = self.plan.entries[eid]
                     keyed.append(self.latent_cache.key(self.plan.items[e.item], e.assignment))
-                cached = [self.latent_cache.get(k) for k in keyed]
-                for k, c, eid in zip(keyed, cached, batch.entries, strict=True):
+                for k, eid in zip(keyed, batch.entries, strict=True):
+                    # Looked up one by one, after the previous put: two repeats of one image in a batch are
+                    # encoded once, not once per repeat.
+                    c = self.latent_cache.get(k)
                     if c is None:
                         from .data import load_pixels
 
