@@ -114,11 +114,15 @@ def text_progress(stream=None, unit: str = "it") -> Progress:
             return
         if ev.total:
             frac = min(1.0, ev.done / ev.total)
-            line = f"  [{'#' * int(frac * 30):<30}] {frac * 100:5.1f}%  {ev.done:,.0f}/{ev.total:,.0f} {unit}"
+            line = f"  [{'#' * int(frac * 30):<30}] {frac * 100:5.1f}%  " + (
+                f"{format_bytes(ev.done)} of {format_bytes(ev.total)}"
+                if unit == "B"
+                else f"{ev.done:,.0f}/{ev.total:,.0f} {unit}"
+            )
         else:
-            line = f"  {ev.done:,.0f} {unit}"
+            line = f"  {format_bytes(ev.done)}" if unit == "B" else f"  {ev.done:,.0f} {unit}"
         if ev.rate:
-            line += f"  {ev.rate:,.1f} {unit}/s"
+            line += f"  {format_bytes(ev.rate)}/s" if unit == "B" else f"  {ev.rate:,.1f} {unit}/s"
         if ev.eta_s is not None and ev.total and ev.done < ev.total:
             line += f"  ETA {format_duration(ev.eta_s)}"
         finished = bool(ev.total) and ev.done >= ev.total
@@ -132,6 +136,16 @@ def text_progress(stream=None, unit: str = "it") -> Progress:
         out.flush()
 
     return Progress(callback=draw, min_interval_s=0.2)
+
+
+def format_bytes(n: int | float) -> str:
+    """1536 -> '1.5 KiB'; binary units, like file managers on Linux."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
 def format_duration(seconds: float) -> str:

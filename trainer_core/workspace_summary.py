@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import KxlError
+from .progress import format_bytes  # noqa: F401 - re-exported for the GUI
 from .workspace import CHECKPOINT_ROLES, Workspace
 
 if TYPE_CHECKING:
@@ -266,16 +267,6 @@ def _run_state(events: Path) -> tuple[str, int | None]:
         status = event.get("state") or event.get("status") or event.get("message")
         return (str(status) if status else "running"), step
     return "running", step
-
-
-def format_bytes(n: int | float) -> str:
-    """1536 -> '1.5 KiB'; binary units, like file managers on Linux."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def checkpoint_kind_text(info: CheckpointInfo) -> str:
