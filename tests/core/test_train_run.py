@@ -17,6 +17,8 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from conftest import write_train_squares  # noqa: E402 - tests/ is on sys.path
+
 from trainer_core.train.config import load_preset  # noqa: E402
 from trainer_core.train.events import read_events, request_stop  # noqa: E402
 
@@ -25,22 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """A tiny base checkpoint and a two-image kohya dataset (64 px, captions with a `|||` head)."""
-    from PIL import Image, ImageDraw
-
-    from trainer_core.models.loading import save_single_file
-    from trainer_core.models.tiny import build_tiny_components
-
-    root = tmp_path_factory.mktemp("train-assets")
-    base = save_single_file(build_tiny_components(0), root / "base.safetensors", dtype="fp16")
-    sub = root / "dataset" / "1_squares"
-    sub.mkdir(parents=True)
-    for i in range(2):
-        im = Image.new("RGB", (64, 64), (200 * i, 30, 120))
-        ImageDraw.Draw(im).rectangle((8, 8, 40, 40), fill=(255, 255, 0))
-        im.save(sub / f"{i}.png")
-        (sub / f"{i}.txt").write_text(f"1girl ||| yellow square, tag{i}", encoding="utf-8")
-    return base, root / "dataset"
+    """A tiny base checkpoint and a two-image 64 px kohya dataset (captions with a `|||` head)."""
+    return write_train_squares(tmp_path_factory.mktemp("train-assets"))
 
 
 def _config(run_dir: Path, base: Path, dataset: Path, **training) -> Path:
