@@ -54,13 +54,26 @@ def atomic_write_text(dest: str | Path, text: str) -> None:
 def check_free_space(folder: str | Path, needed_bytes: int, what: str = "output") -> None:
     """Refuse to start a job that cannot fit, instead of failing at 90%."""
     folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(_existing_ancestor(folder)).free
     if free < needed_bytes:
         raise KxlError(
             f"not enough free disk space for the {what}: need {needed_bytes / 2**30:.2f} GiB, "
             f"{free / 2**30:.2f} GiB free",
             path=folder,
         )
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    """`folder`, or its nearest existing parent: where an output that creates folders will land."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Free space on the file system `folder` is (or will be) on; None when it cannot be read."""
+    try:
+        return shutil.disk_usage(_existing_ancestor(Path(folder))).free
+    except OSError:
+        return None

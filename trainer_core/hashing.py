@@ -39,6 +39,11 @@ def _cached(path: Path, kind: str, compute) -> str:
         if key in cache:
             return cache[key]
     value = compute(path)
+    _store(key, value)
+    return value
+
+
+def _store(key: str, value: str) -> None:
     with _LOCK:
         cache = _load_cache()
         cache[key] = value
@@ -46,7 +51,6 @@ def _cached(path: Path, kind: str, compute) -> str:
             atomic_write_text(_cache_file(), json.dumps(cache, indent=0, sort_keys=True))
         except OSError:
             pass  # a read-only cache dir only costs us a re-hash next time
-    return value
 
 
 def _cache_key(path: Path, kind: str) -> str:
@@ -63,14 +67,7 @@ def cached_sha256(path: str | Path) -> str | None:
 
 def remember_sha256(path: str | Path, digest: str) -> None:
     """Record a SHA-256 computed elsewhere (e.g. by the merge while it streamed the file)."""
-    path = Path(path)
-    with _LOCK:
-        cache = _load_cache()
-        cache[_cache_key(path, "sha256")] = digest
-        try:
-            atomic_write_text(_cache_file(), json.dumps(cache, indent=0, sort_keys=True))
-        except OSError:
-            pass
+    _store(_cache_key(Path(path), "sha256"), digest)
 
 
 def sha256_file(path: Path, start: int = 0) -> str:

@@ -8,7 +8,6 @@ CLI makes, so the GUI and `kxl merge` write the same tensors.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from trainer_core.atomic import free_bytes
 from trainer_core.errors import KxlError
 from trainer_core.merge.engine import MergePlan, MergeResult, plan_merge, run_merge
 from trainer_core.merge.recipe import DTYPES, MergeRecipe, kohaku_xl_delta_recipe
@@ -111,22 +111,12 @@ class PlanOutcome:
     available_ram: int | None
 
 
-def _free_bytes(folder: Path) -> int | None:
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
-
-
 def estimate(recipe: MergeRecipe, out: Path | None) -> PlanOutcome:
     """Worker side of the estimate: plan_merge opens every input's header, so it never runs on the GUI thread."""
     import psutil
 
     ram = psutil.virtual_memory().available
-    free = _free_bytes(out.parent) if out is not None else None
+    free = free_bytes(out.parent) if out is not None else None
     try:
         plan = plan_merge(recipe, out)
     except KxlError as exc:

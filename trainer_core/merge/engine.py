@@ -266,7 +266,7 @@ def _ram_estimate(plan_entries: list[PlannedTensor], shapes: dict[str, SourceTen
                   out_dtype: str) -> int:  # fmt: skip
     """Peak memory of `run_merge`: per input a read ring (feeds.py), the output tensor, one fp32 copy of the
     largest tensor (only used for LoKr-patched ones, but counted) and the writer's staging buffers."""
-    largest_in = max((math.prod(t.shape) * ST_ITEMSIZE.get(t.dtype, 8) for t in shapes.values()), default=0)
+    largest_in = max((t.nbytes for t in shapes.values()), default=0)
     largest = max((math.prod(e.shape) for e in plan_entries), default=0)
     ring = largest_in + 2 * SEGMENT_BYTES + ALIGN
     return (RAM_BASELINE + n_inputs * ring + largest * (4 + ST_ITEMSIZE[out_dtype])

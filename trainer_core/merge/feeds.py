@@ -148,17 +148,15 @@ def plan_segments(
 class SegmentFeed(Feed):
     """O_DIRECT segment reads into a ring buffer, tensors handed out as views; optional whole-file SHA-256."""
 
-    def __init__(self, source: SingleFileSource, keys: list[str], hash_file: bool, fd: int | None = None):
+    def __init__(
+        self, source: SingleFileSource, segments: list[_Segment], hash_file: bool, fd: int | None = None
+    ):
+        """`segments`: `plan_segments` of the keys to serve (with `whole_file=hash_file`)."""
         import torch
 
         self.source = source
         self.path = source.path
         entries = source.header.tensors
-        spans = [(k, entries[k].start, entries[k].end) for k in keys]
-        size = self.path.stat().st_size
-        segments = plan_segments(spans, size, hash_file)
-        if segments is None:
-            raise ValueError("keys are not in file order")
         self._segments = segments
         self._of_key = {k: seg for seg in segments for k in seg.keys}
         for seg in segments:
@@ -266,19 +264,11 @@ class ReadAheadFeed(Feed):
         self._keys = keys
         if hash_file and isinstance(source, SingleFileSource):
             source.hash_while_reading()
-        sizes = [self._nbytes(k) for k in keys]
-        biggest = max(sizes, default=0)
+        biggest = max((source.tensors[k].nbytes for k in keys), default=0)
         self._slots = [torch.empty(biggest, dtype=torch.uint8) for _ in range(2)]
         self._free = [0, 1]
         self._ready: dict[str, tuple[int, Any]] = {}
         self._start(f"merge-read-{source.name}")
-
-    def _nbytes(self, key: str) -> int:
-        t = self.source.tensors[key]
-        n = ST_ITEMSIZE.get(t.dtype, 8)
-        for s in t.shape:
-            n *= s
-        return n
 
     def _read_all(self) -> None:
         for key in self._keys:
@@ -312,6 +302,7 @@ def open_feed(source: ModelSource, keys: list[str], hash_file: bool) -> Feed:
     if isinstance(source, SingleFileSource):
         entries = source.header.tensors
         spans = [(k, entries[k].start, entries[k].end) for k in keys]
-        if plan_segments(spans, source.path.stat().st_size, hash_file) is not None:
-            return SegmentFeed(source, keys, hash_file, fd=open_direct_read(source.path))
+        segments = plan_segments(spans, source.path.stat().st_size, hash_file)
+        if segments is not None:
+            return SegmentFeed(source, segments, hash_file, fd=open_direct_read(source.path))
     return ReadAheadFeed(source, keys, hash_file)

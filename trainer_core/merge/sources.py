@@ -9,6 +9,7 @@ resident memory and break the "a few tensors, not models" budget.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..models.architectures import fingerprint, layout_for
-from ..models.safetensors_header import SafetensorsHeader, TensorEntry, read_header
+from ..models.safetensors_header import DTYPE_SIZES, SafetensorsHeader, TensorEntry, read_header
 from ..models.safetensors_writer import TORCH_TO_ST
 from ..models.sdxl_layout import CONV1X1, FUSE_QKV, TE2_LOGIT_SCALE, TRANSPOSE, te1_canonical
 from .stream_hash import SequentialHasher
@@ -85,6 +86,10 @@ def _advise_willneed(fh, start: int, length: int) -> None:
 class SourceTensor:
     shape: tuple[int, ...]
     dtype: str  # safetensors dtype string
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES.get(self.dtype, 8)
 
 
 class ModelSource(ABC):

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, free_bytes
 from ..errors import KxlError
 from .checkpoint import STATE_PREFIX, TRAIN_STATE_FILE, state_dirs
 from .config import TrainConfig
@@ -148,16 +148,21 @@ def run_process_group(run_dir: str | Path) -> int | None:
     return None
 
 
-def tail_lines(path: str | Path, n: int = LOG_TAIL_LINES, max_bytes: int = 256 * 1024) -> list[str]:
-    """The last `n` lines of a text file (reads at most `max_bytes` from its end)."""
+def _read_tail(path: str | Path, max_bytes: int) -> tuple[bytes, bool]:
+    """(at most the last `max_bytes` of a file, whether the file is longer); (b"", False) if unreadable."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(max(0, size - max_bytes))
-            data = fh.read()
+            return fh.read(), size > max_bytes
     except OSError:
-        return []
+        return b"", False
+
+
+def tail_lines(path: str | Path, n: int = LOG_TAIL_LINES, max_bytes: int = 256 * 1024) -> list[str]:
+    """The last `n` lines of a text file (reads at most `max_bytes` from its end)."""
+    data, _cut = _read_tail(path, max_bytes)
     lines = data.decode("utf-8", errors="replace").splitlines()
     return lines[-n:]
 
@@ -477,17 +482,9 @@ class RunSummary:
 
 
 def _last_events(run_dir: Path, max_bytes: int = 64 * 1024) -> list[dict[str, Any]]:
-    path = run_dir / EVENTS_FILE
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except OSError:
-        return []
+    data, cut = _read_tail(run_dir / EVENTS_FILE, max_bytes)
     lines = data.split(b"\n")
-    if size > max_bytes:
+    if cut:
         lines = lines[1:]  # the first line is probably cut
     out = []
     for line in lines:
@@ -786,16 +783,6 @@ def detect_gpus(timeout_s: float = 5.0) -> list[tuple[str, int]]:
         except ValueError:
             continue
     return gpus
-
-
-def free_bytes(folder: str | Path) -> int | None:
-    probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
 
 
 @dataclass
