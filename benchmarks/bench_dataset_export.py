@@ -47,6 +47,7 @@ from trainer_core.dataset.selection import PRESETS  # noqa: E402
 # writes a .txt of this size per image so both produce the same number of files of about the same total size.
 _CAPTION = b"x" * 350
 _STEPS = ("read", "extract", "export")
+_OUT_DIR = Path("/tmp")
 
 
 def main() -> int:
@@ -56,7 +57,16 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/kxl_bench_export_ws"))
     ap.add_argument("--realistic-posts", type=int, default=2000, help="posts with ~400 KB WebP members")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of read / extract / export")
+    ap.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("/tmp"),
+        help="where extract / export write (default /tmp, the shards' disk; /dev/shm = a RAM disk, which "
+        "leaves the read as the only disk traffic and so measures the exporter's own cost)",
+    )
     args = ap.parse_args()
+    global _OUT_DIR
+    _OUT_DIR = args.out_dir
     root = args.cache / str(args.posts)
     if not (root / "workspace.toml").exists():
         from trainer_core.demo import init_demo
@@ -78,7 +88,9 @@ def main() -> int:
         print("page cache: dropped before every measurement (cold-cache figures)")
     else:
         print(f"page cache: NOT dropped ({cold}); every figure below is warm-cache")
-    print(f"workers: {args.workers}, rounds: {args.repeats}, CPUs: {os.cpu_count()}")
+    print(
+        f"workers: {args.workers}, rounds: {args.repeats}, CPUs: {os.cpu_count()}, output under {args.out_dir}"
+    )
     print("\n-- demo images (~6 KB each: per-file costs dominate)")
     _compare(db, images, PRESETS["all"], args.workers, args.repeats, cold is None)
     print(f"\n-- realistic images (~{_member_kb(real_images)} KB WebP each)")
@@ -256,7 +268,7 @@ def _timed(fn, cold: bool) -> Run:
 def _round(db: Path, images: Path, plan, shards: list[Path], wanted: set[int], workers: int, cold: bool):
     runs = {"read": _timed(lambda: _read(shards), cold)}
     for step in ("extract", "export"):
-        tmp = Path(tempfile.mkdtemp(prefix=f"kxl-bench-{step}-", dir="/tmp"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"kxl-bench-{step}-", dir=_OUT_DIR))
         try:
             if step == "extract":
                 runs[step] = _timed(lambda t=tmp: _extract(shards, wanted, t / "ds", workers), cold)

@@ -2,8 +2,10 @@
 
     python benchmarks/bench_dataset_select_caption.py [--posts 1000000] [--db /tmp/kxl_bench_1m.db]
 
-Prints: selection time, caption time, posts/s, CPU seconds (this process + worker processes: the wall-clock
-figures depend on what else the machine runs), peak RSS, and two baselines measured in the same run on a sample
+Prints, for the SQL path and for the DB column cache (built here, in a temporary folder, and timed: the one-off
+cost a first run pays): selection time, caption time, posts/s, CPU seconds (this process + worker processes: the
+wall-clock figures depend on what else the machine runs), whether both paths give the same ids and captions,
+the `kxl dataset captions` command both ways, peak RSS, and two baselines measured in the same run on a sample
 of the selected posts (rates extrapolated):
 - raw sqlite3: each post's tags with their own query (HakuBooru's `Post.tag_list` SQL), a small object per tag
   row, the caption built per post. Generous to HakuBooru: no ORM.
@@ -15,12 +17,15 @@ of the selected posts (rates extrapolated):
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +34,7 @@ from trainer_core.danbooru.db_reader import open_db, post_tags_one_by_one  # noq
 from trainer_core.dataset.caption_stream import iter_caption_chunks  # noqa: E402
 from trainer_core.dataset.captions import make_caption, quality_scheme  # noqa: E402
 from trainer_core.dataset.captions_export import write_captions_jsonl  # noqa: E402
+from trainer_core.dataset.column_cache import build_column_cache  # noqa: E402
 from trainer_core.dataset.filters import PostFilters  # noqa: E402
 from trainer_core.dataset.selection import PRESETS, select_posts  # noqa: E402
 
@@ -143,6 +149,33 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _select_and_caption(db: Path, scheme, cache, threads: int, processes: int | None):
+    """(selection, seconds to select, seconds to caption, md5 of the captions) for the card recipe."""
+    conn = open_db(db)
+    try:
+        t0 = time.perf_counter()
+        sel = select_posts(conn, PRESETS["kohaku-xl-delta"], PostFilters(), db, cache=cache)
+        t_sel = time.perf_counter() - t0
+    finally:
+        conn.close()
+    digest = hashlib.md5()
+    t1 = time.perf_counter()
+    for chunk in iter_caption_chunks(db, sel.ids, scheme, threads=threads, processes=processes, cache=cache):
+        digest.update("\n".join(chunk.captions).encode())
+    return sel, t_sel, time.perf_counter() - t1, digest.hexdigest()
+
+
+def _command(db: Path, mode: str) -> tuple[float, int, str]:
+    out = Path(tempfile.mkdtemp(prefix="kxl-bench-captions-")) / "captions.jsonl"
+    try:
+        t0 = time.perf_counter()
+        n = write_captions_jsonl(db, out, PRESETS["kohaku-xl-delta"], PostFilters(), db_cache=mode)
+        took = time.perf_counter() - t0
+        return took, n, hashlib.md5(out.read_bytes()).hexdigest()
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--posts", type=int, default=1_000_000)
@@ -151,59 +184,68 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=None, help="caption worker processes (default: auto)")
     ap.add_argument("--baseline-posts", type=int, default=20_000)
     args = ap.parse_args()
+    # the column cache goes to a fresh folder, so its build is measured every run
+    cache_home = Path(tempfile.mkdtemp(prefix="kxl-bench-cache-"))
+    os.environ["KXL_DATA_DIR"] = str(cache_home)
+    try:
+        return _run(args)
+    finally:
+        shutil.rmtree(cache_home, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     if not args.db.exists():
         from trainer_core.danbooru.demo_db import generate_demo_db
 
         print(f"generating {args.posts:,}-post demo DB at {args.db} (cached for later runs) ...", flush=True)
         generate_demo_db(args.db, args.posts, 0)
-    proc = psutil.Process()
     conn = open_db(args.db)
     n_posts = conn.execute("SELECT count(*) FROM post").fetchone()[0]
     n_rel = conn.execute("SELECT max(id) FROM posttagrelation").fetchone()[0]
-    print(f"DB: {args.db} ({n_posts:,} posts, ~{n_rel:,} relation rows)")
+    print(
+        f"DB: {args.db} ({n_posts:,} posts, ~{n_rel:,} relation rows, {args.db.stat().st_size / 2**20:,.0f} MiB)"
+    )
     scheme = quality_scheme("card")
 
     c0 = _cpu_seconds()
-    t0 = time.perf_counter()
-    sel = select_posts(conn, PRESETS["kohaku-xl-delta"], PostFilters(), args.db)
-    t_sel = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    n = 0
-    chars = 0
-    for chunk in iter_caption_chunks(
-        args.db, sel.ids, scheme, threads=args.threads, processes=args.processes
-    ):
-        n += len(chunk.captions)
-        chars += sum(map(len, chunk.captions))
-    t_cap = time.perf_counter() - t1
-    total = t_sel + t_cap
-    cpu = _cpu_seconds() - c0
-    rss = proc.memory_info().rss
-    peak = getattr(proc.memory_info(), "peak_wset", None) or _peak_rss()
+    sel, t_sel, t_cap, md5_sql = _select_and_caption(args.db, scheme, None, args.threads, args.processes)
+    cpu_sql = _cpu_seconds() - c0
+    n = len(sel)
+    sql_total = t_sel + t_cap
     print(
-        f"select card recipe: {len(sel):,} posts in {t_sel:.2f} s "
+        f"card recipe: {n:,} posts selected "
         f"({', '.join(f'{r.selected:,}/{r.matching:,}' for r in sel.ranges)})"
     )
     print(
-        f"caption:            {n:,} posts in {t_cap:.2f} s = {n / t_cap:,.0f} posts/s ({chars / n:.0f} chars avg)"
+        f"SQL path:     select {t_sel:.2f} s + caption {t_cap:.2f} s = {sql_total:.2f} s "
+        f"({n / sql_total:,.0f} posts/s, CPU {cpu_sql:.2f} s)"
     )
+    t0 = time.perf_counter()
+    cache = build_column_cache(args.db)
+    t_build = time.perf_counter() - t0
     print(
-        f"select + caption:   {total:.2f} s = {n / total:,.0f} posts/s; RSS now {rss / 2**20:,.0f} MiB, "
-        f"peak {peak / 2**20:,.0f} MiB"
+        f"column cache: built once in {t_build:.2f} s ({cache.size_bytes() / 2**20:,.0f} MiB for "
+        f"{cache.meta['tag_rows']:,} tag rows)"
     )
-    print(f"CPU time (this process + caption workers): {cpu:.2f} s = {cpu / n * 1e6:.2f} us/post")
-    out = Path(tempfile.mkdtemp(prefix="kxl-bench-captions-")) / "captions.jsonl"
-    try:
-        t3 = time.perf_counter()
-        n_cmd = write_captions_jsonl(args.db, out, PRESETS["kohaku-xl-delta"], PostFilters())
-        t_cmd = time.perf_counter() - t3
-        size = out.stat().st_size
-    finally:
-        shutil.rmtree(out.parent, ignore_errors=True)
+    c1 = _cpu_seconds()
+    sel_c, t_sel_c, t_cap_c, md5_cache = _select_and_caption(
+        args.db, scheme, cache, args.threads, args.processes
+    )
+    cpu_cache = _cpu_seconds() - c1
+    same = md5_cache == md5_sql and np.array_equal(sel_c.ids, sel.ids)
+    cached_total = t_sel_c + t_cap_c
     print(
-        f"kxl dataset captions (select + caption + write {size / 2**20:,.0f} MiB of JSON Lines): {t_cmd:.2f} s "
-        f"= {n_cmd / t_cmd:,.0f} posts/s"
+        f"cached path:  select {t_sel_c:.2f} s + caption {t_cap_c:.2f} s = {cached_total:.2f} s "
+        f"({n / cached_total:,.0f} posts/s, CPU {cpu_cache:.2f} s); same ids and captions as SQL: {same}"
     )
+    t_never, n_cmd, md5_never = _command(args.db, "never")
+    t_warm, _, md5_warm = _command(args.db, "auto")
+    print(
+        f"kxl dataset captions (select + caption + write the JSON Lines): SQL path {t_never:.2f} s, "
+        f"cached {t_warm:.2f} s; same file: {md5_never == md5_warm}"
+    )
+    proc = psutil.Process()
+    print(f"RSS now {proc.memory_info().rss / 2**20:,.0f} MiB, peak {_peak_rss() / 2**20:,.0f} MiB")
 
     sample = sel.ids[:: max(1, len(sel.ids) // args.baseline_posts)][: args.baseline_posts].tolist()
     t2 = time.perf_counter()
@@ -213,32 +255,34 @@ def main() -> int:
         ).fetchone()
         rows = [_TagRow(r) for r in post_tags_one_by_one(conn, pid)]
         make_caption(pid, rating, fav, created, [(t.name, t.type) for t in rows], scheme)
-    t_base = time.perf_counter() - t2
-    base_rate = len(sample) / t_base
+    base_rate = len(sample) / (time.perf_counter() - t2)
+    t_base = n / base_rate
     print(
-        f"baseline (one query per post, {len(sample):,} sampled): {base_rate:,.0f} posts/s "
-        f"-> {len(sel) / base_rate:.1f} s for the selection"
+        f"baseline, raw sqlite3 query per post ({len(sample):,} sampled): {base_rate:,.0f} posts/s "
+        f"-> {t_base:.1f} s for the selection"
     )
-    print(
-        f"speed-up select+caption vs raw-sqlite3 baseline (caption only): {(n / total) / base_rate:.1f}x "
-        f"(caption stage alone: {(n / t_cap) / base_rate:.1f}x; the captions command, file included: "
-        f"{(n_cmd / t_cmd) / base_rate:.1f}x)"
-    )
+    _ratios("raw-sqlite3", t_base, sql_total, t_build, cached_total, t_never, t_warm)
     pw_sample = sample[: max(1, len(sample) // 4)]
     pw_rate = _peewee_rate(args.db, pw_sample, scheme)
     if pw_rate is None:
         print("peewee baseline: skipped (pip install peewee to measure HakuBooru's ORM path)")
     else:
         print(
-            f"baseline (peewee, as HakuBooru, {len(pw_sample):,} sampled): {pw_rate:,.0f} posts/s "
-            f"-> {len(sel) / pw_rate:.1f} s for the selection"
+            f"baseline, peewee as HakuBooru ({len(pw_sample):,} sampled): {pw_rate:,.0f} posts/s "
+            f"-> {n / pw_rate:.1f} s for the selection"
         )
-        print(
-            f"speed-up select+caption vs peewee baseline: {(n / total) / pw_rate:.1f}x "
-            f"(caption stage alone: {(n / t_cap) / pw_rate:.1f}x; the captions command, file included: "
-            f"{(n_cmd / t_cmd) / pw_rate:.1f}x)"
-        )
+        _ratios("peewee", n / pw_rate, sql_total, t_build, cached_total, t_never, t_warm)
     return 0
+
+
+def _ratios(
+    name: str, base: float, sql: float, build: float, cached: float, cmd_sql: float, cmd_cached: float
+):
+    print(
+        f"speed-up vs {name} baseline: cached {base / cached:.1f}x (command {base / cmd_cached:.1f}x); "
+        f"first run incl. cache build {base / (build + cached):.1f}x; SQL path {base / sql:.1f}x "
+        f"(command {base / cmd_sql:.1f}x)"
+    )
 
 
 def _peak_rss() -> int:

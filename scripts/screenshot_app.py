@@ -36,6 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 XVFB_SCREEN = "-screen 0 1600x1200x24"
 TAB_NAMES = ("Workspace", "Dataset", "Tags", "Merge", "Train", "Generate")
+# Extra views, `Tab:view` -> `<tab>-<view>.png`: pages a tab's default picture does not show.
+EXTRA_VIEWS = ("Dataset:source",)
 DEFAULT_DEMO_DIR = Path(tempfile.gettempdir()) / "kxl-screenshot-demo"
 
 # What the prepared demo holds (relative to the workspace); names follow the card's recipe.
@@ -58,8 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", default="1280x860", help="window size WxH")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the page to fill")
     parser.add_argument(
-        "--tab", action="append", choices=TAB_NAMES, metavar="NAME",
-        help=f"capture this tab populated, as <name>.png (repeatable; one of {', '.join(TAB_NAMES)})",
+        "--tab", action="append", choices=TAB_NAMES + EXTRA_VIEWS, metavar="NAME",
+        help=f"capture this tab populated, as <name>.png (repeatable; one of {', '.join(TAB_NAMES + EXTRA_VIEWS)})",
     )  # fmt: skip
     parser.add_argument("--all-tabs", action="store_true", help="capture every tab (same as --tab for each)")
     parser.add_argument(
@@ -175,6 +177,12 @@ def stage_dataset(window, ws_root: Path, timeout: float) -> bool:
     return wait_for(lambda: tab.preview.toPlainText().startswith("#"), timeout)
 
 
+def stage_dataset_source(window, ws_root: Path, timeout: float) -> bool:
+    tab = window.tab_pages["Dataset"]
+    tab.set_step(0)  # the source check: schema, row counts, shards, the DB column cache's state
+    return wait_for(lambda: "Column cache" in tab.source_info.text(), timeout)
+
+
 def stage_tags(window, ws_root: Path, timeout: float) -> bool:
     tab = window.tab_pages["Tags"]
     tab.open_dataset(ws_root / DATASET_REL)
@@ -226,6 +234,7 @@ def stage_generate(window, ws_root: Path, timeout: float) -> bool:
 STAGES: dict[str, Callable] = {
     "Workspace": stage_workspace,
     "Dataset": stage_dataset,
+    "Dataset:source": stage_dataset_source,
     "Tags": stage_tags,
     "Merge": stage_merge,
     "Train": stage_train,
@@ -236,13 +245,13 @@ STAGES: dict[str, Callable] = {
 def capture_tabs(window, names: list[str], ws_root: Path, out: Path, timeout: float) -> list[Path]:
     written = []
     for name in names:
-        window.activate_tab(name)
+        window.activate_tab(name.split(":")[0])
         window.statusBar().clearMessage()  # a note left by another tab would be stale in this picture
         settle(200)
         if not STAGES[name](window, ws_root, timeout):
             raise SystemExit(f"the {name} tab was not populated within {timeout:.0f} s")
         settle(600)
-        path = out / f"{name.lower()}.png"
+        path = out / f"{name.lower().replace(':', '-')}.png"
         window.grab().save(str(path))
         written.append(path)
         print(path, flush=True)

@@ -493,18 +493,19 @@ class DatasetTab(QWidget):
 
         def work(progress: Progress):
             from trainer_core.danbooru.schema import table_counts
+            from trainer_core.dataset.column_cache import describe_cache_state
             from trainer_core.dataset.images import open_image_source
 
-            return table_counts(db), open_image_source(images).describe()
+            return table_counts(db), open_image_source(images).describe(), describe_cache_state(db)
 
         def done(result) -> None:
-            counts, images_text = result
+            counts, images_text, cache_text = result
             rows = "".join(
                 f"<tr><td>{t}</td><td align='right'>&nbsp;&nbsp;{n:,}</td></tr>" for t, n in counts.items()
             )
             self.source_info.setText(
                 f"<span style='color:#7fc8a9'>✔ HakuBooru schema OK</span><table>{rows}</table>"
-                f"Images: {html.escape(images_text)}"
+                f"Images: {html.escape(images_text)}<br>{html.escape(cache_text)}"
             )
 
         self._run_aux(
@@ -624,11 +625,13 @@ class DatasetTab(QWidget):
 
         def work(progress: Progress):
             from trainer_core.danbooru.db_reader import open_db
+            from trainer_core.dataset.column_cache import find_column_cache
             from trainer_core.dataset.selection import estimate
 
             conn = open_db(db)
             try:
-                return estimate(conn, plan, filters, db)
+                # a cache built by an earlier run makes the live count instant on a full dump
+                return estimate(conn, plan, filters, db, cache=find_column_cache(conn, db))
             finally:
                 conn.close()
 

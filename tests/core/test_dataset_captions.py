@@ -266,7 +266,7 @@ def test_process_and_thread_paths_match_reference(tmp_path):
         for c in ch.captions
     ]
     assert by_process == by_thread == expected
-    jsonl = "".join(iter_caption_chunks(db, ids, scheme, processes=2, chunk_posts=64, jsonl=True))
+    jsonl = b"".join(iter_caption_chunks(db, ids, scheme, processes=2, chunk_posts=64, jsonl=True)).decode()
     import json
 
     assert [json.loads(line)["caption"] for line in jsonl.splitlines()] == expected

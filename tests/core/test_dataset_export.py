@@ -304,3 +304,24 @@ def test_sampled_plan_is_deterministic(demo, tmp_path):
     assert a.summary.selected == 25
     assert tree(tmp_path / "a") == tree(tmp_path / "b")
     assert "seed = 5" in (tmp_path / "a" / "dataset.toml").read_text()
+
+
+def test_cli_index_then_build_from_the_column_cache_is_identical(demo, reference, tmp_path, capsys, monkeypatch):
+    """`kxl dataset index` builds the cache; a build reading it writes the same dataset as the SQL path."""
+    monkeypatch.setenv("KXL_DATA_DIR", str(tmp_path / "data"))
+    db, images = demo
+    assert kxl_main(["dataset", "index", "--db", str(db), "--status"]) == 1
+    assert "no current column cache" in capsys.readouterr().out
+    assert kxl_main(["dataset", "index", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    n_posts = sqlite3.connect(db).execute("SELECT count(*) FROM post").fetchone()[0]
+    assert f"{n_posts:,} posts" in out and "built in" in out
+    caches = list((tmp_path / "data" / "cache" / "db-columns").iterdir())
+    assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
+    assert kxl_main(["dataset", "index", "--db", str(db), "--status"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    ds = tmp_path / "cached"
+    args = ["dataset", "build", "--db", str(db), "--images", str(images), "--out", str(ds)]
+    assert kxl_main([*args, "--preset", "kohaku-xl-delta", "--workers", "2", "--db-cache", "always"]) == 0
+    ref_out, _ = reference
+    assert tree(ds) == tree(ref_out)

@@ -60,6 +60,27 @@ def test_source_defaults_to_workspace_and_shows_counts(tab, demo_ws):
     assert "metadata DB not found" in tab.source_info.text()
 
 
+def test_source_shows_the_column_cache_state_and_the_estimate_uses_it(
+    tab, qtbot, demo_ws, tmp_path, monkeypatch
+):
+    from trainer_core.dataset.column_cache import build_column_cache
+
+    assert "Column cache: not used (small DB" in tab.source_info.text()  # the demo DB: SQLite is enough
+    monkeypatch.setenv("KXL_DATA_DIR", str(tmp_path / "data"))
+    cache = build_column_cache(demo_ws.db_path, processes=0)
+    tab.check_source()
+    qtbot.waitUntil(lambda: "Column cache: ready" in tab.source_info.text(), timeout=10_000)
+    # the live count read from the cache (tags filter included) equals the SQL path's
+    tab.set_step(1)
+    tab.tags_none.setText("solo")
+    plan, filters = tab.selection_plan(), tab.post_filters()
+    assert cache.filter_mask(filters, open_db(demo_ws.db_path), demo_ws.db_path) is not None
+    expected = len(select_posts(open_db(demo_ws.db_path), plan, filters))
+    qtbot.waitUntil(
+        lambda: tab.estimate_label.text() == f"{expected:,} posts will be selected", timeout=10_000
+    )
+
+
 def test_selection_estimate_matches_engine(tab, qtbot, demo_ws):
     tab.set_step(1)
     assert tab.preset_combo.currentText() == "kohaku-xl-delta" and tab.range_table.rowCount() == 3

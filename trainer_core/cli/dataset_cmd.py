@@ -1,4 +1,4 @@
-"""`kxl dataset captions|build|stats`: HakuBooru-style captions and kohya-ready datasets from danbooru2023."""
+"""`kxl dataset captions|build|stats|index`: HakuBooru-style captions and kohya-ready datasets from danbooru2023."""
 
 from __future__ import annotations
 
@@ -58,6 +58,16 @@ def _selection_args(p: argparse.ArgumentParser, filters_on: bool) -> None:
     )
 
 
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db-cache",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="read posts and tags from the DB's column cache, building it first if needed (auto: for DB "
+        "files of 256 MiB and more; same output either way; see `kxl dataset index`)",
+    )
+
+
 def _plan_and_filters(args: argparse.Namespace):
     from ..dataset.filters import PostFilters, parse_ratings, split_tags
     from ..dataset.selection import PRESETS, SelectionPlan, parse_range, preset_plan
@@ -103,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cap.add_argument("--out", type=Path, required=True, help="output .jsonl file")
     cap.add_argument("--threads", type=int, default=2, help="DB reader threads (default 2)")
     _selection_args(cap, filters_on=False)
+    _cache_arg(cap)
     cap.set_defaults(func=run_captions)
 
     build = ds_sub.add_parser("build", help="export a kohya-layout dataset (images + captions + manifest)")
@@ -133,7 +144,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument(
         "--restart", action="store_true", help="discard an interrupted build in --out instead of resuming"
     )
+    _cache_arg(build)
     build.set_defaults(func=run_build)
+
+    idx = ds_sub.add_parser(
+        "index",
+        help="build the DB's column cache now (or show it): later selections and captions skip SQLite",
+        description="Reads the whole metadata DB once into flat arrays under the app's cache folder "
+        "(~4 bytes per tag row + ~40 bytes per post). A cache belongs to one state of the DB file and "
+        "is rebuilt when the file changes.",
+    )
+    idx.add_argument("--db", type=Path, required=True, help="danbooru2023.db (HakuBooru schema)")
+    idx.add_argument("--status", action="store_true", help="only say whether a current cache exists")
+    idx.set_defaults(func=run_index)
 
     st = ds_sub.add_parser("stats", help="print the summary of a built dataset")
     st.add_argument("dir", type=Path)
@@ -153,6 +176,7 @@ def run_captions(args: argparse.Namespace) -> int:
         args.quality,
         threads=args.threads,
         progress=text_progress(unit="posts"),
+        db_cache=args.db_cache,
     )
     print(f"{n:,} captions -> {args.out}")
     return 0
@@ -187,6 +211,7 @@ def run_build(args: argparse.Namespace) -> int:
         workers=args.workers,
         on_partial="restart" if args.restart else "resume",
         progress=text_progress(unit="posts"),
+        db_cache=args.db_cache,
     )
     if result.resumed_buckets:
         print(f"resumed an interrupted build ({result.resumed_buckets} bucket(s) were already done)")
@@ -206,4 +231,29 @@ def run_stats(args: argparse.Namespace) -> int:
         f"quality {info.get('captions', {}).get('quality', '?')}"
     )
     print(format_summary(summary))
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from ..danbooru.db_reader import open_db
+    from ..dataset.column_cache import build_column_cache, find_column_cache
+    from ..progress import format_bytes, text_progress
+
+    conn = open_db(args.db)
+    try:
+        cache = find_column_cache(conn, args.db)
+    finally:
+        conn.close()
+    if cache is None and args.status:
+        print(f"no current column cache for {args.db}")
+        return 1
+    if cache is None:
+        cache = build_column_cache(args.db, progress=text_progress(unit="rows"))
+        how = f"built in {cache.meta.get('build_seconds', 0):.1f} s"
+    else:
+        how = f"up to date, built {cache.meta.get('built_at', '?')}"
+    print(
+        f"column cache: {cache.path} ({how})\n"
+        f"  {cache.meta['posts']:,} posts, {cache.meta['tag_rows']:,} tag rows, {format_bytes(cache.size_bytes())}"
+    )
     return 0

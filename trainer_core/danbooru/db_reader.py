@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseError, KxlError
+from .dates import years_of
 from .schema import open_metadata_db
 
 CHUNK_POSTS = 20_000  # posts per bulk query: big enough to amortise the query, small enough to bound memory
@@ -32,19 +33,19 @@ CHUNK_POSTS = 20_000  # posts per bulk query: big enough to amortise the query, 
 
 @dataclass
 class PostColumns:
-    """The post columns the dataset builder uses, for a sorted list of ids (numpy arrays aligned with `ids`)."""
+    """What a caption needs of each post, for a sorted list of ids (numpy arrays aligned with `ids`)."""
 
     ids: np.ndarray
-    rating: np.ndarray
-    fav_count: np.ndarray
-    score: np.ndarray
-    width: np.ndarray
-    height: np.ndarray
-    created_at: list[str]
-    file_ext: list[str]
+    rating: np.ndarray  # -1 where NULL
+    fav_count: np.ndarray  # 0 where NULL
+    year: np.ndarray  # upload year from created_at (`dates.year_of`), 0 where it does not parse
 
     def __len__(self) -> int:
         return int(self.ids.size)
+
+    @classmethod
+    def empty(cls) -> PostColumns:
+        return cls(*(np.zeros(0, np.int64) for _ in range(4)))
 
 
 @dataclass
@@ -77,23 +78,29 @@ def fetch_post_columns(conn: sqlite3.Connection, ids: np.ndarray) -> PostColumns
     return _post_columns(conn, ids)[0]
 
 
-def _post_columns(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[PostColumns, int | None]:
-    """(columns, number of posts in [ids[0], ids[-1]] when the chunk was read as a range, else None)."""
+def _post_columns(
+    conn: sqlite3.Connection, ids: np.ndarray, extra: Sequence[str] = (), whole_span: bool = False
+) -> tuple[PostColumns, int | None]:
+    """(columns, number of posts in [ids[0], ids[-1]] when the chunk was read as a range, else None).
+
+    `extra`: more aggregate expressions over the same rows, in the same scan (the DB column cache's flags);
+    their values are appended to the returned tuple. `whole_span`: `ids` are all the posts in their span, so
+    read it as an id range however sparse the ids are.
+    """
     if ids.size == 0:
-        return PostColumns(*(np.zeros(0, np.int64) for _ in range(6)), [], []), 0  # type: ignore[arg-type]
+        return PostColumns.empty(), 0
     lo, hi = int(ids[0]), int(ids[-1])
     # a dense chunk is cheapest as an id range; a sparse one as an IN list (index seeks)
-    ranged = ids.size * 20 >= hi - lo
+    ranged = whole_span or ids.size * 20 >= hi - lo
     if ranged:
         where, params = "id >= ? AND id <= ?", (lo, hi)
     else:
         where, params = "id IN (SELECT value FROM json_each(?))", (_ids_json(ids),)
     row = conn.execute(
         "SELECT group_concat(id), group_concat(ifnull(rating, -1)), group_concat(ifnull(fav_count, 0)), "
-        "group_concat(ifnull(score, 0)), group_concat(ifnull(image_width, 0)), "
-        "group_concat(ifnull(image_height, 0)), "
-        f"group_concat(ifnull(created_at, ''), '{_SEP}'), group_concat(ifnull(file_ext, ''), '{_SEP}') "
-        f'FROM (SELECT * FROM "post" WHERE {where} ORDER BY id)',
+        f"group_concat(ifnull(created_at, ''), '{_SEP}') "
+        + "".join(", " + e for e in extra)
+        + f' FROM (SELECT * FROM "post" WHERE {where} ORDER BY id)',
         params,
     ).fetchone()
     all_ids = _parse_ints(row[0])
@@ -105,32 +112,22 @@ def _post_columns(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[PostColumn
         have = set(all_ids.tolist() if keep is None else all_ids[keep].tolist())
         lost = [int(i) for i in ids if int(i) not in have][:5]
         raise DatabaseError(f"post id(s) {lost} are not in the post table")
-    nums = [_parse_ints(t) if keep is None else _parse_ints(t)[keep] for t in row[1:6]]
-    created = row[6].split(_SEP) if row[6] is not None else []
-    exts = row[7].split(_SEP) if row[7] is not None else []
-    if len(created) != all_ids.size or len(exts) != all_ids.size:
-        raise DatabaseError("a created_at or file_ext value holds a control character (\\x1e)")
+    nums = [_parse_ints(t) if keep is None else _parse_ints(t)[keep] for t in row[1:3]]
+    created = row[3].split(_SEP) if row[3] is not None else []
+    if len(created) != all_ids.size:
+        raise DatabaseError("a created_at value holds a control character (\\x1e)")
     if keep is not None:
-        rows = np.flatnonzero(keep).tolist()
-        created = [created[i] for i in rows]
-        exts = [exts[i] for i in rows]
+        created = [created[i] for i in np.flatnonzero(keep).tolist()]
     cols = PostColumns(
-        ids=ids.astype(np.int64, copy=False),
-        rating=nums[0],
-        fav_count=nums[1],
-        score=nums[2],
-        width=nums[3],
-        height=nums[4],
-        created_at=created,
-        file_ext=exts,
+        ids=ids.astype(np.int64, copy=False), rating=nums[0], fav_count=nums[1], year=years_of(created)
     )
-    return cols, (int(all_ids.size) if ranged else None)
+    return (cols, (int(all_ids.size) if ranged else None), *row[4:])
 
 
 def fetch_chunk(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[PostColumns, TagChunk]:
     """Post columns and tags of `ids` (sorted, unique) in one go: the post read tells how dense the chunk is,
     which picks the cheaper tag read without an extra query."""
-    posts, in_span = _post_columns(conn, ids)
+    posts, in_span = _post_columns(conn, ids)[:2]
     if ids.size and in_span and ids.size / in_span >= 0.5:
         chunk = _clustered_path(conn, ids)
         if chunk is not None:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +22,36 @@ import numpy as np
 from ..danbooru.db_reader import CHUNK_POSTS, PostColumns, TagChunk, chunked, fetch_chunk, open_db
 from ..progress import Progress
 from .captions import CaptionBuilder, CaptionChunk, QualityScheme
+from .column_cache import AUTO_MIN_DB_BYTES, ColumnCache
+from .ordered_jobs import in_order
 
 # Below this many posts a job runs in-process: worker start-up would cost more than it saves.
 PROCESS_MIN_POSTS = 200_000
 # A metadata DB file at least this big (~1.6 KB per post in HakuBooru's schema) can yield a selection of that
-# size, so callers may start workers while the selection is still running (`CaptionWorkers.for_db`).
-PRESTART_MIN_DB_BYTES = 256 * 2**20
+# size, so callers may start workers while the selection is still running (`CaptionWorkers.for_db`). The same
+# size at which a DB gets a column cache by default: both are "a real dump, not the demo".
+PRESTART_MIN_DB_BYTES = AUTO_MIN_DB_BYTES
 
-_worker_state: dict[tuple[str, str], tuple] = {}
+_worker_state: dict[tuple[str, str, str | None], tuple] = {}
 
 
 def _caption_in_worker(
-    db_path: str, scheme: QualityScheme, ids: np.ndarray, jsonl: bool
-) -> CaptionChunk | str:
-    """One chunk, read and captioned inside a worker process (one connection and builder per process)."""
-    key = (db_path, repr(scheme))  # the scheme holds a dict, so it is not hashable itself
+    db_path: str, scheme: QualityScheme, ids: np.ndarray, jsonl: bool, cache_path: str | None = None
+) -> CaptionChunk | bytes:
+    """One chunk, read (from the DB or its column cache) and captioned inside a worker process."""
+    key = (db_path, repr(scheme), cache_path)  # the scheme holds a dict, so it is not hashable itself
     state = _worker_state.get(key)
     if state is None:
-        state = _worker_state[key] = (open_db(db_path), CaptionBuilder(scheme))
-    conn, builder = state
-    posts, tags = fetch_chunk(conn, ids)
-    return builder.build(conn, posts, tags, jsonl=jsonl)
+        cache = ColumnCache(cache_path) if cache_path is not None else None
+        state = _worker_state[key] = (open_db(db_path), CaptionBuilder(scheme), cache)
+    conn, builder, cache = state
+    posts, tags = cache.fetch_chunk(ids) if cache is not None else fetch_chunk(conn, ids)
+    return _encoded(builder.build(conn, posts, tags, jsonl=jsonl))
+
+
+def _encoded(result: CaptionChunk | str) -> CaptionChunk | bytes:
+    """JSON Lines leave a worker as UTF-8 bytes: encoded where there are cores to spare, written unchanged."""
+    return result.encode("utf-8") if isinstance(result, str) else result
 
 
 def _warm_up() -> int:
@@ -99,41 +107,21 @@ def iter_caption_chunks(
     chunk_posts: int = CHUNK_POSTS,
     progress: Progress | None = None,
     workers: CaptionWorkers | None = None,
-) -> Iterator[CaptionChunk | str]:
-    """Yield `CaptionChunk`s (or JSON Lines text with `jsonl=True`) for sorted `ids`, in order.
+    cache: ColumnCache | None = None,
+) -> Iterator[CaptionChunk | bytes]:
+    """Yield `CaptionChunk`s (or JSON Lines as UTF-8 bytes with `jsonl=True`) for sorted `ids`, in order.
 
     `processes`: worker processes (None = `default_processes`); 0 = in-process, with `threads` reader threads
     running SQL ahead of the captioning. `workers`: already started processes to use when processes are used.
+    `cache`: the DB's column cache; posts and tags then come from its arrays instead of SQL (same values).
     """
     n_proc = default_processes(int(ids.size)) if processes is None else max(0, processes)
     if n_proc >= 1:
-        yield from _iter_processes(str(db_path), ids, scheme, n_proc, jsonl, chunk_posts, progress, workers)
+        yield from _iter_processes(
+            str(db_path), ids, scheme, n_proc, jsonl, chunk_posts, progress, workers, cache
+        )
     else:
-        yield from _iter_threads(db_path, ids, scheme, threads, jsonl, chunk_posts, progress)
-
-
-def _ordered(
-    pool: Executor, submit, chunks: Iterator[np.ndarray], ahead: int, total: int, progress: Progress | None
-) -> Iterator:
-    """Run `submit(pool, chunk)` with at most `ahead` chunks in flight; yield (n_posts, result) in chunk order."""
-    pending: deque[tuple[int, Future]] = deque()
-    for chunk in chunks:
-        pending.append((int(chunk.size), submit(pool, chunk)))
-        if len(pending) >= ahead:
-            break
-    done = 0
-    while pending:
-        if progress is not None:
-            progress.check_cancelled()
-        size, fut = pending.popleft()
-        result = fut.result()
-        nxt = next(chunks, None)
-        if nxt is not None:
-            pending.append((int(nxt.size), submit(pool, nxt)))
-        done += size
-        if progress is not None:
-            progress.update(done, total)
-        yield result
+        yield from _iter_threads(db_path, ids, scheme, threads, jsonl, chunk_posts, progress, cache)
 
 
 def _iter_processes(
@@ -145,20 +133,24 @@ def _iter_processes(
     chunk_posts: int,
     progress: Progress | None,
     workers: CaptionWorkers | None = None,
-) -> Iterator[CaptionChunk | str]:
+    cache: ColumnCache | None = None,
+) -> Iterator[CaptionChunk | bytes]:
     own = workers is None
+    cache_path = None if cache is None else str(cache.path)
     if workers is None:
         workers = CaptionWorkers(n_proc)
     n_proc = workers.n_proc
     try:
         # two chunks per worker in flight: one being computed, one queued, so a worker never waits on the parent
-        yield from _ordered(
+        yield from in_order(
             workers.pool,
-            lambda p, chunk: p.submit(_caption_in_worker, db_path, scheme, chunk, jsonl),
-            chunked(ids, chunk_posts),
+            (
+                (int(chunk.size), (_caption_in_worker, db_path, scheme, chunk, jsonl, cache_path))
+                for chunk in chunked(ids, chunk_posts)
+            ),
             2 * n_proc,
-            int(ids.size),
             progress,
+            total=int(ids.size),
         )
     finally:
         if own:
@@ -173,13 +165,16 @@ def _iter_threads(
     jsonl: bool,
     chunk_posts: int,
     progress: Progress | None,
-) -> Iterator[CaptionChunk | str]:
+    cache: ColumnCache | None = None,
+) -> Iterator[CaptionChunk | bytes]:
     """sqlite3 releases the GIL while SQLite runs a statement, so reading chunk k+1 overlaps captioning chunk k."""
     local = threading.local()
     opened = []
     lock = threading.Lock()
 
     def read(chunk: np.ndarray) -> tuple[PostColumns, TagChunk]:
+        if cache is not None:
+            return cache.fetch_chunk(chunk)
         c = getattr(local, "conn", None)
         if c is None:
             c = local.conn = open_db(db_path)
@@ -191,17 +186,12 @@ def _iter_threads(
     builder = CaptionBuilder(scheme)
     try:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="kxl-caption-read") as pool:
-            for posts, tags in _ordered(
-                pool,
-                lambda p, chunk: p.submit(read, chunk),
-                chunked(ids, chunk_posts),
-                max(1, threads) + 1,
-                int(ids.size),
-                None,
+            for posts, tags in in_order(
+                pool, ((0, (read, chunk)) for chunk in chunked(ids, chunk_posts)), max(1, threads) + 1
             ):
                 if progress is not None:
                     progress.check_cancelled()
-                yield builder.build(main_conn, posts, tags, jsonl=jsonl)
+                yield _encoded(builder.build(main_conn, posts, tags, jsonl=jsonl))
                 if progress is not None:
                     progress.update(min(int(ids.size), _done_after(ids, posts)), int(ids.size))
     finally:

@@ -39,6 +39,7 @@ from ..errors import Cancelled, KxlError
 from ..progress import Progress, ensure_progress
 from .caption_stream import iter_caption_chunks
 from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionBuilder, CaptionChunk, QualityScheme, quality_scheme
+from .column_cache import ColumnCache, column_cache_for
 from .durable import MarkWriter, write_new_file
 from .filters import PostFilters
 from .image_header import image_size
@@ -266,6 +267,7 @@ class _Builder:
         self.shard_errors: dict[str, str] = {}
         self.metas: dict[int, dict] | None = None  # captions computed up front (small builds)
         self.marks: MarkWriter | None = None
+        self.cache: ColumnCache | None = None  # the DB's column cache, when the build uses one
 
     def _thread_state(self):
         state = getattr(self.local, "state", None)
@@ -289,6 +291,8 @@ class _Builder:
         if self.metas is not None:
             return {pid: self.metas[pid] for pid in ids.tolist()}
         conn, builder = self._thread_state()
+        if self.cache is not None:
+            return chunk_metas(builder.build(conn, *self.cache.fetch_chunk(ids)))
         posts = fetch_post_columns(conn, ids)
         return chunk_metas(builder.build(conn, posts, fetch_tag_chunk(conn, ids, allow_clustered=False)))
 
@@ -394,8 +398,13 @@ def build_dataset(
     workers: int = 4,
     on_partial: str = "error",
     progress: Progress | None = None,
+    db_cache: str = "auto",
 ) -> BuildResult:
-    """Select, caption and export; see the module docstring. `on_partial`: "resume" | "restart" | "error"."""
+    """Select, caption and export; see the module docstring. `on_partial`: "resume" | "restart" | "error".
+
+    `db_cache`: auto | always | never, whether selection and captions read the DB's column cache
+    (column_cache.py; the output is the same either way).
+    """
     opts.validate()
     if on_partial not in ("resume", "restart", "error"):
         raise ValueError(f"on_partial must be resume, restart or error, not {on_partial!r}")
@@ -410,8 +419,9 @@ def build_dataset(
         scheme = quality_scheme(opts.quality, conn)
         wanted_options = opts.describe(fingerprint, scheme)
         resumed = _check_output(out, wanted_options, on_partial, opts.subfolder)
+        cache = column_cache_for(opts.db, conn, db_cache, progress=progress)
         progress.stage("Selecting posts")
-        selection = select_posts(conn, opts.plan, opts.filters, opts.db, progress)
+        selection = select_posts(conn, opts.plan, opts.filters, opts.db, progress, cache=cache)
     finally:
         conn.close()
 
@@ -428,6 +438,7 @@ def build_dataset(
     todo = [(int(g[0] % BUCKETS), g) for g in groups]
     done_marks = {p.name for p in (build_dir / "buckets").glob("b*.jsonl")}
     builder = _Builder(opts, src, scheme, progress, int(ids.size))
+    builder.cache = cache
     progress.stage(f"Exporting {ids.size:,} posts ({src.describe()})")
     skipped_buckets = 0
     remaining = []
@@ -441,7 +452,7 @@ def build_dataset(
     if 0 < sum(int(g.size) for _b, g in remaining) <= PRECAPTION_MAX_POSTS:
         todo_ids = np.sort(np.concatenate([g for _b, g in remaining]))
         builder.metas = {}
-        for chunk in iter_caption_chunks(opts.db, todo_ids, scheme, processes=0, progress=None):
+        for chunk in iter_caption_chunks(opts.db, todo_ids, scheme, processes=0, progress=None, cache=cache):
             progress.check_cancelled()
             builder.metas.update(chunk_metas(chunk))  # type: ignore[arg-type]
     builder.marks = MarkWriter(out, build_dir / "buckets")

@@ -15,6 +15,11 @@ from ..errors import KxlError
 
 # What danbooru2023-webp holds; gif, mp4, webm, zip (ugoira), swf ... are not images it keeps.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "avif")
+# The three default filters as SQL conditions on one post row. The DB column cache (`column_cache.py`) stores each
+# post's value of these very expressions, so both ways of selecting agree by construction.
+NOT_DELETED_SQL = "is_deleted = 0"
+HAS_FILE_SQL = "is_banned = 0 AND file_url IS NOT NULL AND file_url != ''"
+IS_IMAGE_SQL = f"lower(file_ext) IN ({', '.join(repr(e) for e in IMAGE_EXTS)})"
 RATING_NAMES = {
     "g": 0,
     "general": 0,
@@ -88,12 +93,11 @@ class PostFilters:
         clauses: list[str] = []
         params: list = []
         if self.skip_deleted:
-            clauses.append("is_deleted = 0")
+            clauses.append(NOT_DELETED_SQL)
         if self.skip_banned:
-            clauses.append("is_banned = 0 AND file_url IS NOT NULL AND file_url != ''")
+            clauses.append(HAS_FILE_SQL)
         if self.images_only:
-            clauses.append(f"lower(file_ext) IN ({', '.join('?' * len(IMAGE_EXTS))})")
-            params.extend(IMAGE_EXTS)
+            clauses.append(IS_IMAGE_SQL)
         if self.ratings is not None:
             if not self.ratings:
                 clauses.append("0")
