@@ -306,7 +306,9 @@ def test_sampled_plan_is_deterministic(demo, tmp_path):
     assert "seed = 5" in (tmp_path / "a" / "dataset.toml").read_text()
 
 
-def test_cli_index_then_build_from_the_column_cache_is_identical(demo, reference, tmp_path, capsys, monkeypatch):
+def test_cli_index_then_build_from_the_column_cache_is_identical(
+    demo, reference, tmp_path, capsys, monkeypatch
+):
     """`kxl dataset index` builds the cache; a build reading it writes the same dataset as the SQL path."""
     monkeypatch.setenv("KXL_DATA_DIR", str(tmp_path / "data"))
     db, images = demo
