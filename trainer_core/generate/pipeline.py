@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +43,19 @@ _OUTPUT_NAME = re.compile(r"^(\d{5})-")
 
 
 @dataclass
-class GenerationRequest:
-    """Everything one press of Generate needs. Sizes are the FIRST pass; hires multiplies them."""
+class SampleSettings:
+    """What one txt2img run needs besides the model: shared by the Generate tab, the CLI and training samples.
 
-    model: Path
+    Sizes are the FIRST pass; hires multiplies them.
+    """
+
     prompt: str
     negative: str = ""
-    lokrs: list[LokrUse] = field(default_factory=list)
     steps: int = 28
     cfg: float = 7.0
     sampler: str = DEFAULT_SAMPLER
     schedule: str = AUTOMATIC
-    seed: int = -1  # -1: random
+    seed: int = 0  # training samples: a fixed seed, so samples of successive steps compare
     width: int = 1024
     height: int = 1024
     batch_count: int = 1
@@ -65,9 +66,6 @@ class GenerationRequest:
     hires_steps: int = 0  # 0: same as steps
     denoise: float = 0.5
     hires_upscaler: str = "Latent"
-    out_dir: Path | None = None
-    device: str | None = None  # None: CUDA when available, else CPU
-    dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
     comma_backtrack: int = DEFAULT_COMMA_BACKTRACK
 
     def validate(self) -> None:
@@ -108,6 +106,18 @@ class GenerationRequest:
         return self.batch_count * self.batch_size
 
 
+@dataclass(kw_only=True)
+class GenerationRequest(SampleSettings):
+    """Everything one press of Generate needs: the settings plus the model, LoKrs and where images go."""
+
+    model: Path
+    lokrs: list[LokrUse] = field(default_factory=list)
+    seed: int = -1  # -1: random, drawn when the request runs
+    out_dir: Path | None = None
+    device: str | None = None  # None: CUDA when available, else CPU
+    dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
+
+
 @dataclass
 class GeneratedImage:
     path: Path | None
@@ -121,30 +131,6 @@ class GenerationResult:
     images: list[GeneratedImage]
     warnings: list[str]
     seconds: float
-
-
-@dataclass
-class SampleSettings:
-    """Per-run settings shared by the Generate tab and training samples (no model, no LoKr, no output dir)."""
-
-    prompt: str
-    negative: str = ""
-    steps: int = 28
-    cfg: float = 7.0
-    sampler: str = DEFAULT_SAMPLER
-    schedule: str = AUTOMATIC
-    seed: int = 0
-    width: int = 1024
-    height: int = 1024
-    batch_count: int = 1
-    batch_size: int = 1
-    emphasis: str = DEFAULT_EMPHASIS
-    hires: bool = False
-    hires_scale: float = 1.5
-    hires_steps: int = 0
-    denoise: float = 0.5
-    hires_upscaler: str = "Latent"
-    comma_backtrack: int = DEFAULT_COMMA_BACKTRACK
 
 
 def hires_schedule(hires_steps: int, denoise: float) -> tuple[int, float]:
@@ -273,9 +259,7 @@ def generate(
             f"{Path(u.path).stem}: {safetensors_payload_hash(u.path)}" for u in request.lokrs
         )
         warnings += _prompt_lora_warnings(request)
-        settings = SampleSettings(**{k: getattr(request, k) for k in SampleSettings.__dataclass_fields__})
-        if settings.seed == -1:
-            settings.seed = random.randrange(MAX_SEED)
+        settings = replace(request, seed=random.randrange(MAX_SEED)) if request.seed == -1 else request
         extra_prompt = "".join(
             f" <lora:{Path(u.path).stem}:{_format_mult(u.multiplier)}>"
             for u in request.lokrs
