@@ -5,7 +5,9 @@
 Exports a kohya folder of ~400 KB WebP images (the realistic set of bench_dataset_export.py, cached under /tmp),
 then times `scan_dataset` (image sizes read from the file headers, trainer_core/dataset/image_header.py) against
 a baseline measured in the same run: the same walk with `PIL.Image.open(...).size` per image, which the scan used
-before. Page cache warm for both (the folder was just written); both read every caption.
+before. Both read every caption. Warm page cache (best of 3), then cold (cache dropped before each; needs root),
+which is what a run start on a freshly mounted or big dataset sees; the cold lines also give the bytes the
+process read from disk per image.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dataset_export import _realistic_shards  # noqa: E402
+from bench_dataset_export import _drop_page_cache, _realistic_shards  # noqa: E402
 
 from trainer_core.dataset.export import BuildOptions, build_dataset  # noqa: E402
 from trainer_core.dataset.filters import PostFilters  # noqa: E402
@@ -67,6 +69,30 @@ def main() -> int:
     print(f"scan_dataset (header sizes):  {scan:.3f} s = {scan / len(items) * 1e6:,.0f} us/image")
     print(f"baseline (Pillow open):       {base:.3f} s = {base / len(items) * 1e6:,.0f} us/image")
     print(f"speed-up: {base / scan:.1f}x")
+    if _drop_page_cache() is not None:
+        print("cold cache: skipped (cannot drop the page cache; needs root)")
+        return 0
+    cold = {}
+    for name, fn in (("scan_dataset", lambda: scan_dataset(out)), ("Pillow open", lambda: _pillow_scan(out))):
+        _drop_page_cache()
+        r0 = _read_bytes()
+        t0 = time.perf_counter()
+        fn()
+        cold[name] = (time.perf_counter() - t0, _read_bytes() - r0)
+    for name, (secs, nbytes) in cold.items():
+        print(
+            f"cold, {name:<13} {secs:.3f} s = {secs / len(items) * 1e6:,.0f} us/image, "
+            f"{nbytes / len(items) / 1024:,.1f} KiB read from disk per image"
+        )
+    print(f"cold speed-up: {cold['Pillow open'][0] / cold['scan_dataset'][0]:.1f}x")
+    return 0
+
+
+def _read_bytes() -> int:
+    """Bytes this process has made the kernel fetch from storage (Linux /proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
     return 0
 
 

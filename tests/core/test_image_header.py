@@ -447,3 +447,43 @@ def test_image_file_size_reads_past_the_head_when_it_must(tmp_path, monkeypatch)
     bad.write_bytes(b"not an image at all")
     with pytest.raises(OSError):
         image_file_size(bad)
+
+
+def test_big_webp_files_are_sized_from_their_chunk_headers(tmp_path, monkeypatch):
+    """A training run sizes every image at start-up: a WebP past the first 64 KB must not be read whole. Each
+    kind (lossy, lossless, alpha, EXIF at the end, animated) gives Pillow's size from a few KB of reads, and a
+    truncated file is still refused as Pillow refuses it."""
+    from trainer_core.dataset import image_header as ih
+
+    big = picture(900, 700, seed=5)
+    frames = [picture(600, 500, seed=s) for s in range(3)]
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 2000  # ImageDescription: an EXIF chunk after the bitstream
+    files = {
+        "lossy.webp": encode(big, "WEBP", quality=95),
+        "lossless.webp": encode(big, "WEBP", lossless=True),
+        "alpha.webp": encode(picture(900, 700, "RGBA", seed=6), "WEBP", quality=95),
+        "exif.webp": encode(big, "WEBP", quality=95, exif=exif.tobytes()),
+        "anim.webp": encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], quality=95),
+    }
+    views = []
+
+    class Spy(ih._FileView):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            views.append(self)
+
+    monkeypatch.setattr(ih, "_FileView", Spy)
+    for name, data in files.items():
+        assert len(data) > 2 * ih.HEAD_BYTES, name
+        (tmp_path / name).write_bytes(data)
+        with Image.open(tmp_path / name) as im:
+            expected = im.size
+        views.clear()
+        assert ih.image_file_size(tmp_path / name) == expected, name
+        assert len(views) == 1 and views[0].bytes_read <= 8 * 4096, (name, views[0].bytes_read)
+        cut = tmp_path / f"cut-{name}"
+        cut.write_bytes(data[:-100])
+        assert pillow_says(data[:-100]) is None
+        with pytest.raises(OSError):
+            ih.image_file_size(cut)

@@ -13,6 +13,7 @@ Pillow's `open` does not check it either. EXIF orientation is not applied: `.siz
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -286,7 +287,8 @@ def _photoshop_ok(seg: bytes) -> bool:
 
 # ---- WebP ---------------------------------------------------------------------------------------------------------
 # Pillow opens WebP through libwebp's demuxer, which wants the whole RIFF present and validates the chunk layout
-# and each frame's bitstream header.
+# and each frame's bitstream header. The code below reads `data` only through indexing and slices, so it takes
+# bytes or a `_FileView` (a file read where the parser looks: chunk headers, not the ~400 KB of pixels).
 _VP8X_FLAGS = 0x3E  # ICC, alpha, EXIF, XMP, animation; any other bit makes the demuxer fail
 _VP8X_ANIMATED = 0x02
 
@@ -295,7 +297,7 @@ def _chunk(data: bytes, pos: int, riff_end: int) -> tuple[bytes, int, int, int] 
     """(fourcc, payload offset, payload size, next chunk offset) when the chunk fits the RIFF, else None."""
     if riff_end - pos < 8:
         return None
-    size = _U32LE.unpack_from(data, pos + 4)[0]
+    size = _U32LE.unpack(data[pos + 4 : pos + 8])[0]
     following = pos + 8 + size + (size & 1)
     if following > riff_end:
         return None
@@ -311,13 +313,13 @@ def _bitstream_size(fourcc: bytes, data: bytes, start: int, size: int) -> tuple[
         # key frame, profile <= 3, shown, first partition inside the chunk
         if tag & 1 or (tag >> 1) & 7 > 3 or not (tag >> 4) & 1 or tag >> 5 >= size:
             return None
-        width = _U16LE.unpack_from(data, start + 6)[0] & 0x3FFF  # top 2 bits: upscaling hint, not size
-        height = _U16LE.unpack_from(data, start + 8)[0] & 0x3FFF
+        width = _U16LE.unpack(data[start + 6 : start + 8])[0] & 0x3FFF  # top 2 bits: upscaling hint
+        height = _U16LE.unpack(data[start + 8 : start + 10])[0] & 0x3FFF
         return (width, height) if width and height else None
     if fourcc == b"VP8L":
         if size < 5 or data[start] != 0x2F:
             return None
-        bits = _U32LE.unpack_from(data, start + 1)[0]
+        bits = _U32LE.unpack(data[start + 1 : start + 5])[0]
         if bits >> 29:  # version must be 0
             return None
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
@@ -341,7 +343,7 @@ def _image_chunks(data: bytes, pos: int, riff_end: int) -> tuple[int, int, int] 
 def _webp(data: bytes) -> tuple[str, int, int] | None:
     if len(data) < 20 or data[8:12] != b"WEBP":
         return None
-    riff_size = _U32LE.unpack_from(data, 4)[0]
+    riff_size = _U32LE.unpack(data[4:8])[0]
     riff_end = riff_size + 8
     if riff_size < 8 or riff_end > len(data):  # the demuxer refuses an incomplete file
         return None
@@ -519,18 +521,75 @@ __all__ = ["MAX_PIXELS", "PNG_MAGIC", "image_size"]
 HEAD_BYTES = 64 * 1024  # holds the header of nearly every PNG/JPEG/GIF/BMP (EXIF thumbnails included)
 
 
+class _FileView:
+    """A file as read-only bytes for the WebP parser: its length is the file's, and the pages the parser
+    touches are read on first use (the head is already in hand)."""
+
+    PAGE = 4096
+
+    def __init__(self, fh, head: bytes, size: int) -> None:
+        self._fh = fh
+        self._size = size
+        self._pages: dict[int, bytes] = {}
+        self._head = head
+        self.bytes_read = len(head)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _page(self, k: int) -> bytes:
+        page = self._pages.get(k)
+        if page is None:
+            self._fh.seek(k * self.PAGE)
+            page = self._pages[k] = self._fh.read(self.PAGE)
+            self.bytes_read += len(page)
+        return page
+
+    def _range(self, start: int, stop: int) -> bytes:
+        if stop <= len(self._head):
+            return self._head[start:stop]
+        parts = []
+        pos = start
+        while pos < stop:
+            k, off = divmod(pos, self.PAGE)
+            chunk = self._page(k)[off : off + (stop - pos)]
+            if not chunk:
+                break
+            parts.append(chunk)
+            pos += len(chunk)
+        return b"".join(parts)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._size)
+            if step != 1:
+                raise ValueError("_FileView slices have step 1")
+            return self._range(start, max(start, stop))
+        if key < 0:
+            key += self._size
+        if not 0 <= key < self._size:
+            raise IndexError("file view index out of range")
+        return self._range(key, key + 1)[0]
+
+
 def image_file_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file as Pillow reports it; OSError when Pillow cannot open it either.
 
-    The first HEAD_BYTES usually settle it; WebP (whose RIFF length must match the file) and files with big
-    metadata blocks are read whole; anything still unsure goes to Pillow. Opening a dataset of millions of
-    images this way costs a read per file, not a Pillow open.
+    The first 4 KB usually settle it. A WebP bigger than that is checked through a `_FileView` (its chunk
+    headers, a few KB, not the whole file: a training run sizes millions of them at start-up); other files get
+    HEAD_BYTES, then, with bigger metadata blocks, a whole read; anything still unsure goes to Pillow.
     """
     with open(path, "rb") as fh:
-        head = fh.read(HEAD_BYTES)
+        head = fh.read(_FileView.PAGE)  # PNG, BMP, GIF and plain JPEG headers fit one page
         found = image_size(head)
-        if found is None and len(head) == HEAD_BYTES:
-            found = image_size(head + fh.read())
+        if found is None and len(head) == _FileView.PAGE:
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                found = _webp(_FileView(fh, head, os.fstat(fh.fileno()).st_size))
+            else:  # JPEG EXIF / ICC blocks: the first HEAD_BYTES, then the whole file
+                head += fh.read(HEAD_BYTES - len(head))
+                found = image_size(head)
+                if found is None and len(head) == HEAD_BYTES:
+                    found = image_size(head + fh.read())
     if found is not None:
         return found[1], found[2]
     from PIL import Image
