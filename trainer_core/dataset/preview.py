@@ -19,6 +19,7 @@ from .captions import (
     year_of,
     year_tag_index,
 )
+from .column_cache import find_column_cache
 from .filters import PostFilters
 from .selection import SelectionPlan, select_posts
 
@@ -40,7 +41,8 @@ def preview_captions(
     conn = open_db(db)
     try:
         scheme = quality_scheme(quality, conn)
-        ids = select_posts(conn, plan, filters, db).ids
+        # on a full dump the SQL selection takes seconds; a cache left by an earlier run answers at once
+        ids = select_posts(conn, plan, filters, db, cache=find_column_cache(conn, db)).ids
         if ids.size > n:
             ids = ids[[round(i * (ids.size - 1) / (n - 1)) for i in range(n)]] if n > 1 else ids[:1]
         out = []
