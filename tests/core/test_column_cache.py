@@ -834,3 +834,16 @@ def test_auto_builds_for_a_big_db(demo_db, builds, monkeypatch):
     monkeypatch.setenv("KXL_DB_CACHE", "never")
     assert column_cache_for(demo_db, conn, "auto") is None
     conn.close()
+
+
+def test_abandoned_build_folders_are_removed_live_ones_kept(demo_db, tmp_path):
+    """A build killed mid-way leaves `.KEY.tmp-PID`; the next build removes it unless that process still runs."""
+    root = tmp_path / "root"
+    dead_pid = 2**22 + 12345  # above Linux's default pid_max: no such process
+    dead = root / f".abc.tmp-{dead_pid}"
+    live = root / f".abc.tmp-{os.getppid()}"  # the process that started pytest: alive
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "tags.bin").write_bytes(b"\0" * 16)
+    build_column_cache(demo_db, root=root, processes=0)
+    assert not dead.exists() and live.exists()

@@ -354,6 +354,7 @@ def build_column_cache(
     tag_dtype = np.int32 if -(2**31) <= tag_lo and tag_hi < 2**31 else np.int64
 
     root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
     tmp = root / f".{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -516,6 +517,28 @@ class _InlineExecutor(Executor):
         except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
             fut.set_exception(e)
         return fut
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Temporary folders of builds whose process is gone (killed, crashed): never published, never reused."""
+    for tmp in root.glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: leave its folder alone
+    return True
 
 
 def _remove_older(root: Path, db: str, keep: str) -> None:
