@@ -847,3 +847,17 @@ def test_abandoned_build_folders_are_removed_live_ones_kept(demo_db, tmp_path):
         (folder / "tags.bin").write_bytes(b"\0" * 16)
     build_column_cache(demo_db, root=root, processes=0)
     assert not dead.exists() and live.exists()
+
+
+def test_a_cache_published_meanwhile_by_another_process_is_kept(demo_db, tmp_path):
+    """Two jobs on one DB build at once: the second to finish finds the first's cache in place and uses it
+    instead of failing to rename over a full folder."""
+    root = tmp_path / "root"
+    first = build_column_cache(demo_db, root=root, processes=0)
+    stamp = (first.path / "meta.json").stat().st_mtime_ns
+    second = build_column_cache(demo_db, root=root, processes=0)  # started before the first was published
+    assert second.path == first.path and (first.path / "meta.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in root.iterdir()) == [first.path.name]  # no temporary folder left
+    (first.path / "meta.json").write_text("{broken", encoding="utf-8")  # a damaged leftover is replaced
+    third = build_column_cache(demo_db, root=root, processes=0)
+    assert third.path == first.path and third.meta["posts"] == N_POSTS

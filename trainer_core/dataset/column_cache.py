@@ -430,8 +430,7 @@ def build_column_cache(
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
         final = root / key
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -517,6 +516,29 @@ class _InlineExecutor(Executor):
         except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
             fut.set_exception(e)
         return fut
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished build into place. Another process (the GUI and a CLI run on one DB) may have
+    published the same DB state meanwhile: its cache is as good as ours, so ours is dropped."""
+    if _readable(final):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(final, ignore_errors=True)  # a damaged leftover
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not _readable(final):  # not a lost race: a real failure to rename
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        ColumnCache(path)
+    except KxlError:
+        return False
+    return True
 
 
 def _remove_abandoned(root: Path) -> None:
