@@ -36,7 +36,12 @@ def write_captions_jsonl(
         try:
             scheme = quality_scheme(quality, conn)
             cache = column_cache_for(
-                db, conn, db_cache, progress=progress, pool=None if workers is None else workers.pool
+                db,
+                conn,
+                db_cache,
+                progress=progress,
+                pool=None if workers is None else workers.pool,
+                pool_size=0 if workers is None else workers.n_proc,
             )
             progress.stage("Selecting posts")
             selection = select_posts(conn, plan, filters, db, progress, cache=cache)

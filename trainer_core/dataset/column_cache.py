@@ -296,6 +296,12 @@ def _worker_conn(db_path: str) -> sqlite3.Connection:
     return conn
 
 
+def build_processes() -> int:
+    """Workers for a build: one per core up to 8. Each reads its own slices of the DB; the parent only appends
+    their arrays to the files, so the build scales with cores until the disk or SQLite's page cache limits."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def _narrow(values: np.ndarray) -> np.ndarray:
     """The smallest signed integer type holding every value (the cache is read whole by tag filters)."""
     if values.size == 0:
@@ -314,13 +320,15 @@ def build_column_cache(
     root: str | Path | None = None,
     progress: Progress | None = None,
     pool: Executor | None = None,
-    processes: int = 2,
+    processes: int | None = None,
 ) -> ColumnCache:
     """Read the whole DB once into a new cache under `root` (default `cache_root()`) and return it.
 
     `pool`: worker processes to use (e.g. caption workers already started); else `processes` spawned ones
-    (0 = in this process, for tests and tiny DBs).
+    (None = `build_processes()`; 0 = in this process, for tests and tiny DBs).
     """
+    if processes is None:
+        processes = build_processes()
     progress = ensure_progress(progress)
     db_path = Path(db_path)
     root = Path(root) if root is not None else cache_root()
@@ -600,8 +608,12 @@ def column_cache_for(
     *,
     progress: Progress | None = None,
     pool: Executor | None = None,
+    pool_size: int = 0,
 ) -> ColumnCache | None:
     """The cache to use for a job on `db_path`: found, built now, or None (use SQL).
+
+    `pool`: already started worker processes (`pool_size` of them), used for a build when they are as many
+    as `build_processes()` would start.
 
     `auto` builds one for DB files of at least AUTO_MIN_DB_BYTES (the published DB is ~30 GB; the demo DB is a few
     MB), `always` for any DB, `never` uses none. `KXL_DB_CACHE=never` in the environment turns `auto` off.
@@ -622,7 +634,8 @@ def column_cache_for(
         return found
     if mode == "auto" and Path(db_path).stat().st_size < AUTO_MIN_DB_BYTES:
         return None
-    return build_column_cache(db_path, progress=progress, pool=pool)
+    use = pool if pool is not None and pool_size >= build_processes() else None
+    return build_column_cache(db_path, progress=progress, pool=use)
 
 
 def describe_cache_state(db_path: str | Path) -> str:
