@@ -151,7 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "index",
         help="build the DB's column cache now (or show it): later selections and captions skip SQLite",
         description="Reads the whole metadata DB once into flat arrays under the app's cache folder "
-        "(~4 bytes per tag row + ~40 bytes per post). A cache belongs to one state of the DB file and "
+        "(~4 bytes per tag row + ~24 bytes per post). A cache belongs to one state of the DB file and "
         "is rebuilt when the file changes.",
     )
     idx.add_argument("--db", type=Path, required=True, help="danbooru2023.db (HakuBooru schema)")

@@ -302,6 +302,10 @@ def build_processes() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 def _narrow(values: np.ndarray) -> np.ndarray:
     """The smallest signed integer type holding every value (the cache is read whole by tag filters)."""
     if values.size == 0:
@@ -408,13 +412,11 @@ def build_column_cache(
             raise DatabaseError("posttagrelation changed while it was being read; run again")
         columns = {
             "post_id": ids.astype(np.int64),
-            "rating": _narrow(np.concatenate([c.rating for c in cols]) if cols else np.zeros(0, np.int64)),
-            "fav_count": _narrow(
-                np.concatenate([c.fav_count for c in cols]) if cols else np.zeros(0, np.int64)
-            ),
-            "score": _narrow(np.concatenate(scores) if scores else np.zeros(0, np.int64)),
-            "year": _narrow(np.concatenate([c.year for c in cols]) if cols else np.zeros(0, np.int64)),
-            "flags": np.concatenate(flags).astype(np.uint8) if flags else np.zeros(0, np.uint8),
+            "rating": _narrow(_joined([c.rating for c in cols])),
+            "fav_count": _narrow(_joined([c.fav_count for c in cols])),
+            "score": _narrow(_joined(scores)),
+            "year": _narrow(_joined([c.year for c in cols])),
+            "flags": _joined(flags).astype(np.uint8),
             "offsets": offsets,
         }
         arrays = [{"name": "tags", "dtype": np.dtype(tag_dtype).name, "length": n_tags}]

@@ -34,7 +34,7 @@ import tomli_w
 
 from .. import __version__
 from ..atomic import atomic_write_text
-from ..danbooru.db_reader import db_fingerprint, fetch_post_columns, fetch_tag_chunk, open_db
+from ..danbooru.db_reader import db_fingerprint, fetch_chunk, open_db
 from ..errors import Cancelled, KxlError
 from ..progress import Progress, ensure_progress
 from .caption_stream import iter_caption_chunks
@@ -291,10 +291,8 @@ class _Builder:
         if self.metas is not None:
             return {pid: self.metas[pid] for pid in ids.tolist()}
         conn, builder = self._thread_state()
-        if self.cache is not None:
-            return chunk_metas(builder.build(conn, *self.cache.fetch_chunk(ids)))
-        posts = fetch_post_columns(conn, ids)
-        return chunk_metas(builder.build(conn, posts, fetch_tag_chunk(conn, ids, allow_clustered=False)))
+        posts, tags = self.cache.fetch_chunk(ids) if self.cache is not None else fetch_chunk(conn, ids)
+        return chunk_metas(builder.build(conn, posts, tags))
 
     def write_hit(self, hit: Hit, meta: dict, written: list[str] | None = None) -> dict:
         """Write one found image + caption; returns its manifest (or skipped) record."""

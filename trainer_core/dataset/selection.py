@@ -207,8 +207,7 @@ def select_posts(
     With a DB column `cache` the filters run on its arrays (same populations, see column_cache.py), unless it
     cannot answer them exactly.
     """
-    mask = cache.filter_mask(filters, conn, db_path) if cache is not None else None
-    where, params = ("", []) if mask is not None else filters.where(conn, db_path)
+    mask, where, params = _filter_source(conn, filters, db_path, cache)
     chosen: list[np.ndarray] = []
     results: list[RangeResult] = []
     for i, r in enumerate(plan.ranges):
@@ -235,6 +234,16 @@ def select_posts(
     return Selection(ids, results)
 
 
+def _filter_source(
+    conn: sqlite3.Connection, filters: PostFilters, db_path: str | Path | None, cache: ColumnCache | None
+) -> tuple[np.ndarray | None, str, list]:
+    """(row mask from the column cache, or None) and, when there is no mask, the SQL condition and parameters."""
+    mask = cache.filter_mask(filters, conn, db_path) if cache is not None else None
+    if mask is not None:
+        return mask, "", []
+    return (None, *filters.where(conn, db_path))
+
+
 def _population_sql(conn: sqlite3.Connection, r: IdRange, where: str, params: list) -> np.ndarray:
     rsql, rparams = _range_sql(r)
     text = conn.execute(
@@ -252,19 +261,15 @@ def estimate(
     cache: ColumnCache | None = None,
 ) -> list[RangeResult]:
     """How many posts each range matches and would select, without materialising ids (the wizard's live count)."""
-    mask = cache.filter_mask(filters, conn, db_path) if cache is not None else None
-    if mask is not None:
-        return [
-            RangeResult(r, n, n if r.count is None else min(n, r.count))
-            for r in plan.ranges
-            for n in [int(cache.population(r.start, r.stop, mask).size)]  # type: ignore[union-attr]
-        ]
-    where, params = filters.where(conn, db_path)
+    mask, where, params = _filter_source(conn, filters, db_path, cache)
     out = []
     for r in plan.ranges:
-        rsql, rparams = _range_sql(r)
-        n = conn.execute(
-            f'SELECT count(*) FROM "post" WHERE {rsql} AND {where}', rparams + params
-        ).fetchone()[0]
+        if mask is not None:
+            n = int(cache.population(r.start, r.stop, mask).size)  # type: ignore[union-attr]
+        else:
+            rsql, rparams = _range_sql(r)
+            n = conn.execute(
+                f'SELECT count(*) FROM "post" WHERE {rsql} AND {where}', rparams + params
+            ).fetchone()[0]
         out.append(RangeResult(r, n, n if r.count is None else min(n, r.count)))
     return out
