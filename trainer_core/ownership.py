@@ -1,0 +1,140 @@
+"""One owner per output: a lock file holding the owner's pid and process start time.
+
+A run folder, a dataset folder or a merge output is written by one process at a time. The first writer creates
+`<lock>` exclusively (O_CREAT|O_EXCL, so two starters cannot both win) with JSON `{"pid", "start", "host", "what"}`;
+a second one gets "already running (pid N)". The start time is the kernel's process start (Linux
+/proc/<pid>/stat field 22, psutil elsewhere), so a lock whose pid died, or was reused by another program after a
+reboot, is recognised as stale and taken over instead of blocking the user forever.
+
+The lock holds data only (JSON); nothing in it is executed. A lock written on another host cannot be checked and
+is treated as live: shared network folders are exactly where two machines would collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import KxlError
+
+
+class AlreadyRunning(KxlError):
+    """Another live process owns the output."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    pid: int
+    start: float | None
+    host: str
+    what: str
+
+
+def process_start_time(pid: int) -> float | None:
+    """A value that identifies one incarnation of `pid` (None when the process does not exist)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+        return float(stat.rsplit(")", 1)[1].split()[19])
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends: the process is gone
+        return None
+
+
+def _this_owner(what: str) -> Owner:
+    return Owner(os.getpid(), process_start_time(os.getpid()), socket.gethostname(), what)
+
+
+def read_owner(lock: Path) -> Owner | None:
+    """The recorded owner, or None when there is no lock (an unreadable lock counts as a stale one)."""
+    try:
+        info = json.loads(lock.read_text(encoding="utf-8"))
+        start = info.get("start")
+        return Owner(int(info["pid"]), None if start is None else float(start), str(info.get("host", "")),
+                     str(info.get("what", "")))  # fmt: skip
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return Owner(-1, None, socket.gethostname(), "")
+
+
+def owner_alive(owner: Owner) -> bool:
+    if owner.host and owner.host != socket.gethostname():
+        return True
+    if owner.pid <= 0:
+        return False
+    start = process_start_time(owner.pid)
+    if start is None:
+        return False
+    return owner.start is None or abs(start - owner.start) < 1e-6
+
+
+def live_owner(lock: Path) -> Owner | None:
+    """The owner if it is a live process, else None (no lock, or a stale one)."""
+    owner = read_owner(lock)
+    return owner if owner is not None and owner_alive(owner) else None
+
+
+def acquire(lock: Path, what: str, *, pid: int | None = None) -> Owner:
+    """Take `lock` for this process (or for `pid`, a child we started); raise AlreadyRunning if it is held."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = _this_owner(what) if pid is None else Owner(pid, process_start_time(pid), socket.gethostname(), what)
+    payload = json.dumps({"pid": me.pid, "start": me.start, "host": me.host, "what": what}).encode()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            current = read_owner(lock)
+            if current is not None and owner_alive(current):
+                if current.pid == me.pid and current.start == me.start:
+                    return me  # re-entrant: the same process asks again
+                raise AlreadyRunning(
+                    f"{current.what or 'another job'} is already running (pid {current.pid}"
+                    f"{'' if current.host in ('', me.host) else ' on ' + current.host})",
+                    path=lock.parent,
+                    hint="wait for it, stop it, or choose another folder",
+                ) from None
+            # stale: remove it and race again for the exclusive create
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return me
+    raise AlreadyRunning("could not take the lock: another process keeps replacing it", path=lock)
+
+
+def release(lock: Path, owner: Owner | None = None) -> None:
+    """Remove `lock` if it still names `owner` (default: this process)."""
+    current = read_owner(lock)
+    if current is None:
+        return
+    pid = os.getpid() if owner is None else owner.pid
+    if current.pid == pid:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+@contextlib.contextmanager
+def owned(lock: Path, what: str) -> Iterator[Owner]:
+    """Hold `lock` for the duration of the block."""
+    me = acquire(lock, what)
+    try:
+        yield me
+    finally:
+        release(lock, me)
