@@ -743,18 +743,20 @@ class DatasetTab(QWidget):
             f"{'' if opts.max_pixels is None else f' (≤ {opts.max_pixels:,} px)'}\n→ {opts.out / opts.subfolder}"
         )
 
-    def start_build(self, on_partial: str | None = None) -> None:
+    def start_build(self) -> None:
+        """The Start button's handler. It takes no arguments on purpose: `clicked` passes Qt's `checked` flag to
+        any parameter a slot has, which once landed in `on_partial` and made every real click fail."""
         try:
             opts = self.build_options()
         except KxlError as exc:
             self._show_error(str(exc))
             return
-        if on_partial is None:
-            on_partial = "error"
-            if partial_build_info(opts.out) is not None:
-                on_partial = self._ask_resume(opts.out)
-                if on_partial is None:
-                    return
+        on_partial = "error"
+        if partial_build_info(opts.out) is not None:
+            choice = self._ask_resume(opts.out)
+            if choice is None:
+                return
+            on_partial = choice
         self._clear_error()
         self.result = None
         self.progress_bar.setValue(0)

@@ -15,6 +15,7 @@ from trainer_core.dataset.filters import PostFilters  # noqa: E402
 from trainer_core.dataset.selection import PRESETS, select_posts  # noqa: E402
 from trainer_core.errors import Cancelled  # noqa: E402
 from trainer_core.progress import CancelToken, Progress  # noqa: E402
+from user_input import answer_next_dialog, click, type_into  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +104,21 @@ def test_caption_preview_shows_real_captions(tab, qtbot):
     assert tab.preview.toPlainText().count("#") <= 20
 
 
-def test_wizard_export_equals_cli_and_resumes(tab, qtbot, demo_ws, tmp_path):
+def test_wizard_export_by_clicks_equals_cli_and_resumes(tab, qtbot, demo_ws, tmp_path):
+    """A user walks the wizard with Next, types the output folder, clicks Start export; later, a folder with an
+    interrupted build asks Resume / Start over, and Resume finishes it identically to an uninterrupted build."""
     gui_out, cli_out = tmp_path / "gui", tmp_path / "cli"
-    tab.out_edit.setText(str(gui_out))
-    tab.set_step(4)
+    tab.show()
+    qtbot.waitExposed(tab)
+    for _ in range(3):  # source -> selection -> captions -> output
+        click(tab.next_button)
+    assert tab.stack.currentIndex() == 3
+    type_into(tab.out_edit, str(gui_out))
+    click(tab.next_button)
+    assert tab.stack.currentIndex() == 4
     with qtbot.waitSignal(tab.build_finished, timeout=60_000):
-        tab.start_build()
+        click(tab.start_button)
+    assert not tab.error_label.isVisible(), tab.error_label.text()
     assert tab.stack.currentIndex() == 5 and len(tab.charts) == 3
     assert tab.missing_list.count() == tab.result.summary.missing + tab.result.summary.corrupt >= 1
     assert (
@@ -150,14 +160,44 @@ def test_wizard_export_equals_cli_and_resumes(tab, qtbot, demo_ws, tmp_path):
             workers=1,
             progress=Progress(callback=stop, cancel_token=token, min_interval_s=0),
         )
-    asked = []
-    tab._ask_resume = lambda out: asked.append(out) or "resume"
-    tab.out_edit.setText(str(partial))
-    tab.set_step(3)
-    assert "interrupted build" in tab.output_note.text()
-    tab.set_step(4)
+    for _ in range(2):  # summary -> run -> output
+        click(tab.back_button)
+    assert tab.stack.currentIndex() == 3
+    type_into(tab.out_edit, str(partial))
+    qtbot.waitUntil(lambda: "interrupted build" in tab.output_note.text(), timeout=5_000)
+    click(tab.next_button)
+    asked: list[str] = []
+    answer_next_dialog("Resume", asked)
     with qtbot.waitSignal(tab.build_finished, timeout=60_000):
-        tab.start_build()
-    assert asked == [partial]
+        click(tab.start_button)
+    assert len(asked) == 1 and str(partial) in asked[0]
     assert tab.result.resumed_buckets > 0
     assert tree(partial) == tree(cli_out)
+
+
+def test_start_over_and_cancel_in_the_resume_question(tab, qtbot, demo_ws, tmp_path):
+    """Cancel in the resume question starts nothing; Start over rebuilds the folder from scratch."""
+    partial = tmp_path / "partial"
+    token = CancelToken()
+
+    def stop(ev):
+        if ev.total and ev.message.startswith("Exporting") and ev.done >= 10:
+            token.cancel()
+
+    opts = BuildOptions(db=demo_ws.db_path, images=demo_ws.images_path, out=partial,
+                        plan=PRESETS["kohaku-xl-delta"], filters=PostFilters())  # fmt: skip
+    with pytest.raises(Cancelled):
+        build_dataset(opts, workers=1, progress=Progress(callback=stop, cancel_token=token, min_interval_s=0))
+    tab.show()
+    qtbot.waitExposed(tab)
+    for _ in range(3):
+        click(tab.next_button)
+    type_into(tab.out_edit, str(partial))
+    click(tab.next_button)
+    answer_next_dialog("Cancel")
+    click(tab.start_button)
+    qtbot.waitUntil(lambda: tab.start_button.isEnabled() and tab.job is None, timeout=5_000)
+    answer_next_dialog("Start over")
+    with qtbot.waitSignal(tab.build_finished, timeout=60_000):
+        click(tab.start_button)
+    assert tab.result.resumed_buckets == 0 and not tab.error_label.isVisible()
