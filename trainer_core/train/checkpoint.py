@@ -8,11 +8,14 @@ key map in `trainer_core.lokr.keys`, so sd-webui and ComfyUI load it and our mer
 Training state (`checkpoints/state-00000100/`): the networks in fp32 under their LyCORIS names, the optimizer and
 GradScaler state, RNG states and `train_state.json` (step, epoch, samples seen, the config's resume fingerprint,
 world size). The folder is written under a temporary name and renamed, so a SIGKILL leaves either the previous
-state or the new one, never half of one.
+state or the new one, never half of one. Every file in it is data (safetensors + JSON, state_codec.py): run
+folders get shared, and `--resume` must never run code read from one. States written by older versions as
+`.pt` pickles are read with `torch.load(weights_only=True)` and an allow-list of numpy's array types only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +29,7 @@ from ..errors import KxlError
 from ..lokr.keys import module_targets
 from ..models.safetensors_writer import save_safetensors
 from .config import TrainConfig
+from .state_codec import load_state_object, save_state_object
 
 STATE_PREFIX = "state-"
 TRAIN_STATE_FILE = "train_state.json"
@@ -169,12 +173,12 @@ def save_train_state(checkpoints: Path, state: TrainState, network_state: dict[s
     try:
         tensors = {k: v.detach().to("cpu").float().contiguous() for k, v in network_state.items()}
         save_safetensors(tmp / "networks.safetensors", tensors)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_state_object(tmp, "optimizer", optimizer.state_dict())
         if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                   tmp / "rng.pt")  # fmt: skip
+            save_state_object(tmp, "scaler", scaler.state_dict())
+        save_state_object(tmp, "rng", {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                       "python": random.getstate(),
+                                       "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})  # fmt: skip
         info = {"step": state.step, "epoch": state.epoch, "samples_seen": state.samples_seen,
                 "fingerprint": state.fingerprint, "world_size": state.world_size, "saved": time.time()}  # fmt: skip
         (tmp / TRAIN_STATE_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -214,13 +218,53 @@ def load_train_state(path: Path, networks: Any, optimizer: Any, scaler: Any = No
         tensors = load_file(str(path / "networks.safetensors"))
         networks.load_state_dict(tensors)
         device = next(iter(networks.parameters())).device
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=False))
-        if scaler is not None and (path / "scaler.pt").is_file():
-            scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
-        rng = torch.load(path / "rng.pt", weights_only=False)
-    except (OSError, RuntimeError, ValueError) as exc:
+        optimizer.load_state_dict(_read_state_object(path, "optimizer", device))
+        if scaler is not None and _has_state_object(path, "scaler"):
+            scaler.load_state_dict(_read_state_object(path, "scaler", None))
+        rng = _read_state_object(path, "rng", None)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+    except KxlError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise KxlError(f"cannot load training state ({exc})", path=path) from None
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
     return state
+
+
+def _has_state_object(path: Path, name: str) -> bool:
+    return (path / f"{name}.json").is_file() or (path / f"{name}.pt").is_file()
+
+
+def _read_state_object(path: Path, name: str, device: Any) -> Any:
+    if (path / f"{name}.json").is_file():
+        return load_state_object(path, name, device)
+    legacy = path / f"{name}.pt"
+    if legacy.is_file():
+        return _read_legacy_pickle(legacy, device)
+    raise KxlError(f"training state lacks {name}.json", path=path)
+
+
+def _read_legacy_pickle(file: Path, device: Any) -> Any:
+    """A state file from before the data-only format: the restricted unpickler, numpy arrays allowed, no code."""
+    import numpy as np
+    import torch
+
+    allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with contextlib.suppress(ImportError, AttributeError):
+        from numpy._core.multiarray import _reconstruct
+
+        allowed.append(_reconstruct)
+    with contextlib.suppress(ImportError, AttributeError):
+        from numpy.core.multiarray import _reconstruct as _old_reconstruct  # numpy < 2
+
+        allowed.append(_old_reconstruct)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(file, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends: the file holds more than data
+        raise KxlError(
+            f"refusing to load: the file holds more than tensors and numbers ({str(exc).splitlines()[0][:200]})",
+            path=file,
+            hint="a training state never contains code; if you did not write this file, do not trust the run folder",
+        ) from None
