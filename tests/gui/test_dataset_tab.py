@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
+from user_input import answer_next_dialog, click, type_into  # noqa: E402
 
 from trainer_core.cli import main as kxl_main  # noqa: E402
 from trainer_core.danbooru.db_reader import open_db  # noqa: E402
@@ -15,7 +16,6 @@ from trainer_core.dataset.filters import PostFilters  # noqa: E402
 from trainer_core.dataset.selection import PRESETS, select_posts  # noqa: E402
 from trainer_core.errors import Cancelled  # noqa: E402
 from trainer_core.progress import CancelToken, Progress  # noqa: E402
-from user_input import answer_next_dialog, click, type_into  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ Two traps of the standalone `LycorisNetwork` API shape this module:
 - `apply_preset` writes class-level state, so it is re-applied (with its own `lora_prefix`) before EACH network.
 `create_lycoris` re-applies a builtin preset ("full") after ours; that preset only sets `enable_conv`, which we set
 to the same value, so our targets survive.
+After `apply_to()` each LoKr/Norm module gets the one-op forward of `fused_forward` (issue #14): the same result and
+gradients as lycoris' base-op-plus-delta-op forward at ~60% of its FLOPs, and the same state_dict.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Networks:
     """The applied networks, keyed by component name ("unet", "text_encoder", "text_encoder_2")."""
 
     nets: dict[str, Any]
+    fused: Any = None  # fused_forward.FusedInstall over all networks (None: lycoris' own forward was kept)
 
     def te_parameters(self) -> list[Any]:
         return [
@@ -144,19 +147,25 @@ def _quiet_lycoris() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def create_networks(models: dict[str, Any], cfg: NetworkConfig, device: str | None = None) -> Networks:
+def create_networks(
+    models: dict[str, Any], cfg: NetworkConfig, device: str | None = None, *, fused: bool = True
+) -> Networks:
     """Build and apply the networks onto `models` ({"unet": ..., "text_encoder": ..., "text_encoder_2": ...}).
 
     Parameters are created fp32 on `device` (default: the device of each model's first parameter; "meta" works for
     counting without memory). Components missing from `models` get no network; TEs only when `cfg.train_text_encoder`.
+    fused=False keeps lycoris' own two-op forward (for comparisons; training, samples and tests use the default).
     """
     import torch
     from lycoris import LycorisNetwork, create_lycoris
+
+    from .fused_forward import FusedInstall, install_fused_forward
 
     if cfg.algo != "lokr":
         raise KxlError(f"network algo '{cfg.algo}' is not supported; the recipe trains 'lokr'")
     wanted = ["unet"] + (["text_encoder", "text_encoder_2"] if cfg.train_text_encoder else [])
     nets: dict[str, Any] = {}
+    installed = FusedInstall() if fused else None
     with _quiet_lycoris():
         for comp in wanted:
             model = models.get(comp)
@@ -185,5 +194,7 @@ def create_networks(models: dict[str, Any], cfg: NetworkConfig, device: str | No
             net.apply_to()
             net.to(dtype=torch.float32)
             net.requires_grad_(True)
+            if installed is not None:
+                installed = installed + install_fused_forward(net)
             nets[comp] = net
-    return Networks(nets)
+    return Networks(nets, fused=installed)
