@@ -7,10 +7,14 @@ and patched into the header at the end (same byte length), so hashing costs no e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,12 @@ from ..atomic import atomic_path, check_free_space
 from ..direct_io import ALIGN, SequentialWriter
 from ..errors import CheckpointError, KxlError
 from ..hashing import cached_sha256, full_sha256, remember_sha256
-from ..lokr.file import LokrFile, read_lokr
+from ..lokr.file import LokrFile, check_module_fits, read_lokr
 from ..lokr.math import lokr_delta
 from ..models.loading import checkpoint_metadata, torch_dtype
 from ..models.safetensors_writer import ST_ITEMSIZE, PlannedTensor, StreamingWriter, build_header, plan_order
 from ..models.sdxl_layout import EMBEDDING_KEYS, IGNORED_SGM_KEYS
+from ..ownership import AlreadyRunning, owned
 from ..progress import Progress, ensure_progress
 from .blocks import block_of
 from .feeds import SEGMENT_BYTES, Feed, open_feed
@@ -93,12 +98,14 @@ def _key_problems(a: ModelSource, other: ModelSource, role: str) -> tuple[list[s
 
 
 def _lokr_patches(recipe: MergeRecipe, arch: str, shapes: dict[str, tuple[int, ...]]):
+    """LoKr patches per output key; every module's shapes are checked against its target here, at plan time."""
     patches: dict[str, list[LokrPatch]] = {}
     files: list[LokrFile] = []
     for path, mult in recipe.lokr:
         lf = read_lokr(path, arch)
         files.append(lf)
         for mod in lf.modules:
+            check_module_fits(lf, mod, shapes)
             t = mod.target
             if mod.is_norm:
                 if "w_norm" in mod.tensors:
@@ -106,9 +113,6 @@ def _lokr_patches(recipe: MergeRecipe, arch: str, shapes: dict[str, tuple[int, .
                 if "b_norm" in mod.tensors and t.bias is not None:
                     patches.setdefault(t.bias.sgm_key, []).append(LokrPatch(mod, mult, None, 1, "bias"))
                 continue
-            if t.weight.sgm_key not in shapes:
-                raise CheckpointError(f"module '{mod.name}' targets '{t.weight.sgm_key}', absent from the model",
-                                      path=path)  # fmt: skip
             patches.setdefault(t.weight.sgm_key, []).append(
                 LokrPatch(mod, mult, t.weight.part, t.weight.parts, "weight")
             )
@@ -275,9 +279,10 @@ def _ram_estimate(plan_entries: list[PlannedTensor], shapes: dict[str, SourceTen
 
 def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = None,
               on_plan: Callable[[MergePlan], None] | None = None) -> MergeResult:  # fmt: skip
-    """Plan, then stream the merge into `out` (atomic: nothing under that name unless it completed)."""
-    import torch
+    """Plan, then stream the merge into `out` (atomic: nothing under that name unless it completed).
 
+    Raises AlreadyRunning when another live process is merging into `out`; partial files of killed merges into
+    `out` are removed first (and reported in the result's warnings)."""
     out = Path(out)
     progress = ensure_progress(progress)
     t0 = time.monotonic()
@@ -285,7 +290,82 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
     plan = plan_merge(recipe, out)
     if on_plan is not None:
         on_plan(plan)
-    check_free_space(out.parent, plan.out_bytes + 16 * 2**20, what="merged checkpoint")
+    # One merge per output, CLI and GUI alike: the lock is held from here until the file is renamed into place.
+    with _output_lock(out):
+        removed = remove_stale_parts(out)
+        if removed:
+            plan.warnings.append(
+                f"removed {len(removed)} partial file(s) left by an interrupted merge into {out.name} "
+                f"({sum(size for _, size in removed) / 2**20:,.1f} MiB)"
+            )
+        check_free_space(out.parent, plan.out_bytes + 16 * 2**20, what="merged checkpoint")
+        hashes = _write_merge(recipe, out, plan, progress)
+    lokr_hashes = {Path(p).name: full_sha256(p)[:10] for p, _ in recipe.lokr}  # small files
+    short = {Path(k).name: v[:10] for k, v in hashes.items()} | lokr_hashes
+    return MergeResult(out, plan, time.monotonic() - t0, short)
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file that says which process is writing merge output `out` (ownership.py)."""
+    return out.parent / f".{out.name}.kxl-lock"
+
+
+# outputs being merged by this process (the lock file is re-entrant per process)
+_IN_PROCESS: set[Path] = set()
+_IN_PROCESS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    key = out.resolve()
+    with _IN_PROCESS_GUARD:
+        if key in _IN_PROCESS:  # two GUI jobs into one file: the lock file alone would let both through
+            raise AlreadyRunning(f"merge is already running (pid {os.getpid()}, this program)", path=out,
+                                 hint="wait for that merge to finish, or choose another output file")  # fmt: skip
+        _IN_PROCESS.add(key)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(owned(lock_path(out), "merge"))
+            except AlreadyRunning as exc:
+                # ownership names the folder: name the output file instead, and say what to do about a merge
+                message = str(exc).split("\n", 1)[0].removeprefix(f"{exc.path}: ")
+                raise AlreadyRunning(message, path=out, hint="wait for that merge to finish (or stop it), or "
+                                     "choose another output file") from None  # fmt: skip
+            yield
+    finally:
+        with _IN_PROCESS_GUARD:
+            _IN_PROCESS.discard(key)
+
+
+def remove_stale_parts(out: Path) -> list[tuple[Path, int]]:
+    """Delete the temp files (atomic.py: `.<name>.<random>.part`) that killed merges into `out` left behind.
+
+    Only call while holding `out`'s lock: then no live merge owns any of them. The random part never holds a dot,
+    so another output's temp files (`.<name>.v2.safetensors.<random>.part`) never match. Returns (path, bytes).
+    """
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[^.]+\.part")
+    removed = []
+    try:
+        candidates = [p for p in out.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return []
+    for part in candidates:
+        try:
+            if not part.is_file() or part.is_symlink():
+                continue
+            size = part.stat().st_size
+            part.unlink()
+        except OSError:
+            continue  # vanished meanwhile, or not ours to delete: the merge itself does not need it gone
+        removed.append((part, size))
+    return removed
+
+
+def _write_merge(recipe: MergeRecipe, out: Path, plan: MergePlan, progress: Progress) -> dict[str, str]:
+    """Stream the planned merge into `out` (atomically); return the inputs' full SHA-256 by path."""
+    import torch
+
     sources = [open_source(p) for p in recipe.inputs]
     original = open_source(recipe.original) if recipe.original else None
     everyone = [*sources, *([original] if original else [])]
@@ -355,17 +435,19 @@ def run_merge(recipe: MergeRecipe, out: str | Path, progress: Progress | None = 
         torch.set_num_threads(torch_threads)
         for s in everyone:
             s.close()
-    lokr_hashes = {Path(p).name: full_sha256(p)[:10] for p, _ in recipe.lokr}  # small files
-    short = {Path(k).name: v[:10] for k, v in hashes.items()} | lokr_hashes
-    return MergeResult(out, plan, time.monotonic() - t0, short)
+    return hashes
 
 
 def _patch_header(path: Path, plan: MergePlan, metadata: dict[str, str]) -> None:
-    """Rewrite the header with the real hashes; hex digests have the placeholder's length, so offsets hold."""
+    """Rewrite the header with the real hashes; hex digests have the placeholder's length, so offsets hold.
+
+    The header can only shrink: inputs with identical contents share one sd_merge_models entry where the
+    placeholder had one per position. The JSON is then padded with spaces (valid JSON, as safetensors pads)."""
     head, _ = build_header(plan.entries, metadata, keep_order=True)
     with open(path, "rb+") as fh:
         old_len = int.from_bytes(fh.read(8), "little")
-        if old_len + 8 != len(head):
-            raise RuntimeError("merge header changed size while patching hashes")
+        new_len = len(head) - 8
+        if new_len > old_len:
+            raise RuntimeError("merge header grew while patching hashes")
         fh.seek(0)
-        fh.write(head)
+        fh.write(old_len.to_bytes(8, "little") + head[8:] + b" " * (old_len - new_len))

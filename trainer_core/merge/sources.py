@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..models.architectures import fingerprint, layout_for
-from ..models.safetensors_header import DTYPE_SIZES, SafetensorsHeader, TensorEntry, read_header
+from ..models.safetensors_header import DTYPE_SIZES, SafetensorsHeader, TensorEntry, read_header, shown
 from ..models.safetensors_writer import TORCH_TO_ST
 from ..models.sdxl_layout import CONV1X1, FUSE_QKV, TE2_LOGIT_SCALE, TRANSPOSE, te1_canonical
 from .stream_hash import SequentialHasher
@@ -29,6 +29,14 @@ DIFFUSERS_FILES = {
     "text_encoder": "model.safetensors",
     "text_encoder_2": "model.safetensors",
 }
+
+
+def check_readable(header: SafetensorsHeader) -> None:
+    """Refuse, by name, a tensor whose (valid safetensors) dtype has no torch type the merge reads and writes."""
+    for key, entry in header.tensors.items():
+        if entry.dtype not in ST_TO_TORCH:
+            raise CheckpointError(f"tensor '{shown(key)}' has dtype {entry.dtype}, which the merge cannot read "
+                                  f"(supported: {', '.join(ST_TO_TORCH)})", path=header.path)  # fmt: skip
 
 
 def read_tensor(fh, entry: TensorEntry, scratch=None, hasher=None):
@@ -137,6 +145,7 @@ class SingleFileSource(ModelSource):
         if fp.kind != "sdxl-single-file" or fp.arch is None:
             raise CheckpointError(f"not an SDXL checkpoint: {fp.reason}", path=path)
         self.arch = fp.arch
+        check_readable(self.header)
         self.tensors = {k: SourceTensor(v.shape, v.dtype) for k, v in self.header.tensors.items()}
         self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
         _advise_sequential(self._fh)
@@ -189,6 +198,7 @@ class DiffusersFolderSource(ModelSource):
                 raise CheckpointError(f"diffusers folder has no {comp}/{fname} (sharded or .bin weights are not "
                                       "supported; convert with `kxl model convert`)", path=folder)  # fmt: skip
             self._headers[comp] = read_header(f)
+            check_readable(self._headers[comp])
             self._files[comp] = open(f, "rb")  # noqa: SIM115 - closed in close()
             for k in self._headers[comp].tensors:
                 canon = te1_canonical(k) if comp == "text_encoder" else k

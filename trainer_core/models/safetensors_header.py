@@ -83,7 +83,9 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         raise CheckpointError("corrupt safetensors header (not a JSON object)", path=path)
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
-        raise CheckpointError("corrupt safetensors header: '__metadata__' is not a table of strings", path=path)
+        raise CheckpointError(
+            "corrupt safetensors header: '__metadata__' is not a table of strings", path=path
+        )
     data_start = 8 + n
     data_len = size - data_start
     tensors = {name: _entry(path, name, info, data_start, data_len, size) for name, info in header.items()}
