@@ -28,11 +28,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -429,25 +427,12 @@ def _package_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _stop_group(proc: subprocess.Popen, run_dir: Path) -> None:
-    """Ask the trainer to save and finish, then escalate to SIGKILL for the whole process group."""
-    from .train.events import request_stop
-    from .train.runs import signal_group
-
-    request_stop(run_dir)
-    signal_group(proc.pid, signal.SIGTERM)  # start_trainer made the launcher a session leader: pgid = pid
-    try:
-        proc.wait(timeout=STOP_GRACE_S)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):  # too slow, or a second Ctrl+C: no more waiting
-        signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def _train(ws: Workspace, base: Path, dataset: Path, steps: int, processes: int, resolution: int,
            stages: _Stages, progress: Progress) -> tuple[Path, Path]:  # fmt: skip
-    from .train.events import EVENTS_FILE, read_events
+    from .train.events import EVENTS_FILE
     from .train.launch import LaunchPlan, free_port, launch_command
-    from .train.runs import LAUNCHER_LOG, EventTail, run_log_tail, start_trainer
+    from .train.runs import EventTail
+    from .train.supervisor import Supervisor, raise_if_failed
 
     run_dir = ws.runs_path / RUN_NAME
     cfg = _train_config(base, dataset, steps, resolution)
@@ -473,7 +458,8 @@ def _train(ws: Workspace, base: Path, dataset: Path, steps: int, processes: int,
     tail = EventTail(run_dir / EVENTS_FILE, offset=(run_dir / EVENTS_FILE).stat().st_size
                      if (run_dir / EVENTS_FILE).is_file() else 0)  # fmt: skip
     progress.stage(f"  accelerate launch, {processes} process(es); live events: {run_dir / EVENTS_FILE}")
-    proc = start_trainer(argv, env, run_dir)
+    sup = Supervisor(run_dir, argv, env, tie_to_parent=True)
+    proc = sup.start()
     last_step = 0
     try:
         while True:
@@ -489,16 +475,16 @@ def _train(ws: Workspace, base: Path, dataset: Path, steps: int, processes: int,
                 break
             time.sleep(0.2)
     except BaseException:  # Ctrl+C or cancel: the trainer runs in its own session, so stop it ourselves
-        _stop_group(proc, run_dir)
+        sup.stop(grace_s=STOP_GRACE_S)
         raise
     for e in tail.read():
         if e.get("type") == "step":
             last_step = int(e["step"])
-    if code != 0 or _finished(run_dir) is None:
-        errors = [e for e in read_events(run_dir) if e.get("type") == "error"]
-        why = errors[-1].get("message", "") if errors else "\n".join(run_log_tail(run_dir, 15))
-        raise KxlError(f"training failed (exit code {code}): {why}", path=run_dir,
-                       hint=f"the full log is {run_dir / LAUNCHER_LOG}")  # fmt: skip
+    outcome = sup.outcome(code)
+    raise_if_failed(outcome)
+    if _finished(run_dir) is None:
+        raise_if_failed(replace(outcome, exit_code=outcome.exit_code or 1,
+                                message=outcome.message or "the trainer ended before finishing"))  # fmt: skip
     progress.update(steps, steps, "done")
     stages.done(f"{last_step} steps")
     return run_dir, lokr

@@ -7,15 +7,20 @@
 
 A run is observable from outside: RUN_DIR/events.jsonl (one JSON event per line), run.json, checkpoints/.
 Stopping: `kxl train --stop RUN_DIR` (it writes RUN_DIR/commands/stop), Ctrl+C here, or SIGTERM to the trainer:
-the trainer saves its state and LoKr at the end of the current optimizer step, emits `done` and exits 0.
+the trainer saves its state and LoKr at the end of the current optimizer step, emits `done` and exits 0. A second
+Ctrl+C kills it without saving. Killing `kxl train` itself also makes the ranks save and end (no orphans).
+One trainer per run directory: a second `kxl train` (or `--resume`) into a live run is refused.
+
+Exit codes: 0 finished or stopped, 2 bad input (config, paths, run folder), 3 non-finite loss, 4 out of memory,
+1 any other failure, 130 interrupted before the trainer could save. The terminal shows the trainer's lines and
+one summary; every rank's full output, tracebacks included, is in RUN_DIR/logs/launcher.log.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
+import sys
 from pathlib import Path
 
 
@@ -59,6 +64,9 @@ def _quick_config(args: argparse.Namespace) -> Path:
             raise KxlError("--max-steps must be at least 1")
         cfg.training.max_steps = args.max_steps
     out = args.out.expanduser().resolve()
+    from ..train.supervisor import check_free_run_dir
+
+    check_free_run_dir(out)  # before the config of a live run could be overwritten
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.toml"
     if path.exists() and args.resume:
@@ -102,13 +110,35 @@ def run_train(args: argparse.Namespace) -> int:
                 print(f"# machine {rank}")
             print(line)
         return 0
+    from ..train.supervisor import EXIT_INTERRUPTED, LogEcho, Supervisor, supervise
+
     argv, extra_env = launch_command(plan)
     env = {**os.environ, **extra_env}
-    print(f"run directory: {cfg.run_dir}  (events: {cfg.run_dir / 'events.jsonl'})", flush=True)
-    proc = subprocess.Popen(argv, env=env)
+    run_dir = cfg.run_dir
+    sup = Supervisor(run_dir, argv, env, tie_to_parent=True)
+    sup.start()
+    print(f"run directory: {run_dir}  (events: {run_dir / 'events.jsonl'})", flush=True)
+    echo = LogEcho(run_dir / "logs" / "launcher.log", lambda line: print(line, flush=True))
+    echo.offset = _launch_offset(echo.path)
+    code = supervise(sup, on_tick=echo.pump)
+    outcome = sup.outcome(code)
+    if outcome.exit_code == 0:
+        print(f"{outcome.state}: {run_dir}", flush=True)
+        return 0
+    if code == EXIT_INTERRUPTED and outcome.state == "failed":
+        print(f"interrupted: the trainer was killed before it saved; the newest state in {run_dir / 'checkpoints'} "
+              "resumes with --resume", file=sys.stderr, flush=True)  # fmt: skip
+        return EXIT_INTERRUPTED
+    print(f"error: training failed (exit code {outcome.exit_code}): {outcome.message}\n"
+          f"  full log: {outcome.log}", file=sys.stderr, flush=True)  # fmt: skip
+    return outcome.exit_code
+
+
+def _launch_offset(log: Path) -> int:
+    """Where this launch's part of the launcher log starts (start_trainer appends a `==== ... launch:` line)."""
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        # The trainer saves at the end of its current step; the launcher forwards SIGTERM to every rank.
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait()
+        data = log.read_bytes()
+    except OSError:
+        return 0
+    at = data.rfind(b"\n==== ")
+    return at + 1 if at >= 0 else 0

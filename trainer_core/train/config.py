@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,8 @@ def _coerce(default: Any, value: Any, key: str, where: Path | None) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")  # inf/nan (TOML allows both) would only fail hours later as NaN loss
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -303,6 +306,8 @@ def validate(cfg: TrainConfig) -> None:
     need(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas),
          f"'optimizer.betas' must be two numbers in [0, 1), got {o.betas}")  # fmt: skip
     need(o.unet_lr >= 0 and o.text_encoder_lr >= 0, "learning rates must be >= 0")
+    need(0 <= t.seed < 2**63, f"'training.seed' must be a whole number in [0, 2^63), got {t.seed}")
+    need(d.keep_tokens >= 0, f"'dataset.keep_tokens' must be >= 0, got {d.keep_tokens}")
     need(o.weight_decay >= 0, "'optimizer.weight_decay' must be >= 0")
     need(o.max_grad_norm >= 0, "'optimizer.max_grad_norm' must be >= 0 (0 disables clipping)")
     need(o.lr_warmup_steps >= 0, "'optimizer.lr_warmup_steps' must be >= 0")

@@ -71,7 +71,13 @@ def scan_dataset(root: str | Path) -> list[ImageItem]:
             txt = img.with_suffix(".txt")
             if not txt.is_file():
                 raise KxlError("image has no caption file (.txt next to it)", path=img)
-            lines = txt.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = txt.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as exc:
+                raise KxlError(f"caption is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+                               path=txt, hint="re-save the caption as UTF-8") from None  # fmt: skip
+            except OSError as exc:
+                raise KxlError(f"cannot read the caption ({exc.strerror})", path=txt) from None
             caption = lines[0].strip() if lines else ""
             if not caption:
                 raise KxlError("caption is empty", path=txt)

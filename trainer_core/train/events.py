@@ -23,6 +23,7 @@ from ..atomic import atomic_write_text
 
 EVENTS_FILE = "events.jsonl"
 RUN_FILE = "run.json"
+RUN_LOCK_FILE = ".kxl-run.lock"  # ownership.py: the rank-0 trainer that owns the run folder (pid + start time)
 STOP_FILE = "commands/stop"
 SAMPLE_FILE = "commands/sample"  # render the sample prompts after the current step ("Sample now")
 SAVE_FILE = "commands/save"  # save the LoKr and the training state after the current step ("Save now")

@@ -27,6 +27,7 @@ next plain `--resume` cannot pick them up.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -41,7 +42,15 @@ from typing import Any
 from ..errors import KxlError
 from . import checkpoint as ckpt
 from .config import TrainConfig, load_config
-from .events import COMMAND_FILES, SAMPLE_FILE, SAVE_FILE, STOP_FILE, EventWriter, write_run_info
+from .events import (
+    COMMAND_FILES,
+    RUN_LOCK_FILE,
+    SAMPLE_FILE,
+    SAVE_FILE,
+    STOP_FILE,
+    EventWriter,
+    write_run_info,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USER_ERROR, EXIT_NAN, EXIT_OOM = 0, 1, 2, 3, 4
 _REDUCE_BUCKET = 1 << 25  # values per coalesced all-reduce
@@ -53,6 +62,21 @@ class _StopFlag:
 
     def __call__(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal handler signature
         self.requested = True
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel for SIGTERM when the launcher dies, so a killed launcher or `kxl train` does not leave
+    ranks training as orphans; SIGTERM makes them save and end like a stop."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def micro_seed(seed: int, step: int, rank: int, micro: int) -> int:
@@ -126,6 +150,7 @@ class Trainer:
         self.events: EventWriter | None = None
         self.is_main = True
         self.run_dir: Path | None = None
+        self.owner: Any = None
 
     # ------------------------------------------------------------------------------------------ entry
     def run(self) -> int:
@@ -133,6 +158,13 @@ class Trainer:
             return self._run()
         except KxlError as exc:
             return self._fail(str(exc), EXIT_USER_ERROR)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                return self._fail(f"{exc.filename or self.run_dir}: the disk is full ({exc.strerror}); free some "
+                                  "space and resume with --resume: the last saved state is intact", EXIT_USER_ERROR)  # fmt: skip
+            self._log(traceback.format_exc())
+            where = f"{exc.filename}: " if exc.filename else ""
+            return self._fail(f"{where}{exc.strerror or exc}", EXIT_ERROR)
         except Exception as exc:  # noqa: BLE001 - a crash must still end the event stream with an error
             import torch
 
@@ -145,6 +177,10 @@ class Trainer:
         finally:
             if self.events is not None:
                 self.events.close()
+            if self.owner is not None and self.run_dir is not None:
+                from ..ownership import release
+
+                release(self.run_dir / RUN_LOCK_FILE, self.owner)
 
     def _fail(self, message: str, code: int) -> int:
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -187,8 +223,23 @@ class Trainer:
         device = accelerator.device
         self.device = device
         signal.signal(signal.SIGTERM, self.stop)
+        # Ctrl+C in a terminal reaches every rank of the foreground group: save at the end of the step, as for
+        # SIGTERM, instead of dying with KeyboardInterrupt and losing everything since the last state.
+        signal.signal(signal.SIGINT, self.stop)
+        _die_with_parent()
+        self.parent_pid = os.getppid()
 
         if self.is_main:
+            # One owner per run folder, taken before anything in it is touched: a second launch into a live run
+            # must not write its events, run.json or states beside the first one's.
+            from ..ownership import acquire
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.owner = acquire(run_dir / RUN_LOCK_FILE, "training")
+            except KxlError:
+                self.run_dir = None  # nothing of this launch may be written into the other run's folder
+                raise
             for sub in ("checkpoints", "samples", "logs", "commands"):
                 (run_dir / sub).mkdir(parents=True, exist_ok=True)
             for rel in COMMAND_FILES.values():
@@ -459,6 +510,8 @@ class Trainer:
                 scaled.backward()
                 loss_sum += loss.detach().double()
                 images += n
+            if os.getppid() != self.parent_pid:  # the launcher died (no PDEATHSIG off Linux): save and end
+                self.stop.requested = True
             stop_local = self.stop.requested or (self.is_main and (self.run_dir / STOP_FILE).exists())
             sample_local = self.is_main and (self.run_dir / SAMPLE_FILE).exists()
             save_local = self.is_main and (self.run_dir / SAVE_FILE).exists()
@@ -552,12 +605,21 @@ class Trainer:
                 if final
                 else f"{cfg.output.name}-step{self.step:08d}.safetensors"
             )
-            lokr_path = ckpt.save_lokr(self.run_dir / "checkpoints" / name, state, self.comps.arch, meta)
-            state_path = ckpt.save_train_state(
-                self.run_dir / "checkpoints",
-                ckpt.TrainState(self.step, epoch, self.samples_seen, self.fingerprint, self.world),
-                state, self.optimizer, self.scaler, keep=cfg.training.keep_states,
-            )  # fmt: skip
+            checkpoints = self.run_dir / "checkpoints"
+            try:
+                lokr_path = ckpt.save_lokr(checkpoints / name, state, self.comps.arch, meta)
+            except OSError as exc:  # a write error names no file: say which one failed
+                exc.filename = exc.filename or str(checkpoints / name)
+                raise
+            try:
+                state_path = ckpt.save_train_state(
+                    checkpoints,
+                    ckpt.TrainState(self.step, epoch, self.samples_seen, self.fingerprint, self.world),
+                    state, self.optimizer, self.scaler, keep=cfg.training.keep_states,
+                )  # fmt: skip
+            except OSError as exc:
+                exc.filename = exc.filename or str(checkpoints / f"{ckpt.STATE_PREFIX}{self.step:08d}")
+                raise
             self.events.emit("save", self.step, path=str(lokr_path), state=str(state_path), final=final,
                              reason=reason or ("final" if final else "interval"))  # fmt: skip
         self.accelerator.wait_for_everyone()

@@ -102,7 +102,8 @@ def signal_group(pgid: int | None, sig: int) -> bool:
         return False
 
 
-def start_trainer(argv: list[str], env: dict[str, str], run_dir: str | Path) -> subprocess.Popen:
+def start_trainer(argv: list[str], env: dict[str, str], run_dir: str | Path,
+                  preexec_fn: Any = None) -> subprocess.Popen:  # fmt: skip
     """Start the launcher in its own session (so Stop can signal the whole DDP tree), output to the run's log.
 
     Returns the Popen; the caller must `poll()` it so the launcher is reaped when it ends. `launch.json` records
@@ -117,7 +118,8 @@ def start_trainer(argv: list[str], env: dict[str, str], run_dir: str | Path) -> 
         log.flush()
         try:
             proc = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=preexec_fn)  # fmt: skip
         except OSError as exc:
             raise KxlError(f"cannot start the trainer ({exc})", path=Path(argv[0])) from None
     info = {"pid": proc.pid, "pgid": proc.pid, "host": socket.gethostname(),
