@@ -221,7 +221,14 @@ class _Planned:
 
 def _relative(root: Path, path: str | Path) -> str:
     p = Path(path)
-    if p.is_absolute():
+    if (
+        not p.is_absolute()
+        and root.parts
+        and p.parts[: len(root.parts)] == root.parts
+        and not root.is_absolute()
+    ):
+        p = p.relative_to(root)  # a path built from a relative root ("ds/1_a/0.txt" under "ds")
+    elif p.is_absolute():
         try:
             p = p.relative_to(root)
         except ValueError:

@@ -236,7 +236,8 @@ def read_image_header_size(path: Path) -> tuple[int, int] | str:
 def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetIndex:
     """Index a dataset folder (see the module docstring for the layouts). Raises KxlError only when the folder is
     missing or holds no images at all."""
-    root = Path(root).expanduser()
+    # absolute, so paths built from it (caption_path) are never taken as relative to the root a second time
+    root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise KxlError("dataset folder not found", path=root)
     progress = ensure_progress(progress)
