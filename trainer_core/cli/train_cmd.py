@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port", type=int, default=0, help="rendezvous port (default: a free one / 29500 multi-node)"
     )
-    p.add_argument("--cpu", action="store_true", help="force CPU training (gloo DDP)")
+    device = p.add_mutually_exclusive_group()
+    device.add_argument("--cpu", action="store_true", help="force CPU training (gloo DDP)")
+    device.add_argument("--gpu", action="store_true",
+                        help="force GPU training (the default for --print-launch; else: GPU when this host has one)")  # fmt: skip
+    p.add_argument("--data-seed", type=int, default=None, metavar="N",
+                   help="with --resume: reshuffle the data order from here on (move past batches that failed)")  # fmt: skip
     quick = p.add_argument_group("quick form (no config file)")
     quick.add_argument("--preset", help="preset name: kohaku-xl-delta or tiny-demo")
     quick.add_argument("--dataset", type=Path, help="kohya dataset folder")
@@ -96,15 +101,31 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = args.config.expanduser().resolve()
     from ..train.config import load_config
-    from ..train.launch import DEFAULT_PORT, LaunchPlan, free_port, launch_command, per_node_commands
+    from ..train.launch import (
+        DEFAULT_PORT,
+        LaunchPlan,
+        free_port,
+        launch_command,
+        node_requirements,
+        per_node_commands,
+    )
 
     cfg = load_config(config)
     plan = LaunchPlan(config=config, processes=args.processes, machines=args.machines,
                       machine_rank=args.machine_rank, main_ip=args.main_ip,
                       port=args.port or (DEFAULT_PORT if args.machines > 1 or args.print_launch else free_port()),
-                      cpu=True if args.cpu else None, mixed_precision=cfg.training.mixed_precision,
-                      resume=args.resume)  # fmt: skip
+                      cpu=True if args.cpu else (False if args.gpu else None),
+                      mixed_precision=cfg.training.mixed_precision, resume=args.resume,
+                      data_seed=args.data_seed)  # fmt: skip
+    if args.data_seed is not None and not args.resume:
+        raise KxlError("--data-seed goes with --resume (a new run takes training.data_seed from its config)")
     if args.print_launch:
+        # Lines for machines that may not be this one: GPU unless --cpu, nothing of this host baked in.
+        plan.portable = True
+        if plan.cpu is None:
+            plan.cpu = False
+        for line in node_requirements(config, cfg.base_path, cfg.dataset_path):
+            print(f"# {line}")
         for rank, line in enumerate(per_node_commands(plan)):
             if args.machines > 1:
                 print(f"# machine {rank}")

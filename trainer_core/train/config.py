@@ -12,7 +12,8 @@ Layout (every key optional except `model.base` and `dataset.path`; defaults are 
     [optimizer]  type, unet_lr, text_encoder_lr, betas, weight_decay, max_grad_norm, lr_scheduler, lr_warmup_steps
     [training]   batch_size, gradient_accumulation_steps, epochs, max_steps, seed, mixed_precision, vae_dtype,
                  gradient_checkpointing, min_snr_gamma, noise_offset, save_every_n_steps, keep_states,
-                 sample_every, sample_prompts, sample_steps
+                 sample_every, sample_prompts, sample_steps, save_every_minutes, max_nonfinite_steps, data_seed,
+                 ddp_timeout_minutes
     [output]     name, run_dir
 
 Relative paths are resolved against the folder of the TOML file, so a run directory can be moved as a whole.
@@ -110,6 +111,19 @@ class TrainingConfig:
     sample_every: int = 0  # 0: no sample images during training
     sample_prompts: list[str] = field(default_factory=list)
     sample_steps: int = 20
+    # A 17-day run must survive what a short one never meets:
+    save_every_minutes: float = (
+        60.0  # also save a state by wall time (0: steps only); bounds the work at risk
+    )
+    max_nonfinite_steps: int = (
+        8  # a non-finite loss skips the update; this many in a row end the run (exit 3)
+    )
+    data_seed: int = (
+        0  # 0: the data order follows `seed`; another value reshuffles (set on resume to move on)
+    )
+    ddp_timeout_minutes: float = (
+        30.0  # a rank stuck this long in a collective ends the run instead of hanging
+    )
 
 
 @dataclass
@@ -172,7 +186,8 @@ class TrainConfig:
         d = self.to_dict()
         d["training"] = {k: v for k, v in d["training"].items()
                          if k not in ("epochs", "max_steps", "save_every_n_steps", "keep_states",
-                                      "sample_every", "sample_prompts", "sample_steps")}  # fmt: skip
+                                      "sample_every", "sample_prompts", "sample_steps", "save_every_minutes",
+                                      "max_nonfinite_steps", "data_seed", "ddp_timeout_minutes")}  # fmt: skip
         d["model"]["base"] = str(self.base_path.resolve())
         d["dataset"]["path"] = str(self.dataset_path.resolve())
         d.pop("output")
@@ -322,6 +337,13 @@ def validate(cfg: TrainConfig) -> None:
     need(t.noise_offset >= 0, "'training.noise_offset' must be >= 0")
     need(t.save_every_n_steps >= 0 and t.sample_every >= 0, "save/sample intervals must be >= 0")
     need(t.keep_states >= 1, "'training.keep_states' must be >= 1")
+    need(t.save_every_minutes >= 0, "'training.save_every_minutes' must be >= 0 (0: save by steps only)")
+    need(t.max_nonfinite_steps >= 1, "'training.max_nonfinite_steps' must be >= 1")
+    need(
+        0 <= t.data_seed < 2**63,
+        f"'training.data_seed' must be a whole number in [0, 2^63), got {t.data_seed}",
+    )
+    need(t.ddp_timeout_minutes > 0, "'training.ddp_timeout_minutes' must be > 0")
     need(all(isinstance(p, str) for p in t.sample_prompts), "'training.sample_prompts' must be strings")
     need(bool(cfg.output.name.strip()) and "/" not in cfg.output.name and "\\" not in cfg.output.name,
          "'output.name' must be a plain file name")  # fmt: skip

@@ -35,7 +35,11 @@ class LaunchPlan:
     threads_per_process: int | None = None
     resume: bool = False
     resume_from: Path | None = None  # a checkpoints/state-N folder; None with resume=True: the newest
+    data_seed: int | None = None  # reshuffle the data order from here on (trainer --data-seed)
     python: str = field(default_factory=lambda: sys.executable)
+    # For lines printed to run on OTHER machines: `accelerate launch` from their PATH, not this interpreter, and no
+    # thread count derived from this host's cores.
+    portable: bool = False
 
     def use_cpu(self) -> bool:
         if self.cpu is not None:
@@ -52,8 +56,9 @@ def launch_command(plan: LaunchPlan, machine_rank: int | None = None) -> tuple[l
     rank = plan.machine_rank if machine_rank is None else machine_rank
     total = plan.processes * plan.machines
     cpu = plan.use_cpu()
-    argv = [plan.python, "-m", "accelerate.commands.launch", "--num_processes", str(total),
-            "--num_machines", str(plan.machines), "--mixed_precision", plan.mixed_precision]  # fmt: skip
+    head = ["accelerate", "launch"] if plan.portable else [plan.python, "-m", "accelerate.commands.launch"]
+    argv = [*head, "--num_processes", str(total), "--num_machines", str(plan.machines),
+            "--mixed_precision", plan.mixed_precision]  # fmt: skip
     if total > 1:
         argv.append("--multi_gpu")
     argv += ["--dynamo_backend", "no"]
@@ -63,7 +68,7 @@ def launch_command(plan: LaunchPlan, machine_rank: int | None = None) -> tuple[l
     elif total > 1:
         argv += ["--main_process_port", str(plan.port)]
     threads = plan.threads_per_process
-    if threads is None and cpu:
+    if threads is None and cpu and not plan.portable:
         threads = max(1, (os.cpu_count() or 1) // plan.processes)
     if threads:
         argv += ["--num_cpu_threads_per_process", str(threads)]
@@ -72,6 +77,8 @@ def launch_command(plan: LaunchPlan, machine_rank: int | None = None) -> tuple[l
         argv += ["--resume-from", str(plan.resume_from)]
     elif plan.resume:
         argv.append("--resume")
+    if plan.data_seed is not None:
+        argv += ["--data-seed", str(plan.data_seed)]
     env = {"ACCELERATE_USE_CPU": "true"} if cpu else {}
     return argv, env
 
@@ -85,6 +92,18 @@ def format_command(argv: list[str], env: dict[str, str]) -> str:
 def per_node_commands(plan: LaunchPlan) -> list[str]:
     """The exact shell line to run on each machine (machine 0 hosts rank 0 at main_ip:port)."""
     return [format_command(*launch_command(plan, r)) for r in range(plan.machines)]
+
+
+def node_requirements(config: Path, base: Path, dataset: Path) -> list[str]:
+    """What every machine of a multi-node run must have, printed above the per-machine lines."""
+    return [
+        "every machine needs, at the same absolute paths:",
+        f"  the config   {config}",
+        f"  the base     {base}",
+        f"  the dataset  {dataset}",
+        "  and this project installed (same version), with `accelerate` on PATH; the run directory is written by",
+        "  machine 0 (rank 0) only",
+    ]
 
 
 def free_port() -> int:

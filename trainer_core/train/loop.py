@@ -79,6 +79,11 @@ def _die_with_parent() -> None:
         pass
 
 
+def noise_seed(t: Any) -> int:
+    """The seed of the per-micro-batch noise: `training.seed`, mixed with `data_seed` once one is set."""
+    return t.seed if not t.data_seed else (t.seed * 1_000_003 + t.data_seed) & ((1 << 63) - 1)
+
+
 def micro_seed(seed: int, step: int, rank: int, micro: int) -> int:
     raw = hashlib.blake2b(f"kxl-noise:{seed}:{step}:{rank}:{micro}".encode(), digest_size=8).digest()
     return int.from_bytes(raw, "big") & ((1 << 63) - 1)
@@ -141,8 +146,16 @@ class _Run:
 class Trainer:
     """Everything one rank needs; `run()` trains and returns the process exit code."""
 
-    def __init__(self, config_path: str | Path, resume: bool = False, resume_from: str | Path | None = None):
+    def __init__(self, config_path: str | Path, resume: bool = False, resume_from: str | Path | None = None,
+                 data_seed: int | None = None):  # fmt: skip
         self.config_path = Path(config_path)
+        self.data_seed = data_seed
+        self.nonfinite_streak = 0
+        # Steps (1-based) whose first gradient is set to inf after the backward: how the tests drive the skip path.
+        raw = os.environ.get("KXL_INJECT_NONFINITE_GRAD", "")
+        self.inject_nonfinite = {int(x) for x in raw.split(",") if x.strip().isdigit()}
+        self.nonfinite_total = 0
+        self.last_save_t = time.monotonic()
         self.resume = resume or resume_from is not None
         self.resume_from = Path(resume_from) if resume_from is not None else None
         self.stop = _StopFlag()
@@ -215,7 +228,15 @@ class Trainer:
         cfg = load_config(self.config_path)
         run_dir = cfg.run_dir
         self.run_dir = run_dir
-        accelerator = Accelerator(mixed_precision=cfg.training.mixed_precision)
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        if self.data_seed is not None:
+            cfg.training.data_seed = self.data_seed
+        # A rank that dies or hangs must end the run, not leave the others waiting in a collective for days.
+        timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.training.ddp_timeout_minutes))
+        accelerator = Accelerator(mixed_precision=cfg.training.mixed_precision, kwargs_handlers=[timeout])
         self.accelerator = accelerator
         rank, world = accelerator.process_index, accelerator.num_processes
         self.is_main = accelerator.is_main_process
@@ -297,8 +318,9 @@ class Trainer:
         optimizer = create_optimizer(param_groups(nets.te_parameters(), nets.unet_parameters(), cfg.optimizer),
                                      cfg.optimizer)  # fmt: skip
         scaler = None
-        if cfg.training.mixed_precision == "fp16" and device.type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
+        if cfg.training.mixed_precision == "fp16":
+            # fp16 gradients underflow without loss scaling; on CPU this is the same code path the GPUs run
+            scaler = torch.amp.GradScaler(device.type)
 
         checkpoints = run_dir / "checkpoints"
         fingerprint = cfg.resume_fingerprint()
@@ -434,9 +456,14 @@ class Trainer:
                 mean = torch.stack([m for m, _ in dists]).to(self.device)
                 std = torch.stack([s for _, s in dists]).to(self.device)
             else:
-                px = batch.pixels.to(self.device, vae.dtype)
-                d = vae.encode(px).latent_dist
-                mean, std = d.mean.float(), d.std.float()
+                # One image at a time: the fp32 VAE encoder's activations for 4 images at 1024² are ~10 GiB, more
+                # than the whole UNet phase; encoding each image alone costs the same FLOPs at a quarter the peak.
+                means, stds = [], []
+                for one in batch.pixels:
+                    d = vae.encode(one[None].to(self.device, vae.dtype)).latent_dist
+                    means.append(d.mean.float())
+                    stds.append(d.std.float())
+                mean, std = torch.cat(means), torch.cat(stds)
             eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=torch.float32)
             latents = (mean + std * eps - self.vae_shift) * self.vae_scale
             if not torch.isfinite(latents).all():
@@ -453,7 +480,7 @@ class Trainer:
 
         cfg = self.cfg
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(micro_seed(cfg.training.seed, self.step, self.rank, micro))
+        gen.manual_seed(micro_seed(noise_seed(cfg.training), self.step, self.rank, micro))
         batch = make_batch(self.plan, entry_ids, cfg.dataset, cfg.training.seed, epoch, self.options,
                            load=self.latent_cache is None)  # fmt: skip
         latents = self._latents(batch, gen)
@@ -497,7 +524,8 @@ class Trainer:
             epoch, in_epoch = divmod(self.step, self.spe)
             if epoch not in epoch_cache:
                 epoch_cache.clear()
-                epoch_cache[epoch] = self.plan.rank_micro_batches(epoch, t.seed, self.world, self.rank, accum)
+                epoch_cache[epoch] = self.plan.rank_micro_batches(epoch, t.data_seed or t.seed, self.world,
+                                                                  self.rank, accum)  # fmt: skip
             micro_batches = epoch_cache[epoch][in_epoch * accum : (in_epoch + 1) * accum]
             lrs = set_learning_rates(self.optimizer, cfg.optimizer, self.step, self.total)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -510,14 +538,21 @@ class Trainer:
                 scaled.backward()
                 loss_sum += loss.detach().double()
                 images += n
+            if (
+                self.step + 1 in self.inject_nonfinite
+            ):  # fault-injection hook for tests (KXL_INJECT_NONFINITE_GRAD)
+                first = next(p for p in self.params if p.grad is not None)
+                first.grad.view(-1)[0] = float("inf")
             if os.getppid() != self.parent_pid:  # the launcher died (no PDEATHSIG off Linux): save and end
                 self.stop.requested = True
             stop_local = self.stop.requested or (self.is_main and (self.run_dir / STOP_FILE).exists())
             sample_local = self.is_main and (self.run_dir / SAMPLE_FILE).exists()
             save_local = self.is_main and (self.run_dir / SAVE_FILE).exists()
+            wall_due = (self.is_main and t.save_every_minutes > 0
+                        and time.monotonic() - self.last_save_t >= 60 * t.save_every_minutes)  # fmt: skip
             grads = [p.grad for p in self.params if p.grad is not None]
             scalars = torch.tensor([loss_sum.item() / len(micro_batches), float(images), float(stop_local),
-                                    float(sample_local), float(save_local)],
+                                    float(sample_local), float(save_local), float(wall_due)],
                                    dtype=torch.float64, device=self.device)  # fmt: skip
             if self.world > 1:
                 import torch.distributed as dist
@@ -529,39 +564,63 @@ class Trainer:
             images_all = int(round(float(scalars[1])))
             stop_all = float(scalars[2]) > 0
             sample_now, save_now = float(scalars[3]) > 0, float(scalars[4]) > 0
-            if not math.isfinite(loss_value):
-                msg = f"loss is {loss_value} at step {self.step + 1}; stopped, the last saved state is kept"
+            wall_save = float(scalars[5]) > 0
+            skipped = not math.isfinite(loss_value)
+            grad_norm = float("nan")
+            if skipped:
+                # One bad batch (an fp16 overflow, a broken image) must not end a 17-day run: the update is
+                # skipped and counted; only a streak means the run itself diverged.
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
+                params_with_grad = [p for p in self.params if p.grad is not None]
+                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params_with_grad]))
+                finite = math.isfinite(grad_norm)
+                if finite and (t_max := cfg.optimizer.max_grad_norm):
+                    torch.nn.utils.clip_grads_with_norm_(params_with_grad, t_max, torch.tensor(grad_norm))
+                if self.scaler is not None:
+                    scale_before = float(self.scaler.get_scale())
+                    self.scaler.step(self.optimizer)  # skips the update itself when a gradient is inf/nan
+                    self.scaler.update()
+                    skipped = float(self.scaler.get_scale()) < scale_before
+                elif finite:
+                    self.optimizer.step()
+                else:
+                    skipped = True  # an inf/nan gradient would turn every weight it touches into NaN
+                self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.samples_seen += images_all
+            if skipped:
+                self.nonfinite_streak += 1
+                self.nonfinite_total += 1
+            else:
+                self.nonfinite_streak = 0
+            elapsed = time.perf_counter() - step_start
+            if self.is_main:
+                extra = {"skipped": True, "nonfinite_total": self.nonfinite_total} if skipped else {}
+                if self.scaler is not None:
+                    extra["loss_scale"] = float(self.scaler.get_scale())
+                self.events.emit("step", self.step, epoch=epoch + 1, loss=loss_value, lr=lrs, grad_norm=grad_norm,
+                                 images_per_s=images_all / elapsed if elapsed > 0 else None,
+                                 samples_seen=self.samples_seen, step_time_s=round(elapsed, 4),
+                                 peak_memory_mb=self._peak_memory_mb(), total_steps=self.total, **extra)  # fmt: skip
+            if self.nonfinite_streak >= t.max_nonfinite_steps:
+                what = "loss" if not math.isfinite(loss_value) else "gradients"
+                msg = (f"{what} non-finite for {self.nonfinite_streak} steps in a row (last: step {self.step}, loss "
+                       f"{loss_value}); stopped, the last saved state is kept: lower the learning rate, or resume "
+                       "with --data-seed N to move past the batches")  # fmt: skip
                 self._fail(msg, EXIT_NAN)
                 if self.is_main:
                     self.events.emit("done", self.step, reason="error", final_step=self.step)
                 return EXIT_NAN
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            params_with_grad = [p for p in self.params if p.grad is not None]
-            if t_max := cfg.optimizer.max_grad_norm:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params_with_grad, t_max))
-            else:
-                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params_with_grad]))
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            self.samples_seen += images_all
-            elapsed = time.perf_counter() - step_start
-            if self.is_main:
-                self.events.emit("step", self.step, epoch=epoch + 1, loss=loss_value, lr=lrs, grad_norm=grad_norm,
-                                 images_per_s=images_all / elapsed if elapsed > 0 else None,
-                                 samples_seen=self.samples_seen, step_time_s=round(elapsed, 4),
-                                 peak_memory_mb=self._peak_memory_mb(), total_steps=self.total)  # fmt: skip
             if stop_all:
                 self._save(final=False, reason="stopped")
                 return self._finish("stopped")
             interval_save = bool(t.save_every_n_steps) and self.step % t.save_every_n_steps == 0
-            if save_now or (interval_save and self.step < self.total):
-                self._save(final=False, reason="requested" if save_now and not interval_save else "")
+            if save_now or ((interval_save or wall_save) and self.step < self.total):
+                reason = "requested" if save_now and not interval_save else ("time" if wall_save else "")
+                self._save(final=False, reason=reason)
                 self._served(SAVE_FILE, save_now)
             interval_sample = bool(t.sample_every) and self.step % t.sample_every == 0
             if sample_now or interval_sample:
@@ -594,6 +653,7 @@ class Trainer:
     def _save(self, final: bool, reason: str = "") -> None:
         """Rank 0 writes the LoKr file and the training state; every rank waits so none runs ahead."""
         cfg = self.cfg
+        self.last_save_t = time.monotonic()
         if self.is_main:
             state = self.nets.state_dict()
             epoch = self.step // self.spe  # the epoch the next micro-batch belongs to
@@ -674,9 +734,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the newest saved state")
     parser.add_argument("--resume-from", type=Path, metavar="STATE_DIR",
                         help="continue from this saved state (checkpoints/state-N); newer states are set aside")  # fmt: skip
+    parser.add_argument("--data-seed", type=int, default=None, metavar="N",
+                        help="reshuffle the data order (and noise) from here on; overrides training.data_seed")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("LYCORIS_KERNEL_BACKEND", "torch")  # the fused kernels are experimental (spec §1.1)
-    code = Trainer(args.config, resume=args.resume, resume_from=args.resume_from).run()
+    code = Trainer(
+        args.config, resume=args.resume, resume_from=args.resume_from, data_seed=args.data_seed
+    ).run()
     try:
         import torch.distributed as dist
 
