@@ -6,6 +6,7 @@ A crash, a cancel or a full disk never leaves a half-written file under the fina
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -49,6 +50,34 @@ def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
 
 def atomic_write_text(dest: str | Path, text: str) -> None:
     atomic_write_bytes(dest, text.encode("utf-8"))
+
+
+# "The disk is full" in its three forms: no space left, over the user's quota, over the file size limit (a file
+# system's maximum, or RLIMIT_FSIZE).
+DISK_FULL_ERRNOS = frozenset(
+    e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None
+)
+
+
+def write_error(exc: OSError, dest: str | Path, hint: str | None = None) -> KxlError:
+    """The user-facing error for a failed write of `dest`: it names the file and says when the disk is full."""
+    dest = Path(dest)
+    reason = exc.strerror or str(exc)
+    if exc.errno in DISK_FULL_ERRNOS:
+        return KxlError(
+            f"disk full while writing {dest.name} ({reason})",
+            path=dest.parent,
+            hint=hint or "free some space and run the same command again",
+        )
+    return KxlError(f"cannot write {dest.name} ({reason})", path=dest.parent, hint=hint)
+
+
+def atomic_write_text_checked(dest: str | Path, text: str, hint: str | None = None) -> None:
+    """`atomic_write_text`, with an OSError (a full disk, a read-only folder) turned into `write_error`."""
+    try:
+        atomic_write_text(dest, text)
+    except OSError as exc:
+        raise write_error(exc, dest, hint) from None
 
 
 def check_free_space(folder: str | Path, needed_bytes: int, what: str = "output") -> None:

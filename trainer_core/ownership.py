@@ -98,11 +98,12 @@ def acquire(lock: Path, what: str, *, pid: int | None = None) -> Owner:
         except FileExistsError:
             current = read_owner(lock)
             if current is not None and owner_alive(current):
-                if current.pid == me.pid and current.start == me.start:
-                    return me  # re-entrant: the same process asks again
+                # Not re-entrant: two jobs of one process (two GUI workers) must not share an output either.
+                where = "" if current.host in ("", me.host) else f" on {current.host}"
+                if current.pid == os.getpid() and not where:
+                    where = ", this program"
                 raise AlreadyRunning(
-                    f"{current.what or 'another job'} is already running (pid {current.pid}"
-                    f"{'' if current.host in ('', me.host) else ' on ' + current.host})",
+                    f"{current.what or 'another job'} is already running (pid {current.pid}{where})",
                     path=lock.parent,
                     hint="wait for it, stop it, or choose another folder",
                 ) from None

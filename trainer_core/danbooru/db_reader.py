@@ -21,12 +21,13 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from ..errors import DatabaseError, KxlError
 from .dates import years_of
-from .schema import open_metadata_db
+from .schema import bad_value, open_metadata_db
 
 CHUNK_POSTS = 20_000  # posts per bulk query: big enough to amortise the query, small enough to bound memory
 
@@ -61,6 +62,48 @@ def _parse_ints(text: str | None) -> np.ndarray:
     if not text:
         return np.zeros(0, np.int64)
     return np.fromstring(text, dtype=np.int64, sep=",")
+
+
+def _parse_exact(text: str | None, n: int) -> np.ndarray | None:
+    """`_parse_ints` when the text holds exactly `n` integers; None when a value is not an integer (text, a real,
+    NULL where it is not replaced): numpy stops or fails at the first such value."""
+    try:
+        values = _parse_ints(text)
+    except ValueError:
+        return None
+    return values if values.size == n else None
+
+
+def _db_path(conn: sqlite3.Connection) -> str | None:
+    """The file behind `conn`, for error messages."""
+    try:
+        row = conn.execute("PRAGMA database_list").fetchone()
+    except sqlite3.Error:
+        return None
+    return (row[2] or None) if row else None
+
+
+def _raise_bad_value(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    where: str,
+    params: Sequence,
+    allow_null: bool,
+) -> NoReturn:
+    """Raise the DatabaseError naming the first row (by id) of `table` matching `where` whose `columns` hold a
+    value that is not an integer (NULL counts unless `allow_null`). Without one, the table changed mid-read."""
+    ok = "('integer', 'null')" if allow_null else "('integer')"
+    checks = " OR ".join(f"typeof({c}) NOT IN {ok}" for c in columns)
+    row = conn.execute(
+        f'SELECT id, {", ".join(columns)} FROM "{table}" WHERE ({where}) AND ({checks}) ORDER BY id LIMIT 1',
+        tuple(params),
+    ).fetchone()
+    if row is not None:
+        for column, value in zip(columns, row[1:], strict=True):
+            if not isinstance(value, int) and not (allow_null and value is None):
+                raise bad_value(table, column, row[0], value, _db_path(conn))
+    raise DatabaseError(f"table {table} changed while it was being read; run again", path=_db_path(conn))
 
 
 def _ids_json(ids: np.ndarray) -> str:
@@ -103,7 +146,12 @@ def _post_columns(
         + f' FROM (SELECT * FROM "post" WHERE {where} ORDER BY id)',
         params,
     ).fetchone()
-    all_ids = _parse_ints(row[0])
+    n_rows = row[0].count(",") + 1 if row[0] else 0
+    all_ids = _parse_exact(row[0], n_rows)
+    nums = [_parse_exact(t, n_rows) for t in row[1:3]]
+    if all_ids is None or nums[0] is None or nums[1] is None:
+        # a value that is not an integer: name its row rather than fail in numpy (NULLs are read as -1 / 0)
+        _raise_bad_value(conn, "post", ("id", "rating", "fav_count"), where, params, allow_null=True)
     every = all_ids.size == ids.size  # every post of the range is wanted: no masking needed
     keep = None if every else np.isin(all_ids, ids, assume_unique=True)
     if (all_ids.size if keep is None else int(keep.sum())) != ids.size or (
@@ -112,7 +160,8 @@ def _post_columns(
         have = set(all_ids.tolist() if keep is None else all_ids[keep].tolist())
         lost = [int(i) for i in ids if int(i) not in have][:5]
         raise DatabaseError(f"post id(s) {lost} are not in the post table")
-    nums = [_parse_ints(t) if keep is None else _parse_ints(t)[keep] for t in row[1:3]]
+    if keep is not None:
+        nums = [v[keep] for v in nums]
     created = row[3].split(_SEP) if row[3] is not None else []
     if len(created) != all_ids.size:
         raise DatabaseError("a created_at value holds a control character (\\x1e)")
@@ -151,9 +200,11 @@ def _index_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk:
     if counted:
         pid, cnt = (np.asarray(c, np.int64) for c in zip(*counted, strict=True))
         counts[np.searchsorted(ids, pid)] = cnt
-    tag_ids = _parse_ints(text)
-    if tag_ids.size != counts.sum():
-        raise DatabaseError("posttagrelation changed while it was being read; run again")
+    tag_ids = _parse_exact(text, int(counts.sum()))
+    if tag_ids is None:
+        # a tag_id that is not an integer (group_concat also skips NULLs), or a concurrent write
+        where = "post_id IN (SELECT value FROM json_each(?))"
+        _raise_bad_value(conn, "posttagrelation", ("tag_id",), where, (payload,), allow_null=False)
     return TagChunk(ids, counts, tag_ids)
 
 
@@ -168,7 +219,11 @@ def _column_bounds(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
         'SELECT (SELECT min(tag_id) FROM "posttagrelation"), (SELECT max(tag_id) FROM "posttagrelation"), '
         '(SELECT min(post_id) FROM "posttagrelation"), (SELECT max(post_id) FROM "posttagrelation")'
     ).fetchone()
-    return (0, 0, 0, 0) if row[0] is None else tuple(int(v) for v in row)  # type: ignore[return-value]
+    if row[0] is None:
+        return (0, 0, 0, 0)
+    if not all(isinstance(v, int) for v in row):  # text sorts above every number: the max is text if any is
+        _raise_bad_value(conn, "posttagrelation", ("post_id", "tag_id"), "1", (), allow_null=True)
+    return tuple(row)  # type: ignore[return-value]
 
 
 def _clustered_path(conn: sqlite3.Connection, ids: np.ndarray) -> TagChunk | None:
@@ -259,7 +314,11 @@ def post_tags_one_by_one(conn: sqlite3.Connection, post_id: int) -> list[tuple[i
 
 
 def fetch_tags(conn: sqlite3.Connection, tag_ids: Iterable[int]) -> dict[int, tuple[str, int]]:
-    """`tag_id -> (name, type)` for the given ids (unknown ids are simply absent)."""
+    """`tag_id -> (name, type)` for the given ids (unknown ids are simply absent).
+
+    A NULL name comes back as "" (captions drop it like an empty name); a type that is not an integer raises
+    DatabaseError naming the tag row.
+    """
     wanted = sorted({int(t) for t in tag_ids})
     out: dict[int, tuple[str, int]] = {}
     for i in range(0, len(wanted), 50_000):
@@ -267,7 +326,21 @@ def fetch_tags(conn: sqlite3.Connection, tag_ids: Iterable[int]) -> dict[int, tu
         for tid, name, ttype in conn.execute(
             'SELECT id, name, type FROM "tag" WHERE id IN (SELECT value FROM json_each(?))', (part,)
         ):
-            out[tid] = (name if isinstance(name, str) else str(name), int(ttype))
+            if not isinstance(ttype, int):
+                raise bad_value("tag", "type", tid, ttype, _db_path(conn))
+            if name is None:
+                name = ""
+            elif isinstance(name, bytes):
+                try:
+                    name = name.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DatabaseError(
+                        f"table tag, column name, row id {tid}: a BLOB that is not UTF-8 text",
+                        path=_db_path(conn),
+                    ) from None
+            elif not isinstance(name, str):
+                name = str(name)
+            out[tid] = (name, ttype)
     return out
 
 

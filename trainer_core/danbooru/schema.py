@@ -151,7 +151,8 @@ def create_indexes(conn: sqlite3.Connection) -> None:
             conn.execute(stmt)
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path) -> bool:
+    """Raise DatabaseError unless `path` looks like a SQLite file; returns whether it is in WAL mode."""
     if not path.exists():
         raise DatabaseError("metadata DB not found", path=path, hint=_DOWNLOAD_HINT)
     if path.is_dir():
@@ -160,9 +161,10 @@ def _check_file(path: Path) -> None:
         )
     try:
         with open(path, "rb") as fh:
-            head = fh.read(len(_SQLITE_MAGIC))
+            header = fh.read(20)
     except OSError as exc:
         raise DatabaseError(f"cannot read the metadata DB ({exc.strerror})", path=path) from exc
+    head = header[: len(_SQLITE_MAGIC)]
     if head != _SQLITE_MAGIC:
         what = "an empty file" if not head else "not a SQLite database"
         raise DatabaseError(
@@ -170,27 +172,61 @@ def _check_file(path: Path) -> None:
             path=path,
             hint="the download may be incomplete or this is a Parquet/DuckDB export; " + _DOWNLOAD_HINT,
         )
+    # file format write/read versions (header bytes 18, 19): 2 = WAL, 1 = the classic rollback journal
+    return header[18:20] == b"\x02\x02"
 
 
-def _connect_read_only(path: Path, check_same_thread: bool) -> sqlite3.Connection:
+def _connect_read_only(path: Path, check_same_thread: bool, wal: bool = False) -> sqlite3.Connection:
     # mode=ro: a user's 30 GB DB must never be modified (no journal, no schema upgrade, no accidental write).
     uri = path.resolve().as_uri() + "?mode=ro"
     try:
         return sqlite3.connect(uri, uri=True, check_same_thread=check_same_thread)
     except sqlite3.Error as exc:
-        raise DatabaseError(f"cannot open the metadata DB read-only ({exc})", path=path) from exc
+        raise _open_error(exc, path, wal, "cannot open the metadata DB read-only") from exc
 
 
-def validate_schema(conn: sqlite3.Connection, path: str | Path) -> None:
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_CANTOPEN = 5, 6, 8, 14
+
+
+def _open_error(exc: sqlite3.Error, path: str | Path, wal: bool, what: str) -> DatabaseError:
+    """The DatabaseError for SQLite failing to read a DB at all: locked, WAL on a read-only folder, or damaged."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message is the fallback
+    primary = None if code is None else code & 0xFF
+    text = str(exc).lower()
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text:
+        return DatabaseError(
+            f"the DB is locked by another program ({exc})",
+            path=path,
+            hint="close the program that is writing to it (a DB browser, an import script) and try again",
+        )
+    if wal and (
+        primary in (_SQLITE_CANTOPEN, _SQLITE_READONLY) or "unable to open" in text or "readonly" in text
+    ):
+        # SQLite reads a WAL-mode DB only through its -wal and -shm files next to it, which it must be able to
+        # create; a read-only mount or folder (or a DB shared read-only) does not allow that.
+        return DatabaseError(
+            f"the DB is in WAL mode and its folder is read-only, so SQLite cannot open it ({exc})",
+            path=path,
+            hint="copy it to a writable folder, or switch it back to the normal journal once where it is writable: "
+            f"sqlite3 {Path(path).name} 'PRAGMA journal_mode=DELETE'",
+        )
+    if primary == _SQLITE_CANTOPEN or "unable to open" in text:
+        return DatabaseError(
+            f"{what} ({exc})", path=path, hint="check that you may read the file and its folder"
+        )
+    return DatabaseError(
+        f"unreadable SQLite file ({exc})",
+        path=path,
+        hint="the file may be truncated or corrupt; download it again",
+    )
+
+
+def validate_schema(conn: sqlite3.Connection, path: str | Path, wal: bool = False) -> None:
     """Raise DatabaseError naming the first missing table or the missing columns of a table."""
     try:
         _validate_schema(conn, path)
-    except sqlite3.DatabaseError as exc:  # a corrupt or truncated file fails here, not at connect()
-        raise DatabaseError(
-            f"unreadable SQLite file ({exc})",
-            path=path,
-            hint="the file may be truncated or corrupt; download it again",
-        ) from exc
+    except sqlite3.DatabaseError as exc:  # a corrupt, truncated or locked file fails here, not at connect()
+        raise _open_error(exc, path, wal, "cannot open the metadata DB read-only") from exc
 
 
 def _validate_schema(conn: sqlite3.Connection, path: str | Path) -> None:
@@ -226,14 +262,98 @@ def open_metadata_db(path: str | Path, *, check_same_thread: bool = True) -> sql
     missing table/column. Pass check_same_thread=False to hand the connection to a worker thread.
     """
     path = Path(path)
-    _check_file(path)
-    conn = _connect_read_only(path, check_same_thread)
+    wal = _check_file(path)
+    conn = _connect_read_only(path, check_same_thread, wal)
     try:
-        validate_schema(conn, path)
+        validate_schema(conn, path, wal)
+        try:
+            check_keys(conn, path)
+        except sqlite3.DatabaseError as exc:
+            raise _open_error(exc, path, wal, "cannot read the metadata DB") from exc
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+_BAD_ROW_HINT = "fix or delete that row (e.g. in the sqlite3 shell), or download the DB again"
+
+
+def sql_value(value: object) -> str:
+    """A DB value as an error message shows it: NULL, a number, or a quoted text."""
+    return "NULL" if value is None else repr(value)
+
+
+def _id_is_rowid(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether `table.id` is SQLite's rowid (`INTEGER PRIMARY KEY` of a rowid table): unique integers by design."""
+    cols = conn.execute(f'PRAGMA table_info("{table}")').fetchall()  # cid, name, type, notnull, default, pk
+    pk = [c for c in cols if c[5]]
+    if len(pk) != 1 or pk[0][1] != "id" or str(pk[0][2]).upper() != "INTEGER":
+        return False
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return "WITHOUT ROWID" not in str(sql[0] if sql else "").upper()
+
+
+_keys_checked: set[tuple] = set()  # DB file states whose keys passed check_keys (once per process)
+
+
+def check_keys(conn: sqlite3.Connection, path: str | Path) -> None:
+    """Raise DatabaseError unless the ids every reader relies on are sound: `post.id` and `tag.id` unique integers,
+    `posttagrelation.post_id` / `tag_id` integers.
+
+    HakuBooru's schema makes both ids the rowid, so for its DB this costs two PRAGMAs and four index seeks; a DB
+    converted by other tools (ids as plain columns) gets one scan per table. Text sorts after every number in
+    SQLite, so the largest relation value is text whenever any is.
+    """
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _keys_checked:
+        return
+    for table in ("post", "tag"):
+        if _id_is_rowid(conn, table):
+            continue
+        bad = conn.execute(f"SELECT id FROM \"{table}\" WHERE typeof(id) != 'integer' LIMIT 1").fetchone()
+        if bad is not None:
+            raise DatabaseError(
+                f"table {table}, column id: the value {sql_value(bad[0])} is not an integer id",
+                path=path,
+                hint=_BAD_ROW_HINT,
+            )
+        dup = conn.execute(
+            f'SELECT id, count(*) FROM "{table}" GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 1'
+        ).fetchone()
+        if dup is not None:
+            raise DatabaseError(
+                f"table {table}: id {dup[0]} is used by {dup[1]} rows; each {table} must have its own id",
+                path=path,
+                hint="remove the duplicate rows, or download the DB again",
+            )
+    tops = conn.execute(
+        'SELECT (SELECT max(post_id) FROM "posttagrelation"), (SELECT max(tag_id) FROM "posttagrelation")'
+    ).fetchone()
+    if any(v is not None and not isinstance(v, int) for v in tops):
+        row = conn.execute(
+            'SELECT id, post_id, tag_id FROM "posttagrelation" '
+            "WHERE typeof(post_id) NOT IN ('integer', 'null') OR typeof(tag_id) NOT IN ('integer', 'null') "
+            "ORDER BY id LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            rid, post_id, tag_id = row
+            post_ok = post_id is None or isinstance(post_id, int)
+            column, value = ("tag_id", tag_id) if post_ok else ("post_id", post_id)
+            raise bad_value("posttagrelation", column, rid, value, path)
+    _keys_checked.add(key)
+
+
+def bad_value(
+    table: str, column: str, row_id: object, value: object, path: str | Path | None
+) -> DatabaseError:
+    """'table T, column C, row id N: V is not an integer', the error for a value the readers cannot use."""
+    return DatabaseError(
+        f"table {table}, column {column}, row id {row_id}: {sql_value(value)} is not an integer",
+        path=path,
+        hint=_BAD_ROW_HINT,
+    )
 
 
 def table_counts(path: str | Path) -> dict[str, int]:

@@ -228,6 +228,11 @@ def make_caption(
     return ", ".join(keep) + ", " + "|||" + ", ".join(rest)
 
 
+# Tag ids below this are looked up in a direct table (4 bytes per id up to the highest one seen: the real DB's
+# ~1.5M ids take 6 MB); others (negative, or huge: dangling ids of a damaged DB) go through a dict.
+_LUT_MAX_ID = 1 << 24
+
+
 @dataclass
 class CaptionChunk:
     """Captions of a chunk of posts plus what the manifest reports about each."""
@@ -247,7 +252,8 @@ class CaptionBuilder:
 
     def __init__(self, scheme: QualityScheme) -> None:
         self.scheme = scheme
-        self._lut = np.full(1024, -1, np.int32)  # tag id -> row in the lists below
+        self._lut = np.full(1024, -1, np.int32)  # tag id -> row in the lists below (ids 0 .. _LUT_MAX_ID - 1)
+        self._far: dict[int, int] = {}  # the same for ids outside that range
         self._kind: list[int] = []
         self._text_sep: list[str] = []  # caption text + ", "
         self._text_sep_json: list[str] = []  # the same, JSON-escaped
@@ -258,9 +264,18 @@ class CaptionBuilder:
         self._extras_table: np.ndarray | None = None
 
     def _learn(self, conn: sqlite3.Connection, tag_ids: np.ndarray) -> np.ndarray:
-        """Make sure every id in `tag_ids` is classified; return each one's row in the per-tag tables."""
+        """Make sure every id in `tag_ids` is classified; return each one's row in the per-tag tables.
+
+        A relation whose tag row does not exist (a dangling tag id) and a tag whose name is NULL are dropped from
+        the caption, on every path alike (SQL reads and the column cache both come through here): that is what
+        HakuBooru yields, whose tag list is an inner join of posttagrelation and tag, and an empty name is dropped
+        by its caption rules (specs/dataset.md §3.1 step 4). Failing the whole export over one stray relation
+        would help nobody; a DB whose tag table is missing most rows shows up as captions without tags.
+        """
         if tag_ids.size == 0:
             return np.zeros(0, np.int64)
+        if int(tag_ids.min()) < 0 or int(tag_ids.max()) >= _LUT_MAX_ID:
+            return self._learn_far(conn, tag_ids)
         top = int(tag_ids.max())
         if top >= self._lut.size:
             # a direct id -> row table; tag ids are dense-ish (real DB ~1.5M), so this stays a few MB
@@ -271,22 +286,39 @@ class CaptionBuilder:
         missing = loc < 0
         if missing.any():
             new = np.unique(tag_ids[missing])
-            rows = fetch_tags(conn, new.tolist())
-            base = len(self._kind)
-            for tid in new.tolist():
-                name, ttype = rows.get(
-                    tid, ("", -1)
-                )  # a relation to a missing tag row is dropped, like a failed join
-                text = tag_to_caption_text(name) + ", "
-                self._kind.append(tag_kind(name, ttype))
-                self._text_sep.append(text)
-                self._text_sep_json.append(json.dumps(text, ensure_ascii=False)[1:-1])
+            base = self._add_tags(conn, new.tolist())
             self._lut[new] = np.arange(base, base + new.size, dtype=np.int32)
-            self._kind_arr = np.asarray(self._kind, np.int64)
-            self._text_arr = np.asarray(self._text_sep, object)
-            self._text_json_arr = np.asarray(self._text_sep_json, object)
             loc = self._lut[tag_ids]
         return loc.astype(np.int64)
+
+    def _learn_far(self, conn: sqlite3.Connection, tag_ids: np.ndarray) -> np.ndarray:
+        """`_learn` for chunks holding ids the direct table cannot index (negative, or beyond _LUT_MAX_ID)."""
+        near = (tag_ids >= 0) & (tag_ids < _LUT_MAX_ID)
+        loc = np.zeros(tag_ids.size, np.int64)
+        if near.any():
+            loc[near] = self._learn(conn, tag_ids[near])
+        far, inverse = np.unique(tag_ids[~near], return_inverse=True)
+        new = [t for t in far.tolist() if t not in self._far]
+        if new:
+            base = self._add_tags(conn, new)
+            self._far.update((t, base + i) for i, t in enumerate(new))
+        loc[~near] = np.asarray([self._far[t] for t in far.tolist()], np.int64)[inverse.ravel()]
+        return loc
+
+    def _add_tags(self, conn: sqlite3.Connection, new: list[int]) -> int:
+        """Classify tag ids seen for the first time; returns the row of the first one (the rest follow in order)."""
+        rows = fetch_tags(conn, new)
+        base = len(self._kind)
+        for tid in new:
+            name, ttype = rows.get(tid, ("", -1))  # no tag row: dropped (see _learn)
+            text = tag_to_caption_text(name) + ", "
+            self._kind.append(tag_kind(name, ttype))
+            self._text_sep.append(text)
+            self._text_sep_json.append(json.dumps(text, ensure_ascii=False)[1:-1])
+        self._kind_arr = np.asarray(self._kind, np.int64)
+        self._text_arr = np.asarray(self._text_sep, object)
+        self._text_json_arr = np.asarray(self._text_sep_json, object)
+        return base
 
     def _extra(self, year_idx: int, rating: int, quality_idx: int) -> tuple[str, str]:
         key = (year_idx, rating, quality_idx)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import DISK_FULL_ERRNOS
 from ..direct_io import align_up, aligned_array, direct_io_enabled
 from ..errors import KxlError
 
@@ -54,6 +55,16 @@ def _write_direct(fd: int, data: bytes) -> None:
         os.ftruncate(fd, n)
 
 
+def _write_failed(exc: OSError, path: str) -> KxlError:
+    if exc.errno in DISK_FULL_ERRNOS:  # no space (or no inodes), over quota, over the file size limit
+        return KxlError(
+            f"disk full while writing the dataset ({exc.strerror})",
+            path=path,
+            hint="free space and run the same build again: it resumes",
+        )
+    return KxlError(f"cannot write ({exc.strerror})", path=path)
+
+
 def _write_file(path: str, data: bytes, direct: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     try:
@@ -61,7 +72,7 @@ def _write_file(path: str, data: bytes, direct: bool) -> None:
     except OSError as exc:
         if direct and exc.errno == errno.EINVAL:
             raise _DirectRefused from None
-        raise KxlError(f"cannot write ({exc.strerror})", path=path) from None
+        raise _write_failed(exc, path) from None
     try:
         if direct:
             _write_direct(fd, data)
@@ -75,13 +86,7 @@ def _write_file(path: str, data: bytes, direct: bool) -> None:
             os.unlink(path)
         if direct and exc.errno == errno.EINVAL:
             raise _DirectRefused from None
-        if exc.errno == errno.ENOSPC:
-            raise KxlError(
-                "disk full while writing the dataset",
-                path=path,
-                hint="free space and run the same build again: it resumes",
-            ) from None
-        raise KxlError(f"cannot write ({exc.strerror})", path=path) from None
+        raise _write_failed(exc, path) from None
     os.close(fd)
 
 

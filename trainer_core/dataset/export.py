@@ -15,10 +15,21 @@ others whole, and since every output depends only on the post, the result is the
 build, whatever the thread count. Ids not found in their bucket are then looked for in `updates/*/*.tar`.
 Images and captions are written straight to their final names (a cancel stops between files; a failed write
 removes its partial file): until dataset.toml exists the folder is an unfinished build, never a dataset.
+
+One build per output folder: a build owns `<out>/.kxl-build.lock` (ownership.py: pid + process start time) from
+before it looks at the folder until it has finished or stopped, so a second build into the same folder, from
+this process or another, stops with "dataset build is already running (pid N)" before touching anything. A
+lock left by a killed build names a dead process and is taken over. The lock is not part of the dataset: a
+finished folder holds none, and the folder checks below ignore it.
+
+Ctrl+C (KeyboardInterrupt in the thread that runs the build) and a cancel both stop the export the same way:
+queued buckets never start, running ones stop at their next tar member (their marks are not written, so a
+resume redoes them whole), and finished buckets keep their marks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -26,16 +37,17 @@ import re
 import shutil
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tomli_w
 
 from .. import __version__
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text_checked, write_error
 from ..danbooru.db_reader import db_fingerprint, fetch_chunk, open_db
 from ..errors import Cancelled, KxlError
+from ..ownership import AlreadyRunning, acquire, release
 from ..progress import Progress, ensure_progress
 from .caption_stream import iter_caption_chunks
 from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionBuilder, CaptionChunk, QualityScheme, quality_scheme
@@ -48,6 +60,9 @@ from .selection import SelectionPlan, select_posts
 from .stats import DATASET_FILE, MANIFEST_FILE, RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize
 
 BUILD_DIR = ".kxl-build"
+LOCK_FILE = ".kxl-build.lock"  # the running build's lock (module docstring); never left in a finished dataset
+OPTIONS_FILE = "options.toml"  # in BUILD_DIR: the options of the unfinished build, written before any export
+_RESUME_HINT = "free some space and run the same build again: it resumes"
 IMAGE_FORMATS = ("copy", "webp", "png", "jpg")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,63}")
 _FORMAT_EXT = {"webp": "webp", "png": "png", "jpg": "jpg", "jpeg": "jpg"}
@@ -120,17 +135,45 @@ class BuildResult:
 
 
 # ---- output folder state ----------------------------------------------------------------------------------------
-def partial_build_info(out: str | Path) -> dict | None:
-    """The stored options of an interrupted build in `out`, or None."""
-    path = Path(out) / BUILD_DIR / "options.toml"
-    if not path.is_file() or (Path(out) / DATASET_FILE).exists():
-        return None
+def _read_options(out: Path) -> dict | None:
+    """The options stored by an unfinished build in `out`, or None when the file is missing or unreadable."""
     import tomllib
 
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return tomllib.loads((out / BUILD_DIR / OPTIONS_FILE).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return None
+
+
+def partial_build_info(out: str | Path) -> dict | None:
+    """The stored options of an interrupted build in `out`, or None."""
+    out = Path(out)
+    if (out / DATASET_FILE).exists():
+        return None
+    return _read_options(out)
+
+
+def _discard_partial(out: Path, subfolder: str) -> None:
+    """Remove what a build writes before it finishes (the lock stays: it is the caller's)."""
+    for rel in (BUILD_DIR, subfolder, MANIFEST_FILE, SKIPPED_FILE):
+        target = out / rel
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _holds_files(out: Path) -> bool:
+    """Whether anything but empty folders (and the lock) is in `out`; stops at the first file it sees."""
+    stack = [str(out)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.name != LOCK_FILE:
+                    return True
+    return False
 
 
 def _check_output(out: Path, wanted: dict, on_partial: str, subfolder: str) -> bool:
@@ -145,37 +188,72 @@ def _check_output(out: Path, wanted: dict, on_partial: str, subfolder: str) -> b
             path=out,
             hint="choose an empty folder, or delete this dataset first",
         )
-    stored_path = out / BUILD_DIR / "options.toml"
-    if stored_path.is_file():
-        stored = partial_build_info(out)
-        if stored != wanted:
+    if (out / BUILD_DIR).is_dir():
+        stored = _read_options(out)
+        if stored is None:
+            # Ours, but without readable options: the build failed while writing them (a full disk), before any
+            # export, or the file was damaged later. With nothing exported there is nothing to resume, so any
+            # run starts over; otherwise only a restart may discard the exported files.
+            if on_partial != "restart" and _holds_files(out):
+                raise KxlError(
+                    f"holds an interrupted build whose options file ({BUILD_DIR}/{OPTIONS_FILE}) is missing or "
+                    "damaged, so it cannot be resumed",
+                    path=out,
+                    hint="start it over with --restart (or delete the folder)",
+                )
+            _discard_partial(out, subfolder)
+        elif stored != wanted:
             raise KxlError(
                 "holds an interrupted build made with other options (or another DB)",
                 path=out,
                 hint="use the same options to resume it, or choose another folder",
             )
-        if on_partial == "resume":
+        elif on_partial == "resume":
             return True
-        if on_partial == "restart":
-            for rel in (BUILD_DIR, subfolder, MANIFEST_FILE, SKIPPED_FILE):
-                target = out / rel
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+        elif on_partial == "restart":
+            _discard_partial(out, subfolder)
             return False
-        raise PartialBuildError(
-            "holds an interrupted build with these options",
-            path=out,
-            hint="resume it (or restart it from scratch)",
-        )
-    if any(out.iterdir()):
+        else:
+            raise PartialBuildError(
+                "holds an interrupted build with these options",
+                path=out,
+                hint="resume it (or restart it from scratch)",
+            )
+    if any(p.name != LOCK_FILE for p in out.iterdir()):
         raise KxlError(
             "folder is not empty and holds no dataset build",
             path=out,
             hint="datasets are written into an empty or new folder",
         )
     return False
+
+
+@contextlib.contextmanager
+def _own_output(out: Path):
+    """Own `out` for one build (module docstring); a folder this call created and left empty is removed after."""
+    if out.exists() and not out.is_dir():
+        raise KxlError("output path exists and is not a folder", path=out)
+    created = not out.exists()
+    owner = None
+    for _ in range(3):  # another build may remove a folder it created just as we create the lock in it
+        try:
+            owner = acquire(out / LOCK_FILE, "dataset build")
+            break
+        except FileNotFoundError:
+            continue
+        except AlreadyRunning:
+            raise
+        except OSError as exc:
+            raise write_error(exc, out / LOCK_FILE) from None
+    if owner is None:
+        raise KxlError("could not create the output folder: it keeps disappearing", path=out)
+    try:
+        yield
+    finally:
+        release(out / LOCK_FILE, owner)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only succeeds when the build stopped before writing anything
 
 
 # ---- per-post image handling -------------------------------------------------------------------------------------
@@ -220,6 +298,15 @@ def _prepare_image(hit: Hit, opts: BuildOptions) -> tuple[bytes, str, int, int]:
         kwargs = {"quality": 90} if fmt in ("webp", "jpg") else {}
         img.save(buf, format=_PIL_FORMAT[fmt], **kwargs)
         return buf.getvalue(), fmt, width, height
+
+
+_OBJECT_REPR_RE = re.compile(r"<[^<>]*? at 0x[0-9A-Fa-f]+>")
+
+
+def _stable_reason(text: str, member: str) -> str:
+    """A skip reason that is the same on every run: Pillow names the file it could not identify by its object's
+    repr (`<_io.BytesIO object at 0x7f...>`, a memory address); put the member name there instead."""
+    return _OBJECT_REPR_RE.sub(member, text)
 
 
 def chunk_metas(chunk: CaptionChunk) -> dict[int, dict]:
@@ -296,11 +383,12 @@ class _Builder:
 
     def write_hit(self, hit: Hit, meta: dict, written: list[str] | None = None) -> dict:
         """Write one found image + caption; returns its manifest (or skipped) record."""
+        member = f"{hit.post_id}.{hit.ext}"
         if hit.problem is not None or hit.data is None:
             return {
                 "id": hit.post_id,
                 "status": "corrupt",
-                "reason": hit.problem or "no data",
+                "reason": _stable_reason(hit.problem or "no data", member),
                 "shard": hit.origin,
             }
         try:
@@ -310,7 +398,7 @@ class _Builder:
                 "id": hit.post_id,
                 "status": "corrupt",
                 "shard": hit.origin,
-                "reason": f"not a readable image ({type(exc).__name__}: {exc})",
+                "reason": _stable_reason(f"not a readable image ({type(exc).__name__}: {exc})", member),
             }
         name = f"{hit.post_id}.{ext}"
         image_path, caption_path = self.sub_prefix + name, f"{self.sub_prefix}{hit.post_id}.txt"
@@ -407,9 +495,15 @@ def build_dataset(
     if on_partial not in ("resume", "restart", "error"):
         raise ValueError(f"on_partial must be resume, restart or error, not {on_partial!r}")
     progress = ensure_progress(progress)
-    out = opts.out
-    opts = replace(opts, out=out)
     src = open_image_source(opts.images)
+    with _own_output(opts.out):
+        return _build_owned(opts, src, workers, on_partial, progress, db_cache)
+
+
+def _build_owned(
+    opts: BuildOptions, src: ImageSource, workers: int, on_partial: str, progress: Progress, db_cache: str
+) -> BuildResult:
+    out = opts.out
     conn = open_db(opts.db)
     try:
         progress.stage("Reading the metadata DB")
@@ -424,10 +518,20 @@ def build_dataset(
         conn.close()
 
     build_dir = out / BUILD_DIR
-    (build_dir / "buckets").mkdir(parents=True, exist_ok=True)
-    (out / opts.subfolder).mkdir(parents=True, exist_ok=True)
     if not resumed:
-        atomic_write_text(build_dir / "options.toml", tomli_w.dumps(wanted_options))
+        # first, before any other file: a folder holding BUILD_DIR without readable options is a build that
+        # never exported anything (unless the file was damaged later), which _check_output relies on
+        try:
+            atomic_write_text_checked(build_dir / OPTIONS_FILE, tomli_w.dumps(wanted_options))
+        except KxlError:
+            with contextlib.suppress(OSError):
+                build_dir.rmdir()
+            raise
+    for folder in (build_dir / "buckets", out / opts.subfolder):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, folder, _RESUME_HINT) from None
 
     ids = selection.ids
     buckets = ids % BUCKETS
@@ -456,16 +560,7 @@ def build_dataset(
     builder.marks = MarkWriter(out, build_dir / "buckets")
     try:
         try:
-            with ThreadPoolExecutor(max(1, workers), thread_name_prefix="kxl-export") as pool:
-                futures = [pool.submit(builder.run_bucket, b, g) for b, g in remaining]
-                wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-                if failed:
-                    for f in futures:
-                        f.cancel()
-                    _stop_workers(builder)
-                    wait(futures)
-                    raise failed[0].exception()  # type: ignore[misc]
+            _export_buckets(builder, remaining, workers)
         finally:
             builder.marks.close()  # finished buckets get their marks even when the build stops
         records = _read_bucket_files(build_dir / "buckets")
@@ -485,18 +580,44 @@ def build_dataset(
     summary = summarize(written, skipped, int(ids.size))
     summary.shard_errors = [{"shard": k, "reason": v} for k, v in sorted(builder.shard_errors.items())]
     summary.ignored_files = sorted(src.ignored)
-    atomic_write_text(out / MANIFEST_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in written))
-    atomic_write_text(out / SKIPPED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in skipped))
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in written)
+    atomic_write_text_checked(out / MANIFEST_FILE, "".join(lines), _RESUME_HINT)
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in skipped)
+    atomic_write_text_checked(out / SKIPPED_FILE, "".join(lines), _RESUME_HINT)
     info = dict(wanted_options)
     info["summary"] = summary.to_toml_dict()
-    atomic_write_text(out / DATASET_FILE, tomli_w.dumps(info))
+    atomic_write_text_checked(out / DATASET_FILE, tomli_w.dumps(info), _RESUME_HINT)
     shutil.rmtree(build_dir, ignore_errors=True)
     progress.update(builder.total, builder.total)
     return BuildResult(out, summary, skipped_buckets)
 
 
+def _export_buckets(builder: _Builder, remaining: list[tuple[int, np.ndarray]], workers: int) -> None:
+    """Run `builder.run_bucket` over `remaining` on `workers` threads; stop early on a failure, cancel or Ctrl+C.
+
+    The waiting happens in the calling thread, which is where Ctrl+C lands (KeyboardInterrupt). Whatever stops
+    the export, no queued bucket starts afterwards and the running ones stop at their next tar member, so the
+    build ends within about one member's time instead of draining the queue.
+    """
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="kxl-export")
+    futures = []
+    try:
+        futures = [pool.submit(builder.run_bucket, b, g) for b, g in remaining]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        _stop_workers(builder)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _stop_workers(builder: _Builder) -> None:
-    """One bucket failed (disk full, cancel): the other workers stop at their next cancel check."""
+    """One bucket failed (disk full, cancel) or Ctrl+C: the other workers stop at their next cancel check."""
     from ..progress import CancelToken
 
     if builder.progress.cancel_token is None:
@@ -508,6 +629,7 @@ __all__ = [
     "BuildOptions",
     "BuildResult",
     "Cancelled",
+    "LOCK_FILE",
     "PartialBuildError",
     "build_dataset",
     "partial_build_info",

@@ -2,9 +2,11 @@
 
 Shards (specs/dataset.md §1.4): `data-NXYZ.tar` directly in the folder, plus `updates/*/*.tar`. A post with id `i`
 is looked for in `data-{k}{i % 1000:03d}.tar` for k = 0..9 in that order, then in every updates tar (sorted by
-path); the first member named `<i>.<ext>` wins. Shards are untrusted input: only regular members whose whole name
-is `<digits>.<ext>` count, their names are parsed into an integer id and a short alphanumeric extension, and no
-name from a tar is ever used as a path.
+path); the first member named `<i>.<ext>` with an image extension (IMAGE_EXTS) wins. Shards are untrusted input:
+only regular members whose whole name is `<digits>.<ext>` count, their names are parsed into an integer id and a
+short alphanumeric extension, and no name from a tar is ever used as a path. A member or file with another
+extension (`<id>.txt`, `<id>.json` of a webdataset tar, the captions of a kohya folder) is never an image: taking
+it would write the image under the caption's name, or a "corrupt" record for a post whose image is right after.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from pathlib import Path
 
 from ..errors import KxlError
 
+# What counts as an image file: the still-image formats Pillow reads (gif included: an exported gif post is copied
+# like any image). Captions, metadata and videos (txt, json, mp4, zip ...) never do. This is about file names;
+# which *posts* are images is filters.py's IMAGE_EXTS, on the DB's file_ext.
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "avif", "tif", "tiff"})
 SHARD_RE = re.compile(r"data-(\d+)\.tar")
 MEMBER_RE = re.compile(r"(?:\./)?(\d{1,12})\.([A-Za-z0-9]{1,8})")
 BUCKETS = 1000
@@ -87,9 +93,9 @@ def open_image_source(root: str | Path) -> ImageSource:
             else:
                 src.ignored.append(name)
             continue
-        m = MEMBER_RE.fullmatch(name)
-        if m:
-            loose.setdefault(int(m.group(1)), name)  # sorted names: the first one wins
+        parsed = parse_member_name(name)
+        if parsed is not None:
+            loose.setdefault(parsed[0], name)  # sorted names: the first one wins
     updates_dir = root / "updates"
     if updates_dir.is_dir():
         src.updates = sorted(p for p in updates_dir.glob("*/*.tar") if p.is_file())
@@ -106,8 +112,9 @@ def open_image_source(root: str | Path) -> ImageSource:
 
 
 def parse_member_name(name: str) -> tuple[int, str] | None:
+    """(post id, lower-case extension) of an image named `<id>.<ext>`; None for any other name."""
     m = MEMBER_RE.fullmatch(name)
-    if not m:
+    if not m or m.group(2).lower() not in IMAGE_EXTS:
         return None
     return int(m.group(1)), m.group(2).lower()
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -310,32 +308,16 @@ def lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.kxl-lock"
 
 
-# outputs being merged by this process (the lock file is re-entrant per process)
-_IN_PROCESS: set[Path] = set()
-_IN_PROCESS_GUARD = threading.Lock()
-
-
 @contextlib.contextmanager
 def _output_lock(out: Path) -> Iterator[None]:
-    key = out.resolve()
-    with _IN_PROCESS_GUARD:
-        if key in _IN_PROCESS:  # two GUI jobs into one file: the lock file alone would let both through
-            raise AlreadyRunning(f"merge is already running (pid {os.getpid()}, this program)", path=out,
-                                 hint="wait for that merge to finish, or choose another output file")  # fmt: skip
-        _IN_PROCESS.add(key)
     try:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(owned(lock_path(out), "merge"))
-            except AlreadyRunning as exc:
-                # ownership names the folder: name the output file instead, and say what to do about a merge
-                message = str(exc).split("\n", 1)[0].removeprefix(f"{exc.path}: ")
-                raise AlreadyRunning(message, path=out, hint="wait for that merge to finish (or stop it), or "
-                                     "choose another output file") from None  # fmt: skip
+        with owned(lock_path(out), "merge"):
             yield
-    finally:
-        with _IN_PROCESS_GUARD:
-            _IN_PROCESS.discard(key)
+    except AlreadyRunning as exc:
+        # ownership names the folder: name the output file instead, and say what to do about a merge
+        message = str(exc).split("\n", 1)[0].removeprefix(f"{exc.path}: ")
+        raise AlreadyRunning(message, path=out, hint="wait for that merge to finish (or stop it), or "
+                             "choose another output file") from None  # fmt: skip
 
 
 def remove_stale_parts(out: Path) -> list[tuple[Path, int]]:
