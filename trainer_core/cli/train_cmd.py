@@ -69,7 +69,7 @@ def _quick_config(args: argparse.Namespace) -> Path:
             raise KxlError("--max-steps must be at least 1")
         cfg.training.max_steps = args.max_steps
     out = args.out.expanduser().resolve()
-    from ..train.supervisor import check_free_run_dir
+    from ..train.runs import check_free_run_dir
 
     check_free_run_dir(out)  # before the config of a live run could be overwritten
     out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from ..atomic import atomic_write_text, free_bytes
 from ..errors import KxlError
 from .checkpoint import STATE_PREFIX, TRAIN_STATE_FILE, state_dirs
 from .config import TrainConfig
-from .events import EVENTS_FILE, RUN_FILE, process_start_time, read_run_info
+from .events import EVENTS_FILE, RUN_FILE, RUN_LOCK_FILE, process_start_time, read_run_info
 
 LAUNCH_FILE = "launch.json"
 LAUNCHER_LOG = "logs/launcher.log"
@@ -102,6 +102,19 @@ def signal_group(pgid: int | None, sig: int) -> bool:
         return False
 
 
+def check_free_run_dir(run_dir: str | Path) -> None:
+    """Raise AlreadyRunning when a live trainer owns `run_dir` (its rank 0 holds `.kxl-run.lock`)."""
+    from ..ownership import AlreadyRunning, live_owner
+
+    owner = live_owner(Path(run_dir) / RUN_LOCK_FILE)
+    if owner is not None:
+        raise AlreadyRunning(
+            f"training is already running in this folder (pid {owner.pid})",
+            path=run_dir,
+            hint="stop it first (kxl train --stop RUN_DIR), or train into a new run directory",
+        )
+
+
 def start_trainer(argv: list[str], env: dict[str, str], run_dir: str | Path,
                   preexec_fn: Any = None) -> subprocess.Popen:  # fmt: skip
     """Start the launcher in its own session (so Stop can signal the whole DDP tree), output to the run's log.
@@ -110,6 +123,7 @@ def start_trainer(argv: list[str], env: dict[str, str], run_dir: str | Path,
     the launcher's identity so a later GUI can reconcile or stop the run.
     """
     run_dir = Path(run_dir)
+    check_free_run_dir(run_dir)  # before launch.json of a live run could be overwritten
     log_path = run_dir / LAUNCHER_LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}

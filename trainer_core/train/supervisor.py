@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KxlError
-from ..ownership import AlreadyRunning, live_owner
-from .events import RUN_LOCK_FILE, read_events, read_run_info, request_stop
+from .events import read_events, read_run_info, request_stop
 from .runs import LAUNCHER_LOG, signal_group, start_trainer
 
 STOP_GRACE_S = 600.0  # a full-size step plus the state save; then the group is terminated
@@ -40,17 +39,6 @@ class Outcome:
     state: str  # finished | stopped | failed
     message: str
     log: Path
-
-
-def check_free_run_dir(run_dir: Path) -> None:
-    """Raise AlreadyRunning when a live trainer owns `run_dir`."""
-    owner = live_owner(run_dir / RUN_LOCK_FILE)
-    if owner is not None:
-        raise AlreadyRunning(
-            f"training is already running in this folder (pid {owner.pid})",
-            path=run_dir,
-            hint="stop it first (kxl train --stop RUN_DIR), or train into a new run directory",
-        )
 
 
 def _kill_with_parent() -> None:  # runs in the child between fork and exec
@@ -69,7 +57,6 @@ class Supervisor:
         self.stopping = False
 
     def start(self) -> subprocess.Popen:
-        check_free_run_dir(self.run_dir)
         self.proc = start_trainer(self.argv, self.env, self.run_dir,
                                   preexec_fn=_kill_with_parent if self.tie_to_parent else None)  # fmt: skip
         return self.proc
