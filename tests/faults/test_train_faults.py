@@ -107,13 +107,20 @@ def test_ctrl_c_saves_at_the_end_of_the_step_and_exits_0(assets, tmp_path):
     assert not (run / RUN_LOCK_FILE).exists() and not _trainers_of(run)
 
 
-def test_killing_kxl_train_leaves_no_orphans_and_a_saved_state(assets, tmp_path):
+@pytest.mark.parametrize("victim", ["kxl train", "launcher"])
+def test_a_killed_supervisor_leaves_no_orphans_and_a_saved_state(assets, tmp_path, victim):
     run = tmp_path / "run"
     proc = _kxl_train(_config(run, assets))
     _wait_step(run, proc, 2)
     assert len(_trainers_of(run)) == 2  # world size 2: both ranks are up
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    if victim == "launcher":
+        launcher = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                        if "accelerate.commands.launch" in p.cmdline())  # fmt: skip
+        launcher.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=120)  # kxl train reports the end of its launch
+    else:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
     end = time.monotonic() + 120
     while _trainers_of(run) and time.monotonic() < end:
         time.sleep(0.2)

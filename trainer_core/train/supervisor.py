@@ -114,7 +114,8 @@ def run_outcome(run_dir: Path, launcher_code: int) -> Outcome:
     log = run_dir / LAUNCHER_LOG
     info = read_run_info(run_dir) or {}
     state = str(info.get("state", ""))
-    if state in ("done", "finished", "stopped") and launcher_code == 0:
+    if state in ("done", "finished", "stopped"):
+        # the trainer's own verdict wins: a launcher killed after its ranks saved and ended is not a failure
         return Outcome(0, "stopped" if state == "stopped" else "finished", "", log)
     errors = [e for e in read_events(run_dir) if e.get("type") == "error"]
     code = info.get("exit_code")
