@@ -35,6 +35,7 @@ from .dialogs import ERROR_DIALOG_NAME, show_error
 from .jobs import unexpected_error_text
 from .main_window import MainWindow
 from .settings import AppSettings
+from .widgets.wheel_guard import install_wheel_guard
 
 log = logging.getLogger("kxl_gui")
 
@@ -113,6 +114,7 @@ def create_application() -> QApplication:
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationVersion(trainer_core.__version__)
     app.setDesktopFileName("kohaku-xl-workbench")
+    install_wheel_guard(app)  # the wheel scrolls panels; it changes only the value widget the user focused
     res = resources_dir()
     icon = res / "icons" / "kxl.svg"
     if icon.is_file():

@@ -18,6 +18,7 @@ from .dialogs import show_info
 from .jobs import cancel_all
 from .pages.workspace_page import WorkspacePage
 from .tabs import discover_tabs
+from .widgets.wheel_guard import install_wheel_guard
 
 DEFAULT_SIZE = (1180, 780)
 
@@ -27,6 +28,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self, context: AppContext | None = None) -> None:
         super().__init__()
+        install_wheel_guard()  # idempotent; also covers a window built without kxl_gui.app (tests, embedding)
         self.context = context or AppContext()
         self.setWindowTitle(trainer_core.APP_NAME)
         self.setObjectName("mainWindow")

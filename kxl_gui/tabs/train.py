@@ -67,10 +67,12 @@ from ..context import AppContext
 from ..jobs import Job
 from ..pages.workspace_page import Card
 from ..widgets.train_gallery import SampleGallery
+from ..widgets.train_log import RunLogView
 from ..widgets.train_plots import TrainPlots
 from ..widgets.train_process import RunMonitor
 from ..widgets.train_runs import RunsList
 from ..widgets.train_settings import SettingsForm
+from ..widgets.wheel_guard import install_wheel_guard
 
 TAB_TITLE = "Train"
 TAB_ORDER = 40
@@ -82,6 +84,8 @@ REDRAW_SLOTS = ("loss", "lr", "grad", "status")  # the three plots (TrainPlots.P
 CATCH_UP_REDRAW_S = 0.6
 PREFLIGHT_DELAY_MS = 400
 DEVICES = (("auto", "Auto (GPU if present)"), ("gpu", "GPU"), ("cpu", "CPU (gloo)"))
+RESUMABLE = ("stopped", "failed")  # a finished run has nothing left to do; a live one is still doing it
+SETTINGS_HINT = "Hover an option for its TOML key; the search finds any option."
 STATE_TEXT = {"launching": "● launching", "running": "● running", "stopping": "● stopping", "finished": "✓ finished",
               "stopped": "■ stopped", "failed": "✕ failed", "idle": "no run"}  # fmt: skip
 _SUBSET_RE = re.compile(r"^\d+_.+")
@@ -181,6 +185,7 @@ class TrainTab(QWidget):
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        install_wheel_guard()  # idempotent: the wheel scrolls the settings, it never rewrites them in passing
         self.context = context
         self.setStyleSheet(LOCAL_STYLE)
         self.monitor: RunMonitor | None = None
@@ -201,6 +206,8 @@ class TrainTab(QWidget):
         self.stop_grace_s = 90.0
         self.term_grace_s = 20.0
         self.close_choice = ask_close_choice  # replaced in tests
+        self._form_locked = False
+        self._settings_run: Path | None = None  # the run whose config.toml the form shows
 
         self._build()
         self._preflight_timer = QTimer(self)
@@ -240,7 +247,7 @@ class TrainTab(QWidget):
         lcol.addWidget(self._build_preflight_card())
         lcol.addWidget(self._build_launch_card())
         settings_card = Card("Settings")
-        settings_card.set_subtitle("Hover an option for its TOML key; the search finds any option.")
+        settings_card.set_subtitle(SETTINGS_HINT)
         self.settings = SettingsForm()
         self.settings.changed.connect(self._on_settings_changed)
         settings_card.body.addWidget(self.settings)
@@ -269,9 +276,7 @@ class TrainTab(QWidget):
         self.runs.kill_requested.connect(self._kill_run)
         self.runs.refreshed.connect(self._on_runs_listed)
         self.live_tabs.addTab(self.runs, "Runs")
-        self.log_view = QPlainTextEdit()
-        self.log_view.setObjectName("logTail")
-        self.log_view.setReadOnly(True)
+        self.log_view = RunLogView()
         self.live_tabs.addTab(self.log_view, "Log")
         self.live_tabs.setMinimumHeight(210)
         rcol.addWidget(self.live_tabs, 2)
@@ -434,7 +439,10 @@ class TrainTab(QWidget):
         self.save_now_button = QPushButton("Save now")
         self.save_now_button.setToolTip("Save the LoKr and a resumable state after the current step")
         self.save_now_button.clicked.connect(lambda: self._command("save"))
-        for b in (self.stop_button, self.sample_button, self.save_now_button):
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setObjectName("resumeButton")
+        self.resume_button.clicked.connect(self.resume)
+        for b in (self.stop_button, self.resume_button, self.sample_button, self.save_now_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         card.body.addLayout(buttons)
@@ -457,12 +465,9 @@ class TrainTab(QWidget):
         lay = QHBoxLayout(page)
         lay.setContentsMargins(0, 6, 0, 0)
         states = QVBoxLayout()
-        states.addWidget(QLabel("Training states (resumable)"))
+        states.addWidget(QLabel("Training states (Resume, next to Stop, continues from the selected one)"))
         self.states_list = QListWidget()
         states.addWidget(self.states_list, 1)
-        self.resume_button = QPushButton("Resume from selected state")
-        self.resume_button.clicked.connect(self.resume)
-        states.addWidget(self.resume_button)
         lokrs = QVBoxLayout()
         lokrs.addWidget(QLabel("Saved LoKr files"))
         self.lokr_list = QListWidget()
@@ -480,10 +485,12 @@ class TrainTab(QWidget):
     def _apply_preset(self, name: str) -> None:
         base, dataset = self.base_edit.text(), self.dataset_edit.text()
         cfg = load_preset(name)
+        self._settings_run = None
         cfg.model.base, cfg.dataset.path = base, dataset
         self.preset_combo.setCurrentIndex(max(0, self.preset_combo.findData(name)))
         self._cfg = cfg
         self.settings.set_config(cfg)
+        self._update_settings_subtitle()
         self._refresh_auto_run_dir()
 
     def _on_workspace(self, ws: Workspace) -> None:
@@ -601,7 +608,22 @@ class TrainTab(QWidget):
         self.dataset_edit.setText(str(cfg.dataset_path) if cfg.dataset.path else "")
         self._cfg = cfg
         self.settings.set_config(cfg)
+        self._settings_run = None
+        self._update_settings_subtitle()
         self.context.show_status(f"Loaded training settings from {path}")
+
+    def show_run_settings(self, run_dir: Path) -> bool:
+        """Show the settings a run was started with (its config.toml snapshot) in the form."""
+        path = Path(run_dir) / "config.toml"
+        try:
+            self.load_toml(path)
+        except KxlError as exc:
+            self._settings_run = None
+            self.settings_card.set_subtitle(f"This run's settings could not be read: {exc}")
+            return False
+        self._settings_run = Path(run_dir)
+        self._update_settings_subtitle()
+        return True
 
     def save_toml(self, path: Path) -> None:
         cfg = self.current_config()
@@ -702,8 +724,8 @@ class TrainTab(QWidget):
             if self.report is None or not self.report.ok:
                 raise KxlError("the pre-flight check has problems (see above); fix them before launching")
             if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-                raise KxlError("this run folder already holds a run: resume it from the Checkpoints list, or "
-                               "choose a new folder", path=run_dir)  # fmt: skip
+                raise KxlError("this run folder already holds a run: open it from the Runs list and press "
+                               "Resume, or choose a new folder", path=run_dir)  # fmt: skip
             run_dir.mkdir(parents=True, exist_ok=True)
             config_path = run_dir / "config.toml"
             atomic_write_text(config_path, cfg.with_absolute_paths().to_toml())
@@ -715,7 +737,7 @@ class TrainTab(QWidget):
             return None
         self._show_launch_error(None)
         self.command_box.setPlainText(self.command_text(plan))
-        self._watch(run_dir, proc)
+        self._watch(run_dir, proc, show_settings=False)
         self._port = free_port()  # the next run must not collide with this one's rendezvous
         self._run_dir_auto = True
         self._refresh_auto_run_dir()
@@ -729,6 +751,9 @@ class TrainTab(QWidget):
             return None
         if self.monitor.active:
             self._show_launch_error("The run is still active: stop it before resuming.")
+            return None
+        if self.monitor.state not in RESUMABLE:
+            self._show_launch_error("This run finished: there is nothing left to resume.")
             return None
         run_dir = self.monitor.run_dir
         states = checkpoint_states(run_dir)
@@ -767,7 +792,8 @@ class TrainTab(QWidget):
         self.context.show_status("Launch command copied")
 
     # ================================================================================================ watching
-    def _watch(self, run_dir: Path, proc=None) -> RunMonitor:
+    def _watch(self, run_dir: Path, proc=None, show_settings: bool = True) -> RunMonitor:
+        """Follow `run_dir` (its events, its log); with `show_settings` the form shows the run's config.toml."""
         freeze_long_lived_objects()
         if self.monitor is not None:
             self.monitor.detach()
@@ -780,6 +806,11 @@ class TrainTab(QWidget):
         self._drawn = {"samples": -1, "saves": -1}
         self._slot_drawn.clear()
         self.gallery.clear()
+        self.log_view.follow(run_dir)
+        if show_settings:
+            self.show_run_settings(run_dir)
+        else:
+            self._settings_run = run_dir  # launched from the form: the form is what config.toml holds
         self.plots.set_series(monitor.series)
         self.run_title.setText(run_dir.name)
         self.run_title.setToolTip(str(run_dir))
@@ -888,10 +919,6 @@ class TrainTab(QWidget):
         if saves != self._drawn["saves"]:
             self._drawn["saves"] = saves
             self._refresh_checkpoints()
-        if s.last_status:
-            lines = self.log_view.toPlainText().splitlines()
-            if not lines or lines[-1] != s.last_status:
-                self.log_view.appendPlainText(s.last_status)
 
     def _figures_text(self) -> str:
         s = self.monitor.series
@@ -942,8 +969,47 @@ class TrainTab(QWidget):
         self.stop_button.setEnabled(active and m.state != "stopping")
         self.sample_button.setEnabled(active and m.handshake)
         self.save_now_button.setEnabled(active and m.handshake)
-        self.resume_button.setEnabled(m is not None and not active and self.states_list.count() > 0)
+        resumable = m is not None and not active and m.state in RESUMABLE and self.states_list.count() > 0
+        self.resume_button.setEnabled(resumable)
+        self.resume_button.setToolTip(self._resume_tip(resumable))
         self.open_generate_button.setEnabled(self.lokr_list.currentItem() is not None)
+        self._lock_form(active)
+
+    def _resume_tip(self, resumable: bool) -> str:
+        m = self.monitor
+        if resumable:
+            item = self.states_list.currentItem()
+            return f"Continue this run from its saved state ({item.text() if item else 'newest'}; pick another " \
+                   "in Checkpoints)"  # fmt: skip
+        if m is None:
+            return "Resume a stopped or failed run: open it from the Runs list first"
+        if m.active:
+            return "The run is still going: stop it first"
+        if m.state == "finished":
+            return "The run finished: there is nothing left to resume"
+        return "This run has no saved training state to resume from"
+
+    def _lock_form(self, locked: bool) -> None:
+        """While the watched run is live the form shows its settings read-only: edits would not reach it."""
+        if locked == self._form_locked:
+            return
+        self._form_locked = locked
+        self.settings.set_read_only(locked)
+        for edit in (self.dataset_edit, self.base_edit):
+            edit.setReadOnly(locked)
+        for w in (self.preset_combo, self.load_button):
+            w.setEnabled(not locked)
+        self._update_settings_subtitle()
+
+    def _update_settings_subtitle(self) -> None:
+        source = self._settings_run
+        if source is not None and self._form_locked:
+            text = f"Settings of the running run {source.name} (its config.toml), read-only while it runs."
+        elif source is not None:
+            text = f"Loaded from run {source.name} (its config.toml). {SETTINGS_HINT}"
+        else:
+            text = SETTINGS_HINT
+        self.settings_card.set_subtitle(text)
 
     # ================================================================================================ actions
     def stop(self) -> None:

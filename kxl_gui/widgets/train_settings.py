@@ -54,6 +54,25 @@ CHOICES = {
     "training.vae_dtype": VAE_DTYPES,
     "network.algo": ("lokr",),
 }
+# (minimum, step) of whole-number options, matching trainer_core.train.config.validate(), so a spin box cannot
+# hold a value the engine refuses (typing or stepping below stops at the minimum); other ints start at 0.
+INT_RANGES = {
+    "dataset.resolution": (64, 64),
+    "dataset.min_bucket_reso": (1, 64),
+    "dataset.max_bucket_reso": (1, 64),
+    "dataset.bucket_step": (32, 32),
+    "dataset.max_token_length": (75, 75),
+    "network.dim": (1, 1),
+    "network.conv_dim": (1, 1),
+    "network.factor": (-1, 1),  # -1: balanced
+    "training.batch_size": (1, 1),
+    "training.gradient_accumulation_steps": (1, 1),
+    "training.keep_states": (1, 1),
+    "training.sample_steps": (1, 1),
+    "training.max_nonfinite_steps": (1, 1),
+}
+INT_MAXIMUMS = {"dataset.max_token_length": 225}
+INT_MAX = 1_000_000_000
 HELP = {
     "model.v_prediction": "Train with v-prediction targets (only for v-pred base models).",
     "dataset.resolution": "Bucket area target: buckets hold about resolution² pixels.",
@@ -177,7 +196,9 @@ class SettingsForm(QWidget):
             w.toggled.connect(self._emit_changed)
         elif isinstance(default, int):
             w = QSpinBox()
-            w.setRange(-1, 1_000_000_000)
+            low, step = INT_RANGES.get(key, (0, 1))
+            w.setRange(low, INT_MAXIMUMS.get(key, INT_MAX))
+            w.setSingleStep(step)
             w.setGroupSeparatorShown(True)
             w.valueChanged.connect(self._emit_changed)
         elif key == "training.sample_prompts":
@@ -259,6 +280,14 @@ class SettingsForm(QWidget):
             section, name = key.split(".", 1)
             data[section][name] = self._value(key, data[section][name])
         return config_from_dict(data)
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Show the values without letting them change (a live run's settings); the search still works."""
+        for w in self.editors.values():
+            if isinstance(w, (QLineEdit, QPlainTextEdit, QSpinBox)):
+                w.setReadOnly(read_only)
+            else:
+                w.setEnabled(not read_only)
 
     # ---- search -------------------------------------------------------------------------------------------
     def filter(self, text: str) -> int:
