@@ -6,6 +6,8 @@ Pages receive the context instead of reaching into the main window, so a new tab
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QObject, Signal
 
 from trainer_core.workspace import Workspace
@@ -21,6 +23,9 @@ class AppContext(QObject):
     # "generate.add_lokr" with a Path) listens. Tabs never import each other.
     requested = Signal(str, object)
     activate_tab_requested = Signal(str)  # tab title
+    # A dataset folder (Path) the Dataset wizard has just written; tabs that show "the current dataset" (Tags)
+    # pick it up when they have none open. Opening it on purpose is the "tags.open_dataset" request.
+    dataset_built = Signal(object)
 
     def __init__(self, settings: AppSettings | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -34,6 +39,10 @@ class AppContext(QObject):
 
     def show_status(self, text: str) -> None:
         self.status_message.emit(text)
+
+    def announce_dataset(self, path: Path) -> None:
+        """Tell every tab that a dataset was just built at `path` (the Dataset wizard calls this)."""
+        self.dataset_built.emit(Path(path))
 
     def request(self, action: str, payload: object = None, *, switch_to: str | None = None) -> None:
         """Ask another tab to act; optionally bring the tab titled `switch_to` to the front."""

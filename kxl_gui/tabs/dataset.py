@@ -391,10 +391,24 @@ class DatasetTab(QWidget):
         self.missing_list.setMaximumHeight(140)
         missing_box.addWidget(self.missing_list)
         lower.addLayout(missing_box, 1)
+        hand_offs = QVBoxLayout()
+        hand_offs.addStretch(1)
+        # What a user does next with the folder: look at its captions, train on it, or see the files.
+        self.open_tags_button = QPushButton("Open in Tags")
+        self.open_tags_button.setObjectName("primaryButton")
+        self.open_tags_button.setToolTip("Browse the captions and tags of this dataset in the Tags tab")
+        self.open_tags_button.clicked.connect(self.open_in_tags)
+        self.train_button = QPushButton("Use for training")
+        self.train_button.setToolTip("Set this dataset as the Train tab's dataset")
+        self.train_button.clicked.connect(self.use_for_training)
         self.open_button = QPushButton("Open dataset folder")
         self.open_button.clicked.connect(self._open_folder)
-        lower.addWidget(self.open_button, 0, Qt.AlignmentFlag.AlignBottom)
+        for button in (self.open_tags_button, self.train_button, self.open_button):
+            button.setEnabled(False)  # until a build finished
+            hand_offs.addWidget(button)
+        lower.addLayout(hand_offs)
         lay.addLayout(lower)
+        self.build_finished.connect(self._hand_off_built)
         return page
 
     # ---- navigation -----------------------------------------------------------------------------------------
@@ -863,6 +877,22 @@ class DatasetTab(QWidget):
     def _open_folder(self) -> None:
         if self.result is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.result.out)))
+
+    # ---- hand-offs to the other tabs (AppContext requests; see kxl_gui/context.py) ---------------------------
+    def _hand_off_built(self, result) -> None:
+        for button in (self.open_tags_button, self.train_button, self.open_button):
+            button.setEnabled(True)
+        self.context.announce_dataset(Path(result.out))
+
+    def open_in_tags(self) -> None:
+        """Show the dataset just built in the Tags tab (handled there as "tags.open_dataset")."""
+        if self.result is not None:
+            self.context.request("tags.open_dataset", Path(self.result.out), switch_to="Tags")
+
+    def use_for_training(self) -> None:
+        """Make the dataset just built the Train tab's dataset ("train.set_dataset")."""
+        if self.result is not None:
+            self.context.request("train.set_dataset", Path(self.result.out), switch_to="Train")
 
 
 def create_tab(context: AppContext) -> QWidget:

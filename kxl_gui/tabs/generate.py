@@ -6,15 +6,25 @@ generation itself (trainer_core.generate.pipeline.generate, the same code the CL
 
 Cross-tab actions handled here (AppContext.request):
 - "generate.set_model" (Path): use this checkpoint as the base model;
-- "generate.add_lokr" (Path): add this LoKr to the list at strength 1.0.
+- "generate.add_lokr" (Path): add this LoKr to the list at strength 1.0 and select the base it was trained on
+  (named in its metadata) among the known models; when that base is not found here the current one stays and an
+  inline note says so.
+
+Nothing here walks folders or reads files on the GUI thread: the known models and LoKr files, a LoKr's header and
+a dropped PNG's parameters are read in `Job`s. The first generation of a session imports torch and diffusers
+(~2,000 modules); that happens in a warm-up job when the tab is first shown, inside `quiet_gc()` (see jobs.py),
+so the collector's full passes over that import do not freeze the window.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QPixmap
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QPixmap, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -49,7 +59,7 @@ from trainer_core.train.buckets import make_buckets
 from trainer_core.workspace import Workspace
 
 from ..context import AppContext
-from ..jobs import Job
+from ..jobs import Job, quiet_gc
 from ..pages.workspace_page import Card
 from ..widgets.generate_gallery import GalleryView, pil_to_qimage
 from ..widgets.generate_prompt import (
@@ -85,20 +95,175 @@ def _load_vocabulary(ws: Workspace | None, progress):
     """(vocabulary, completer): the workspace DB's tags, or the shipped tag list for the demo / no DB."""
     from trainer_core.tags import TagCompleter, TagVocabulary
 
-    vocab = None
-    # The demo DB's tag counts are synthetic; the shipped list has real Danbooru post counts and aliases.
-    if ws is not None and ws.kind != "demo" and ws.db_path is not None and ws.db_path.is_file():
-        vocab = TagVocabulary.from_db(ws.db_path, progress)
-    if vocab is None:
-        vocab = TagVocabulary.from_csv(resources_dir() / "demo" / "tags.csv", progress)
-    progress.stage("building the completion index")
-    return vocab, TagCompleter(vocab)
+    with quiet_gc():  # long-lived: no full collection over it while it is built, nor after
+        vocab = None
+        # The demo DB's tag counts are synthetic; the shipped list has real Danbooru post counts and aliases.
+        if ws is not None and ws.kind != "demo" and ws.db_path is not None and ws.db_path.is_file():
+            vocab = TagVocabulary.from_db(ws.db_path, progress)
+        if vocab is None:
+            vocab = TagVocabulary.from_csv(resources_dir() / "demo" / "tags.csv", progress)
+        progress.stage("building the completion index")
+        return vocab, TagCompleter(vocab)
 
 
 def _load_tokenizer(_progress):
     from trainer_core.models.tokenizers import load_sdxl_tokenizers
 
-    return load_sdxl_tokenizers()[0]
+    with quiet_gc():
+        return load_sdxl_tokenizers()[0]
+
+
+_engine_lock = threading.Lock()
+_engine_warm = False
+
+
+def warm_engine(progress=None) -> None:
+    """Import what the first generation of a session needs, once per process, with the collector paused and the
+    result frozen (jobs.quiet_gc): measured on the demo, this turns 0.2-0.6 s GUI stalls at the first Generate
+    into none. A second caller waits for the first one's imports."""
+    global _engine_warm
+    with _engine_lock:
+        if _engine_warm:
+            return
+        if progress is not None:
+            progress.stage("loading the generation engine (first run only)")
+        with quiet_gc():
+            from trainer_core.hf_quiet import quiet_hf
+
+            with quiet_hf():
+                import diffusers
+                import transformers
+
+                for name in ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "AutoencoderKL",
+                             "UNet2DConditionModel", "EulerDiscreteScheduler"):  # fmt: skip
+                    getattr(diffusers, name)  # diffusers and transformers import their classes lazily
+                for name in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+                    getattr(transformers, name)
+                import trainer_core.generate.lokr_apply  # noqa: F401
+                import trainer_core.generate.pipeline  # noqa: F401
+                import trainer_core.generate.samplers  # noqa: F401
+                import trainer_core.models.loading  # noqa: F401
+        _engine_warm = True
+
+
+def _run_generation(request: GenerationRequest, progress):
+    from trainer_core.generate.pipeline import generate
+
+    warm_engine(progress)
+    return generate(request, progress)
+
+
+@dataclass
+class KnownModels:
+    """What the workspace holds for the model panel, found by `scan_models` in a worker."""
+
+    # Base checkpoints (the workspace's roles first), the full SHA-256 of those whose hash is cached, and LoKr
+    # files by file stem (models/ first, then runs/).
+    bases: list[Path] = dataclasses.field(default_factory=list)
+    sha256: dict[Path, str] = dataclasses.field(default_factory=dict)
+    lokrs: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+
+def scan_models(ws: Workspace | None) -> KnownModels:
+    from trainer_core.hashing import cached_sha256
+
+    known = KnownModels()
+    if ws is None:
+        return known
+    # A merged base ("base") first: it is what the card generates with; then the other roles, then models/.
+    roles = sorted(ws.checkpoints, key=lambda r: (r != "base", r != "original", r))
+    for role in roles:
+        path = ws.checkpoint_path(role)
+        if path is not None and path.exists() and path not in known.bases:
+            known.bases.append(path)
+    if ws.models_path.is_dir():
+        for path in sorted(ws.models_path.rglob("*.safetensors")):
+            if path not in known.bases and "lokr" not in path.name.lower():
+                known.bases.append(path)
+    for path in known.bases:
+        try:
+            digest = cached_sha256(path) if path.is_file() else None
+        except OSError:
+            digest = None
+        if digest:
+            known.sha256[path] = digest
+    for root in (ws.models_path, ws.runs_path):
+        if root.is_dir():
+            for path in sorted(root.rglob("*.safetensors")):
+                known.lokrs.setdefault(path.stem, path)
+    return known
+
+
+# Metadata keys of a LoKr that say which base it was trained on, most specific first. `ss_*` are sd-scripts'
+# (ss_new_sd_model_hash is the base file's SHA-256, ss_sd_model_hash the legacy short hash); the `kxl.*` keys
+# are ours for the base's path and SHA-256.
+BASE_PATH_KEYS = ("kxl.base_model",)
+BASE_HASH_KEYS = ("kxl.base_sha256", "ss_new_sd_model_hash", "ss_sd_model_hash")
+BASE_NAME_KEYS = ("ss_sd_model_name",)
+
+
+@dataclass(frozen=True)
+class BaseHint:
+    """What a LoKr's metadata says about its base model (empty strings where it says nothing)."""
+
+    path: str = ""
+    sha256: str = ""
+    name: str = ""
+
+    @property
+    def shown(self) -> str:
+        return Path(self.path).name if self.path else (self.name or (self.sha256[:10] if self.sha256 else ""))
+
+
+def read_base_hint(lokr: Path) -> BaseHint:
+    """The base named in a LoKr's safetensors header (read in a worker: header only, no tensor data)."""
+    from trainer_core.models.safetensors_header import read_header
+
+    meta = read_header(lokr).metadata
+
+    def first(keys: tuple[str, ...]) -> str:
+        return next((meta[k].strip() for k in keys if meta.get(k, "").strip()), "")
+
+    return BaseHint(first(BASE_PATH_KEYS), first(BASE_HASH_KEYS).lower(), first(BASE_NAME_KEYS))
+
+
+def match_base(hint: BaseHint, known: KnownModels) -> tuple[Path | None, str]:
+    """The known base a LoKr was trained on and how it was recognised ("path", "hash" or "name"); (None, "")
+    when none fits. A path that exists on disk but is not in the list counts as found."""
+    if hint.path:
+        wanted = Path(hint.path)
+        for path in known.bases:
+            if _same_file(path, wanted):
+                return path, "path"
+    if hint.sha256:
+        for path in known.bases:
+            digest = known.sha256.get(path, "")
+            if digest and digest.startswith(hint.sha256):  # a short A1111 hash is a prefix of the full one
+                return path, "hash"
+    if hint.path and Path(hint.path).is_file():
+        return Path(hint.path), "path"
+    if hint.name:
+        for path in known.bases:
+            if path.name == hint.name:
+                return path, "name"
+    return None, ""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a == b or a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def find_lokr_base(
+    lokr: Path, ws: Workspace | None, known: KnownModels | None
+) -> tuple[BaseHint, Path | None, str]:
+    """(what the LoKr names as its base, the known base that matches or None, how it matched), in a worker;
+    `known` None (the panel's scan has not arrived yet): scan here."""
+    hint = read_base_hint(lokr)
+    base, how = match_base(hint, known if known is not None else scan_models(ws))
+    return hint, base, how
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:
@@ -121,6 +286,9 @@ class GenerateTab(QWidget):
     generation_finished = Signal(object)  # GenerationResult
     generation_failed = Signal(str)
     vocabulary_ready = Signal()
+    models_ready = Signal()  # the model panel's list of known models arrived
+    lokr_base_checked = Signal(str)  # after "generate.add_lokr": the note shown ("" = its base was selected)
+    parameters_restored = Signal(list)  # notes, after a dropped PNG's parameters were applied
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -129,8 +297,14 @@ class GenerateTab(QWidget):
         self.tokenizer = None
         self.job: Job | None = None
         self.last_seed: int | None = None
+        self.known: KnownModels | None = None  # None until the scan of the workspace's models arrives
         self._updating_text = False
         self._vocab_generation = 0
+        self._models_generation = 0
+        self._lokr_generation = 0
+        self._pending_model: Path | None = None  # chosen before the scan arrived: kept over the default
+        self._warm_started = False
+        self._jobs: list[Job] = []
         self.setAcceptDrops(True)
         self._build()
         self._reparse_timer = QTimer(self)
@@ -287,6 +461,11 @@ class GenerateTab(QWidget):
         browse.clicked.connect(self._browse_model)
         model_row.addWidget(browse)
         model_card.body.addLayout(model_row)
+        self.model_note = QLabel("")
+        self.model_note.setObjectName("muted")
+        self.model_note.setWordWrap(True)
+        self.model_note.hide()
+        model_card.body.addWidget(self.model_note)
         self.lokr_table = QTableWidget(0, 2)
         self.lokr_table.setHorizontalHeaderLabels(["LoKr", "Strength"])
         self.lokr_table.verticalHeader().hide()
@@ -424,8 +603,10 @@ class GenerateTab(QWidget):
     def set_workspace(self, ws: Workspace | None) -> None:
         self.workspace = ws
         self.model_combo.clear()
-        for path in self._candidate_models(ws):
-            self.model_combo.addItem(path.name, str(path))
+        self.known = None
+        self._pending_model = None
+        self._show_model_note("")
+        self.refresh_models()
         self.output_dir = (ws.outputs_path / "generate") if ws is not None else None
         shown = ""
         if self.output_dir is not None and ws is not None:
@@ -437,21 +618,40 @@ class GenerateTab(QWidget):
         self.output_label.setToolTip(str(self.output_dir) if self.output_dir else "")
         self._start_vocabulary(ws)
 
-    def _candidate_models(self, ws: Workspace | None) -> list[Path]:
-        if ws is None:
-            return []
-        found: list[Path] = []
-        # A merged base ("base") first: it is what the card generates with; then the other roles, then models/.
-        roles = sorted(ws.checkpoints, key=lambda r: (r != "base", r != "original", r))
-        for role in roles:
-            path = ws.checkpoint_path(role)
-            if path is not None and path.exists():
-                found.append(path)
-        if ws.models_path.is_dir():
-            for path in sorted(ws.models_path.rglob("*.safetensors")):
-                if path not in found and "lokr" not in path.name.lower():
-                    found.append(path)
-        return found
+    def refresh_models(self) -> None:
+        """Look for base checkpoints and LoKr files in the workspace (a worker); the list follows when it lands."""
+        self._models_generation += 1
+        generation, ws = self._models_generation, self.workspace
+        self._start(Job(lambda _p: scan_models(ws), name="Find models", parent=self),
+                    lambda known: self._on_models(generation, known))  # fmt: skip
+
+    def _on_models(self, generation: int, known: KnownModels) -> None:
+        if generation != self._models_generation:
+            return
+        self.known = known
+        chosen = self._pending_model or self.model_path()  # set or typed before the scan, or the current one
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for path in known.bases:
+            self.model_combo.addItem(path.name, str(path))
+        self.model_combo.blockSignals(False)
+        if chosen is not None:
+            self.set_model(chosen)
+        elif self.model_combo.count():
+            self.model_combo.setCurrentIndex(0)
+        self._pending_model = None
+        self.models_ready.emit()
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if not self._warm_started:
+            # While the user writes a prompt, not when they press Generate.
+            self._warm_started = True
+            # A failure here shows again, with its message, when Generate runs the same imports.
+            job = Job(warm_engine, name="Load generation engine", parent=self)
+            self._start(job, lambda _r: None, on_fail=lambda _t: None)
+        elif self.known is not None:
+            self.refresh_models()  # a LoKr may have been trained since
 
     def _start_vocabulary(self, ws: Workspace | None) -> None:
         self._vocab_generation += 1
@@ -570,11 +770,51 @@ class GenerateTab(QWidget):
 
     def set_model(self, path: Path) -> None:
         path = Path(path)
+        if self.known is None:
+            self._pending_model = path  # the scan, when it lands, keeps this choice
         index = self.model_combo.findData(str(path))
         if index < 0:
             self.model_combo.insertItem(0, path.name, str(path))
             index = 0
         self.model_combo.setCurrentIndex(index)
+
+    def select_base_of(self, lokr: Path) -> None:
+        """Select the base `lokr` was trained on (its metadata names it), found among the known models by path,
+        hash or file name; else keep the current one and say so under the model box."""
+        self._lokr_generation += 1
+        generation, ws, known = self._lokr_generation, self.workspace, self.known
+        self._start(
+            Job(lambda _p: find_lokr_base(Path(lokr), ws, known), name="Read LoKr metadata", parent=self),
+            lambda result: self._on_lokr_base(generation, Path(lokr), *result),
+            on_fail=lambda text: self._on_lokr_base_failed(generation, text),
+        )
+
+    def _on_lokr_base(self, generation: int, lokr: Path, hint: BaseHint, base: Path | None, how: str) -> None:
+        if generation != self._lokr_generation:
+            return
+        current = self.model_path()
+        if base is not None:
+            self.set_model(base)
+            note = ""
+            if current is not None and not _same_path(current, base):
+                self.context.show_status(f"{lokr.name} was trained on {base.name} (found by {how}): selected")
+        elif hint.shown:
+            kept = f"kept {current.name}" if current is not None else "choose a base checkpoint"
+            note = f"{lokr.name} was trained on {hint.shown}, which is not among the models here; {kept}."
+        else:
+            kept = f"kept {current.name}" if current is not None else "choose a base checkpoint"
+            note = f"{lokr.name} does not say which base it was trained on; {kept}."
+        self._show_model_note(note)
+        self.lokr_base_checked.emit(note)
+
+    def _on_lokr_base_failed(self, generation: int, text: str) -> None:
+        if generation == self._lokr_generation:
+            self._show_model_note(f"Could not read the LoKr's metadata: {text}")
+            self.lokr_base_checked.emit(text)
+
+    def _show_model_note(self, text: str) -> None:
+        self.model_note.setText(text)
+        self.model_note.setVisible(bool(text))
 
     def add_lokr(self, path: Path, multiplier: float = 1.0) -> None:
         path = Path(path)
@@ -618,9 +858,11 @@ class GenerateTab(QWidget):
 
     def _on_request(self, action: str, payload: object) -> None:
         if action == "generate.set_model" and payload:
+            self._show_model_note("")
             self.set_model(Path(payload))
         elif action == "generate.add_lokr" and payload:
             self.add_lokr(Path(payload))
+            self.select_base_of(Path(payload))
 
     # ---- settings -----------------------------------------------------------------------------------------
     def _apply_size_preset(self, index: int) -> None:
@@ -669,8 +911,6 @@ class GenerateTab(QWidget):
 
     # ---- generation ---------------------------------------------------------------------------------------
     def start_generation(self) -> None:
-        from trainer_core.generate.pipeline import generate
-
         if self.job is not None and self.job.is_running:
             return
         self._set_error(None)
@@ -678,7 +918,7 @@ class GenerateTab(QWidget):
             self._set_error("Choose a base checkpoint first (Model panel).")
             return
         request = self.build_request()
-        self.job = Job(lambda p: generate(request, p), name="Generate", parent=self)
+        self.job = Job(lambda p: _run_generation(request, p), name="Generate", parent=self)
         self.job.progress.connect(self._on_progress)
         self.job.succeeded.connect(self._on_generated)
         self.job.failed.connect(self._on_failed)
@@ -702,9 +942,9 @@ class GenerateTab(QWidget):
                 f"  ~{event.eta_s:.0f} s left" if event.eta_s is not None and event.done < event.total else ""
             )
             self.progress_label.setText(f"{event.message}: step {int(event.done)}/{int(event.total)}{eta}")
-        else:
+        else:  # a stage without steps (loading, hires upscale, VAE decode): a busy bar and its name
             self.progress.setRange(0, 0)
-            self.progress_label.setText(event.message)
+            self.progress_label.setText(f"{event.message}…")
 
     def _on_generated(self, result) -> None:
         item = None
@@ -787,13 +1027,8 @@ class GenerateTab(QWidget):
         return notes
 
     def _find_lokr(self, name: str) -> Path | None:
-        if self.workspace is None:
-            return None
-        for root in (self.workspace.models_path, self.workspace.runs_path):
-            if root.is_dir():
-                for path in root.rglob(f"{name}.safetensors"):
-                    return path
-        return None
+        """A LoKr file of the workspace by file stem, from the last scan (no folder walk here)."""
+        return self.known.lokrs.get(name) if self.known is not None else None
 
     @staticmethod
     def _set_combo(combo: QComboBox, value: str | None, notes: list[str], what: str) -> None:
@@ -824,18 +1059,48 @@ class GenerateTab(QWidget):
         event.acceptProposedAction()
 
     def restore_from_image(self, path: Path) -> None:
-        from trainer_core.errors import KxlError
+        """Read a PNG's A1111 parameters in a worker and apply them; `parameters_restored` follows. When they name
+        LoKrs, the workspace is looked through again in the same worker (one may have been trained since)."""
+        path, ws = Path(path), self.workspace
 
-        try:
-            text = read_png_parameters(path)
-        except KxlError as exc:
-            self._set_error(str(exc))
-            return
+        def read(_progress) -> tuple[str, KnownModels | None]:
+            text = read_png_parameters(path) or ""
+            return text, (scan_models(ws) if "<lora:" in text else None)
+
+        self._start(
+            Job(read, name="Read PNG parameters", parent=self),
+            lambda result: self._on_png_read(path, result[0], result[1] if self.workspace is ws else None),
+            on_fail=lambda message: self._on_png_read(path, "", None, message),
+        )
+
+    def _on_png_read(self, path: Path, text: str, known: KnownModels | None, error: str = "") -> None:
         if not text:
-            self._set_error(f"{path.name} has no generation parameters")
+            message = error or f"{path.name} has no generation parameters"
+            self._set_error(message)
+            self.parameters_restored.emit([message])
             return
+        if known is not None and self.known is None:
+            self._on_models(self._models_generation, known)  # a fresh scan of the same workspace
+        elif known is not None and self.known is not None:
+            self.known = dataclasses.replace(self.known, lokrs=known.lokrs)
         self._set_error(None)
-        self.apply_infotext(text)
+        self.parameters_restored.emit(self.apply_infotext(text))
+
+    # ---- plumbing -----------------------------------------------------------------------------------------
+    def _start(self, job: Job, on_success, on_fail=None) -> Job:
+        job.succeeded.connect(on_success)
+        job.failed.connect(on_fail or (lambda text: self._set_error(text)))
+        job.finished.connect(lambda: self._jobs.remove(job) if job in self._jobs else None)
+        self._jobs.append(job)
+        return job.start()
+
+    def wait_for_jobs(self, timeout_s: float = 30.0) -> bool:
+        """Block until the tab's helper jobs end (tests and screenshots); results arrive via the event loop."""
+        return all(job.wait(timeout_s) for job in list(self._jobs))
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return str(a) == str(b)
 
 
 def create_tab(context: AppContext) -> QWidget:

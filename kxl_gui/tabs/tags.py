@@ -8,13 +8,19 @@ Right, "Dataset": tag frequencies, category/rating/quality/year counts, the buck
 Right, "Bulk edit": add / remove / replace a tag over the selected images (Ctrl/Shift-click in the grid), the
 current filter or the whole dataset, with Undo (also Ctrl+Z) of the last edit from the dataset's undo journal.
 
-Indexing the folder, loading the tag vocabulary, reading image sizes for the statistics, building the
-completion index and decoding pictures all run off the GUI thread (`Job`s and the thumbnail loader); a
-generation counter drops results that arrive after the user opened another dataset.
+Finding the newest dataset, indexing the folder, reading the undo journal, loading the tag vocabulary, reading
+image sizes for the statistics, building the completion index and decoding pictures all run off the GUI thread
+(`Job`s and the thumbnail loader); a generation counter drops results that arrive after the user opened another
+dataset. Workers never write the index the GUI shows: the statistics job reads image sizes into its own result
+and the GUI thread copies them into the entries when it arrives.
+
+Cross-tab: "tags.open_dataset" (Path of a dataset folder) opens it here; a dataset the Dataset wizard has just
+built (AppContext.dataset_built) is opened when none is open.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +48,27 @@ from trainer_core.errors import KxlError
 from trainer_core.progress import Progress, ProgressEvent
 from trainer_core.tags.bulk_edit import edit_dataset, preview_bulk_edit
 from trainer_core.tags.caption_processing import card_caption_processing
-from trainer_core.tags.dataset_index import DatasetIndex, find_newest_dataset, open_dataset, split_caption
-from trainer_core.tags.edit_journal import last_edit, undo_last
+from trainer_core.tags.dataset_index import (
+    DatasetIndex,
+    DatasetProblem,
+    find_newest_dataset,
+    open_dataset,
+    read_image_header_size,
+    split_caption,
+)
+from trainer_core.tags.edit_journal import JournalInfo, last_edit, undo_last
 from trainer_core.tags.preview import BucketPreview, bucket_preview, caption_variants
 from trainer_core.tags.vocabulary import TagVocabulary
 from trainer_core.workspace import Workspace
 
 from ..context import AppContext
-from ..jobs import Job
+from ..jobs import Job, quiet_gc
 from ..widgets.tags_bulk_edit import BulkEditPanel
 from ..widgets.tags_chips import ChipView
 from ..widgets.tags_grid import CELL_SIZE, DatasetGridModel, ThumbnailDelegate, ThumbnailLoader
 from ..widgets.tags_image_view import CropImageView
 from ..widgets.tags_search import TagSearchEdit
-from ..widgets.tags_stats import DatasetStatsView
+from ..widgets.tags_stats import DatasetStatsView, stat_rows
 
 TAB_TITLE = "Tags"
 TAB_ORDER = 20
@@ -86,12 +99,13 @@ def _load_preview(path: Path, progress: Progress) -> tuple[QImage, tuple[int, in
 def _load_vocabulary(db: Path | None, progress: Progress) -> TagVocabulary:
     from trainer_core.tags.preview import load_vocabulary
 
-    if db is not None and db.is_file():
-        try:
-            return load_vocabulary(db, progress)
-        except KxlError:
-            pass  # a broken DB is reported by the Workspace page; the shipped tag list still gives categories
-    return load_vocabulary(None, progress)
+    with quiet_gc():  # long-lived, built from many small objects (see kxl_gui/jobs.py)
+        if db is not None and db.is_file():
+            try:
+                return load_vocabulary(db, progress)
+            except KxlError:
+                pass  # a broken DB is reported by the Workspace page; the shipped tag list still gives categories
+        return load_vocabulary(None, progress)
 
 
 def _build_completer(index: DatasetIndex, vocabulary: TagVocabulary | None, progress: Progress) -> object:
@@ -99,15 +113,95 @@ def _build_completer(index: DatasetIndex, vocabulary: TagVocabulary | None, prog
     from trainer_core.tags.preview import dataset_tag_vocabulary
 
     progress.stage("building tag completion")
-    return TagCompleter(dataset_tag_vocabulary(index, vocabulary))
+    with quiet_gc():  # long-lived, and built from many small objects (see kxl_gui/jobs.py)
+        completer = TagCompleter(dataset_tag_vocabulary(index, vocabulary))
+        # Anything the completer builds on first use is built here, not on the user's first keypress.
+        completer.complete("a", limit=1)
+    return completer
 
 
-def _compute_stats(index: DatasetIndex, vocabulary: TagVocabulary | None, progress: Progress) -> object:
+def _index_dataset(path: Path, progress: Progress) -> tuple[DatasetIndex, JournalInfo | None]:
+    index = open_dataset(path, progress)
+    return index, last_edit(index.root)
+
+
+def _newest_to_open(datasets: Path, ws_root: Path, open_root: Path | None) -> Path | None:
+    """The workspace's newest dataset, unless the open one is already inside the workspace (file walks: a worker)."""
+    if open_root is not None and _is_inside(open_root, ws_root):
+        return None
+    return find_newest_dataset(datasets)
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+@dataclasses.dataclass
+class StatsResult:
+    """What the statistics job hands to the GUI thread. Image sizes it read from headers are here, keyed by entry
+    position ((-1, -1) = unreadable, with a problem), never written into the shared index by the worker."""
+
+    stats: object  # trainer_core.tags.dataset_stats.DatasetStats
+    rows: list  # widgets.tags_stats.StatRow for the frequency table, prepared off the GUI thread
+    sizes: dict[int, tuple[int, int]]
+    problems: list[DatasetProblem]
+
+
+class _SizedView:
+    """The index as `compute_stats` reads it, with the sizes the job read filled in: copies of the entries that
+    changed, the others shared read-only."""
+
+    def __init__(
+        self, index: DatasetIndex, sizes: dict[int, tuple[int, int]], problems: list[DatasetProblem]
+    ):
+        self.tag_image_counts = index.tag_image_counts
+        self.tag_texts = index.tag_texts
+        self.entries = list(index.entries)
+        for i, (w, h) in sizes.items():
+            self.entries[i] = dataclasses.replace(self.entries[i], width=w, height=h)
+        self.problems = list(index.problems) + problems
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def read_missing_sizes(
+    index: DatasetIndex, progress: Progress
+) -> tuple[dict[int, tuple[int, int]], list[DatasetProblem]]:
+    """Read the image headers of entries whose size is unknown; returns the sizes and the problems found, and
+    writes nothing into `index` (the GUI thread owns it)."""
+    todo = [i for i, e in enumerate(index.entries) if e.width == 0 or e.height == 0]
+    sizes: dict[int, tuple[int, int]] = {}
+    problems: list[DatasetProblem] = []
+    if todo:
+        progress.stage(f"reading {len(todo):,} image sizes")
+    for done, i in enumerate(todo, 1):
+        size = read_image_header_size(index.image_path(i))
+        if isinstance(size, str):
+            sizes[i] = (-1, -1)  # remembered as unreadable: never retried
+            problems.append(DatasetProblem(index.entries[i].image, size))
+        else:
+            sizes[i] = size
+        if done % 256 == 0 or done == len(todo):
+            progress.update(done, len(todo))
+            progress.check_cancelled()
+    return sizes, problems
+
+
+def _compute_stats(index: DatasetIndex, vocabulary: TagVocabulary | None, progress: Progress) -> StatsResult:
     from trainer_core.tags.dataset_stats import compute_stats
 
-    index.read_image_sizes(progress)
+    sizes, problems = read_missing_sizes(index, progress)
     progress.stage("computing statistics")
-    return compute_stats(index, vocabulary)
+    with quiet_gc():
+        stats = compute_stats(_SizedView(index, sizes, problems), vocabulary)  # type: ignore[arg-type]
+        rows = stat_rows(stats.tags)
+        import pyqtgraph  # noqa: F401  (the bucket chart's first import: 0.3 s, here rather than on the GUI thread)
+    return StatsResult(stats, rows, sizes, problems)
 
 
 def _section(text: str) -> QLabel:
@@ -135,10 +229,13 @@ class TagsTab(QWidget):
         self._generation = 0
         self._preview_generation = 0
         self._vocab_db: Path | None = None
+        self._opening: Path | None = None  # the folder being indexed
         self._jobs: list[Job] = []
         self._edit_job: Job | None = None
         self._build_ui()
         context.workspace_changed.connect(self._on_workspace)
+        context.requested.connect(self._on_request)
+        context.dataset_built.connect(self._on_dataset_built)
         if context.workspace is not None:
             self._on_workspace(context.workspace)
 
@@ -312,17 +409,30 @@ class TagsTab(QWidget):
             self._run(
                 Job(lambda p: _load_vocabulary(db, p), name="Load tag list", parent=self), self._vocab_loaded
             )
-        newest = find_newest_dataset(ws.datasets_path)
-        if newest is not None and (self.index is None or not self._is_inside(self.index.root, ws.root)):
+        generation = self._generation
+        datasets, root = ws.datasets_path, ws.root
+        open_root = self.index.root if self.index is not None else self._opening
+        find = Job(
+            lambda _p: _newest_to_open(datasets, root, open_root), name="Find newest dataset", parent=self
+        )
+        self._run(
+            find,
+            lambda newest: self._newest_found(newest, generation),
+            show_progress=False,
+        )
+
+    def _newest_found(self, newest: Path | None, generation: int) -> None:
+        # Dropped when the user (or a hand-off) opened something while the folders were being looked at.
+        if newest is not None and generation == self._generation:
             self.open_dataset(newest)
 
-    @staticmethod
-    def _is_inside(path: Path, folder: Path) -> bool:
-        try:
-            path.resolve().relative_to(folder.resolve())
-        except ValueError:
-            return False
-        return True
+    def _on_request(self, action: str, payload: object) -> None:
+        if action == "tags.open_dataset" and payload:
+            self.open_dataset(Path(payload))
+
+    def _on_dataset_built(self, path: Path) -> None:
+        if self.index is None and self._opening is None:
+            self.open_dataset(Path(path))
 
     def choose_dataset(self) -> None:
         ws = self.context.workspace
@@ -339,20 +449,32 @@ class TagsTab(QWidget):
         self.path_label.setText(str(path))
         self.count_label.setText("indexing…")
         self._show_message("")
+        self._opening = path
         old = self.index if keep_view else None
         view = (self.current_entry, self.selected_entries()) if old is not None else None
-        job = Job(lambda p: open_dataset(path, p), name="Index dataset", parent=self)
-        self._run(job, lambda index: self._dataset_opened(index, generation, old, view))
+        job = Job(lambda p: _index_dataset(path, p), name="Index dataset", parent=self)
+        self._run(
+            job,
+            lambda result: self._dataset_opened(*result, generation, old, view),
+            on_fail=lambda message: self._open_failed(message, generation),
+        )
+
+    def _open_failed(self, message: str, generation: int) -> None:
+        if generation == self._generation:
+            self._opening = None
+        self._job_failed(message)
 
     def _dataset_opened(
         self,
         index: DatasetIndex,
+        journal: JournalInfo | None,
         generation: int,
         old: DatasetIndex | None = None,
         view: tuple[int | None, np.ndarray] | None = None,
     ) -> None:
         if generation != self._generation:
             return
+        self._opening = None
         same_images = old is not None and [e.image for e in old.entries] == [e.image for e in index.entries]
         if same_images:
             for new, prev in zip(index.entries, old.entries, strict=True):
@@ -365,7 +487,7 @@ class TagsTab(QWidget):
         if same_images and view is not None:
             self._restore_view(*view)
         self._show_problem_count()
-        self.bulk.set_undo(last_edit(index.root))
+        self.bulk.set_undo(journal)
         self._update_bulk_scope()
         self.dataset_loaded.emit(index)
         if old is None:  # a re-read after an edit keeps the edit's summary in the status bar
@@ -381,19 +503,26 @@ class TagsTab(QWidget):
 
     def _start_dataset_jobs(self, generation: int) -> None:
         """Statistics and completion need both the index and (for categories) the vocabulary; they run once the
-        later of the two arrives, and again if the vocabulary changes."""
+        later of the two arrives, and again if the vocabulary changes. One after the other, completion first (the
+        search box wants it): two pure-Python workers at once only compete for the GIL with each other and with
+        the GUI thread, which then waits longer for its turn."""
         index, vocabulary = self.index, self.vocabulary
         if index is None or vocabulary is None:
             return
         self.stats_view.set_busy("Reading image sizes and counting tags…")
-        self._run(
-            Job(lambda p: _build_completer(index, vocabulary, p), name="Tag completion", parent=self),
-            lambda completer: self._completer_built(completer, generation),
-        )
-        self._run(
-            Job(lambda p: _compute_stats(index, vocabulary, p), name="Dataset statistics", parent=self),
-            lambda stats: self._stats_computed(stats, generation),
-        )
+
+        def then_stats(*_args) -> None:
+            if generation == self._generation:
+                self._run(
+                    Job(
+                        lambda p: _compute_stats(index, vocabulary, p), name="Dataset statistics", parent=self
+                    ),
+                    lambda stats: self._stats_computed(stats, generation),
+                )
+
+        completion = Job(lambda p: _build_completer(index, vocabulary, p), name="Tag completion", parent=self)
+        completion.finished.connect(then_stats)
+        self._run(completion, lambda completer: self._completer_built(completer, generation))
 
     def _completer_built(self, completer: object, generation: int) -> None:
         if generation == self._generation:
@@ -401,12 +530,22 @@ class TagsTab(QWidget):
             self.bulk.set_completer(completer)
             self.completer_ready.emit()
 
-    def _stats_computed(self, stats: object, generation: int) -> None:
+    def _stats_computed(self, result: StatsResult, generation: int) -> None:
         if generation != self._generation or self.index is None:
             return
-        self.stats_view.set_stats(stats, [str(p) for p in self.index.problems])
+        # The sizes the job read go into the entries here, on the GUI thread (a preview may have set one since).
+        by_image = {p.path: p for p in result.problems}
+        for i, (w, h) in result.sizes.items():
+            entry = self.index.entries[i]
+            if entry.width == 0 or entry.height == 0:
+                entry.width, entry.height = w, h
+                if w < 0 and entry.image in by_image:
+                    self.index.add_problem(entry.image, by_image[entry.image].message)
+        self.stats_view.set_stats(result.stats, [str(p) for p in self.index.problems], result.rows)
         self._show_problem_count()  # reading image sizes finds the images that fail to decode
-        self.stats_ready.emit(stats)
+        if self.current_entry is not None and self.bucket is None:
+            self._show_bucket(self.index.entries[self.current_entry].size)
+        self.stats_ready.emit(result.stats)
 
     # -- filtering -------------------------------------------------------------------------------------------
     def apply_filter(self, text: str) -> None:
@@ -503,17 +642,21 @@ class TagsTab(QWidget):
             return
         index, entries = self.index, self._scope_entries(self.bulk.scope())
         self._start_edit_job(
-            Job(lambda p: edit_dataset(index, edit, entries, p), name="Bulk tag edit", parent=self),
+            Job(
+                lambda p: _with_journal(index.root, edit_dataset(index, edit, entries, p)),
+                name="Bulk tag edit",
+                parent=self,
+            ),
             f"Applying: {edit.describe()}…",
             "Cancelled: the captions already written stay edited; Undo reverts them.",
         )
 
     def undo_last_edit(self) -> None:
-        if self.index is None or self._edit_job is not None or last_edit(self.index.root) is None:
+        if self.index is None or self._edit_job is not None or self.bulk.undo_info is None:
             return
         root = self.index.root
         self._start_edit_job(
-            Job(lambda p: undo_last(root, p), name="Undo tag edit", parent=self),
+            Job(lambda p: _with_journal(root, undo_last(root, p)), name="Undo tag edit", parent=self),
             "Undoing…",
             "Undo cancelled: the files already restored stay restored; Undo again finishes it.",
         )
@@ -524,7 +667,7 @@ class TagsTab(QWidget):
         job.cancelled.connect(lambda: self._edit_ended("cancelled", cancelled_text))
         self._run(
             job,
-            lambda result: self._edit_ended("ok", result.describe()),
+            lambda result: self._edit_ended("ok", result[0].describe(), result[1]),
             on_fail=lambda message: self._edit_ended("failed", message),
         )
 
@@ -532,8 +675,10 @@ class TagsTab(QWidget):
         if self._edit_job is not None:
             self._edit_job.cancel()
 
-    def _edit_ended(self, outcome: str, text: str) -> None:
+    def _edit_ended(self, outcome: str, text: str, journal: JournalInfo | None = None) -> None:
         self._edit_job = None
+        if outcome == "ok":
+            self.bulk.set_undo(journal)  # read by the job; after a cancel or failure the re-read below tells
         self.bulk.set_busy(False)
         self.bulk.show_result(text if outcome != "failed" else "")
         if outcome == "failed":
@@ -541,8 +686,8 @@ class TagsTab(QWidget):
         else:
             self.context.show_status(f"Tags: {text}")
         if self.index is not None:
-            self.bulk.set_undo(last_edit(self.index.root))
-            self.open_dataset(self.index.root, keep_view=True)  # re-read: chips, counts and stats follow
+            # Re-read: chips, counts, the undo state and the statistics follow the files.
+            self.open_dataset(self.index.root, keep_view=True)
         self.bulk_edit_finished.emit(outcome)
 
     # -- the selected image ----------------------------------------------------------------------------------
@@ -692,6 +837,11 @@ class TagsTab(QWidget):
     def wait_for_jobs(self, timeout_s: float = 30.0) -> bool:
         """Block until running jobs end (tests and screenshots); their results arrive via the event loop."""
         return all(job.wait(timeout_s) for job in list(self._jobs))
+
+
+def _with_journal(root: Path, result: object) -> tuple[object, JournalInfo | None]:
+    """An edit's (or undo's) result with the dataset's newest undoable edit, both read in the worker."""
+    return result, last_edit(root)
 
 
 def _esc(text: str) -> str:

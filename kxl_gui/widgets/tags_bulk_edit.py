@@ -342,6 +342,11 @@ class BulkEditPanel(QScrollArea):
     def show_result(self, text: str) -> None:
         self.result_label.setText(text)
 
+    @property
+    def undo_info(self) -> JournalInfo | None:
+        """The edit Undo would revert (as last read from the dataset's journal), or None."""
+        return self._undo
+
     def set_undo(self, info: JournalInfo | None) -> None:
         self._undo = info
         self.undo_button.setEnabled(info is not None and not self.cancel_button.isVisible())

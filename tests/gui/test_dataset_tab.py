@@ -201,3 +201,66 @@ def test_start_over_and_cancel_in_the_resume_question(tab, qtbot, demo_ws, tmp_p
     with qtbot.waitSignal(tab.build_finished, timeout=60_000):
         click(tab.start_button)
     assert tab.result.resumed_buckets == 0 and not tab.error_label.isVisible()
+
+
+# ---- the summary hands the dataset over to the other tabs ----------------------------------------------------------
+def _click_tab(window, title: str) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    bar = window.tabs.tabBar()
+    index = next(i for i in range(window.tabs.count()) if window.tabs.tabText(i) == title)
+    QTest.mouseClick(
+        bar, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, bar.tabRect(index).center()
+    )
+    assert window.tabs.tabText(window.tabs.currentIndex()) == title
+
+
+def test_summary_opens_the_built_dataset_in_tags_and_sets_it_for_training(qtbot, demo_ws, tmp_path):
+    """Build by clicks in the whole window; Tags, which had no dataset, shows the new one; "Open in Tags" brings it
+    back after another was opened there; "Use for training" makes it the Train tab's dataset."""
+    from kxl_gui.context import AppContext
+    from kxl_gui.main_window import MainWindow
+    from kxl_gui.settings import AppSettings
+
+    context = AppContext(AppSettings(tmp_path / "gui.ini"))
+    window = MainWindow(context)
+    qtbot.addWidget(window)
+    context.set_workspace(demo_ws)
+    window.show()
+    qtbot.waitExposed(window)
+    dataset, tags, train = (window.tab_pages[t] for t in ("Dataset", "Tags", "Train"))
+    qtbot.wait(300)  # Tags looks for a dataset in the workspace in a worker: there is none yet
+    assert tags.index is None and tags.path_label.text() == "No dataset open"
+
+    _click_tab(window, "Dataset")
+    qtbot.waitUntil(lambda: "schema OK" in dataset.source_info.text(), timeout=10_000)
+    assert not dataset.open_tags_button.isEnabled()  # nothing built yet
+    for _ in range(3):
+        click(dataset.next_button)
+    out = tmp_path / "handed-over"
+    type_into(dataset.out_edit, str(out))
+    click(dataset.next_button)
+    with qtbot.waitSignals([dataset.build_finished, tags.dataset_loaded], timeout=60_000):
+        click(dataset.start_button)
+    assert dataset.stack.currentIndex() == 5
+    assert tags.index is not None and tags.index.root == out  # picked up: Tags had nothing open
+
+    other = tmp_path / "other" / "1_x"
+    other.mkdir(parents=True)
+    (other / "1.txt").write_text("1girl, |||solo", encoding="utf-8")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(other / "1.png")
+    with qtbot.waitSignal(tags.dataset_loaded, timeout=20_000):
+        tags.open_dataset(other.parent)  # the user looks at another dataset meanwhile
+    with qtbot.waitSignal(tags.dataset_loaded, timeout=20_000):
+        click(dataset.open_tags_button)
+    assert window.tabs.tabText(window.tabs.currentIndex()) == "Tags"
+    assert tags.index.root == out and tags.path_label.text() == str(out)
+    assert tags.model.rowCount() == dataset.result.summary.written
+
+    _click_tab(window, "Dataset")
+    click(dataset.train_button)
+    assert window.tabs.tabText(window.tabs.currentIndex()) == "Train"
+    assert train.dataset_edit.text() == str(out)

@@ -1,5 +1,7 @@
 """Tags tab driven by qtbot on a small kohya dataset: opening the workspace's newest dataset, chips by category,
-trainer caption variants, bucket label, AND/OR/NOT filtering, thumbnails and statistics, bulk edit + undo."""
+trainer caption variants, bucket label, AND/OR/NOT filtering, thumbnails and statistics, bulk edit + undo; a
+dataset handed over by another tab; statistics that never write the index from a worker; and the search -> bulk
+edit -> undo journey on a few thousand tags with a GUI-thread stall bound."""
 
 from __future__ import annotations
 
@@ -7,11 +9,16 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import random
+import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+from stall_watch import StallWatch
+from user_input import click, type_into
 
 from kxl_gui.context import AppContext
 from kxl_gui.settings import AppSettings
@@ -272,3 +279,137 @@ def test_side_panel_fits_its_width_without_a_horizontal_scrollbar(qtbot, tab):
     assert content.minimumSizeHint().width() <= page.viewport().width()
     assert page.horizontalScrollBar().maximum() == 0
     assert all(chip.geometry().right() <= tab.chips.width() for chip in tab.chips.chips)
+
+
+# ---- hand-offs ----------------------------------------------------------------------------------------------------
+def test_a_dataset_built_elsewhere_opens_when_none_is_open(qtbot, tmp_path, workspace):
+    context = AppContext(AppSettings(tmp_path / "gui.ini"))
+    widget = TagsTab(context)
+    qtbot.addWidget(widget)
+    built = workspace.datasets_path / "my_set"
+    with qtbot.waitSignal(widget.dataset_loaded, timeout=20000):
+        context.announce_dataset(built)  # what the Dataset wizard says after a build
+    assert widget.index.root == built and widget.path_label.text() == str(built)
+
+
+def test_open_dataset_request_replaces_the_open_one(qtbot, tab, workspace, tmp_path):
+    other = tmp_path / "other" / "1_x"
+    other.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(other / "1.png")
+    (other / "1.txt").write_text("1girl, |||solo", encoding="utf-8")
+    tab.context.announce_dataset(other.parent)  # one is open: a build elsewhere does not take it away
+    qtbot.wait(200)
+    assert tab.index.root == workspace.datasets_path / "my_set"
+    with qtbot.waitSignal(tab.dataset_loaded, timeout=20000):
+        tab.context.request("tags.open_dataset", other.parent, switch_to="Tags")
+    assert tab.index.root == other.parent and tab.model.rowCount() == 1
+
+
+# ---- the statistics job and the shared index ----------------------------------------------------------------------
+def test_statistics_never_write_the_index_from_a_worker(qtbot, tmp_path, workspace, monkeypatch):
+    """Image sizes read for the statistics reach the entries on the GUI thread only (the index is the GUI's)."""
+    from trainer_core.tags.dataset_index import DatasetEntry, open_dataset
+
+    shown: set[int] = set()  # entries of an index the tab has on screen
+    off_thread: list[str] = []
+
+    def guarded_setattr(self, name, value):
+        if (
+            name in ("width", "height")
+            and id(self) in shown
+            and threading.current_thread() is not threading.main_thread()
+        ):
+            off_thread.append(f"{name} of {self.image} written by {threading.current_thread().name}")
+        object.__setattr__(self, name, value)
+
+    monkeypatch.setattr(DatasetEntry, "__setattr__", guarded_setattr)
+    context = AppContext(AppSettings(tmp_path / "gui.ini"))
+    widget = TagsTab(context)
+    qtbot.addWidget(widget)
+    widget.dataset_loaded.connect(lambda index: shown.update(id(e) for e in index.entries))
+    with qtbot.waitSignals([widget.dataset_loaded, widget.stats_ready], timeout=20000):
+        context.set_workspace(workspace)
+    assert off_thread == []
+    # ... and the sizes did arrive: all known, the broken image remembered as unreadable, once in the problems
+    assert [e.size for e in widget.index.entries][:4] == [(420, 512), (512, 256), (300, 300), (256, 512)]
+    assert (widget.index.entries[4].width, widget.index.entries[4].height) == (-1, -1)
+    assert sum("cannot be decoded" in str(p) for p in widget.index.problems) == 1
+    assert widget.stats_view.stats.buckets[(896, 1152)] == 2
+
+    # the worker's function itself returns sizes and leaves the index alone
+    from kxl_gui.tabs.tags import read_missing_sizes
+    from trainer_core.progress import Progress
+
+    fresh = open_dataset(workspace.datasets_path / "my_set")
+    sizes, problems = read_missing_sizes(fresh, Progress())
+    assert sizes[1] == (512, 256) and sizes[4] == (-1, -1) and len(problems) == 1
+    assert all(e.width == 0 for e in fresh.entries)
+
+
+# ---- GUI-thread stalls: search -> bulk edit -> undo on a dataset with a few thousand tags --------------------------
+STALL_BOUND_MS = 150
+
+
+@pytest.fixture
+def big_workspace(tmp_path: Path) -> Workspace:
+    """400 images whose captions draw 30 tags each from the shipped tag list: ~3,000 distinct tags, the size at
+    which per-tag work on the GUI thread shows."""
+    from trainer_core.paths import resources_dir
+
+    names = [line.split(",", 1)[0].replace("_", " ") for line in
+             (resources_dir() / "demo" / "tags.csv").read_text(encoding="utf-8").splitlines()]  # fmt: skip
+    rng = random.Random(0)
+    ws = Workspace(root=tmp_path / "big", name="big", kind="demo")
+    folder = ws.datasets_path / "big_set" / "1_many"
+    folder.mkdir(parents=True)
+    for i in range(400):
+        Image.new("RGB", (rng.choice((48, 64, 80)), rng.choice((48, 64, 80))), (i % 255, 90, 140)).save(
+            folder / f"{i}.png"
+        )
+        tags = rng.sample(names[20:], 28) + (["long hair"] if i % 3 == 0 else [])
+        (folder / f"{i}.txt").write_text("1girl, |||" + ", ".join(tags), encoding="utf-8")
+    ws.save()
+    return ws
+
+
+def test_search_then_bulk_edit_then_undo_keeps_the_window_responsive(qtbot, tmp_path, big_workspace):
+    context = AppContext(AppSettings(tmp_path / "gui.ini"))
+    widget = TagsTab(context)
+    qtbot.addWidget(widget)
+    widget.resize(1200, 800)
+    widget.show()
+    qtbot.waitExposed(widget)
+    with qtbot.waitSignals(
+        [widget.dataset_loaded, widget.stats_ready, widget.completer_ready], timeout=60000
+    ):
+        context.set_workspace(big_workspace)
+    assert len(widget.stats_view.stats.tags) > 2500
+
+    watch = StallWatch(threads=True).start()
+    type_into(widget.search, "long ha")  # the completion popup opens on the way
+    QTest.keyClick(widget.search, Qt.Key.Key_Escape)
+    type_into(widget.search, "long hair")
+    qtbot.waitUntil(lambda: widget.count_label.text() == "134 of 400 images", timeout=10000)
+    bar = widget.side.tabBar()
+    QTest.mouseClick(bar, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, bar.tabRect(2).center())
+    assert widget.side.currentWidget() is widget.bulk
+    click(widget.bulk.scope_buttons["filter"])
+    type_into(widget.bulk.tag_edit, "long hair")
+    QTest.keyClick(widget.bulk.tag_edit, Qt.Key.Key_Escape)
+    qtbot.waitUntil(
+        lambda: widget.bulk.preview_label.text() == "134 of 134 caption(s) would change", timeout=10000
+    )
+    with qtbot.waitSignals(
+        [widget.bulk_edit_finished, widget.dataset_loaded, widget.stats_ready], timeout=60000
+    ):
+        click(widget.bulk.apply_button)
+    assert widget.bulk.result_label.text().startswith('remove "long hair": 134 of 134 caption(s) changed')
+    with qtbot.waitSignals(
+        [widget.bulk_edit_finished, widget.dataset_loaded, widget.stats_ready], timeout=60000
+    ):
+        click(widget.bulk.undo_button)
+    qtbot.wait(100)
+    watch.stop()
+    print(watch.report())
+    assert widget.bulk.result_label.text() == 'undid remove "long hair": 134 file(s) restored'
+    assert watch.worst_blocked_ms <= STALL_BOUND_MS, watch.report()
