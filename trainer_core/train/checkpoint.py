@@ -124,7 +124,13 @@ def lokr_metadata(cfg: TrainConfig, *, step: int, epoch: int, num_images: int, t
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.resolution": f"{d.resolution}x{d.resolution}",
         "kxl.version": __version__,
+        # which base this LoKr was trained on, so Generate can select it (by path, else by hash or name)
+        "kxl.base_model": str(cfg.base_path),
     }
+    if not base_hash and cfg.base_path.is_file():
+        from ..hashing import cached_sha256
+
+        meta["ss_new_sd_model_hash"] = cached_sha256(cfg.base_path) or ""  # only a known hash: never 7 GB reads
     return meta
 
 
