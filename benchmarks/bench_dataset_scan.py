@@ -25,6 +25,7 @@ from bench_dataset_export import _drop_page_cache, _realistic_shards  # noqa: E4
 
 from trainer_core.dataset.export import BuildOptions, build_dataset  # noqa: E402
 from trainer_core.dataset.filters import PostFilters  # noqa: E402
+from trainer_core.dataset.stats import is_finished_dataset  # noqa: E402
 from trainer_core.train.data import IMAGE_SUFFIXES, scan_dataset  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main() -> int:
     db = root / "danbooru/danbooru2023.db"
     plan, shards = _realistic_shards(db, args.cache / "realistic", args.images)
     out = args.cache / f"scan-ds-{args.images}"
-    if not (out / "dataset.toml").exists():
+    if not is_finished_dataset(out):
         shutil.rmtree(out, ignore_errors=True)
         build_dataset(BuildOptions(db=db, images=shards, out=out, plan=plan, filters=PostFilters()))
     rounds = []

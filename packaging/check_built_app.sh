@@ -98,7 +98,8 @@ if [ $full = 1 ]; then
     lokr="$demo/runs/check/checkpoints/tiny-demo-lokr.safetensors"
     step "kxl generate with the LoKr" "$app/kxl" generate --model "$models/delta-base.safetensors" \
         --lokr "$lokr" --prompt "1girl, solo" --steps 2 --size 64x64 --seed 1 --out "$demo/outputs/check"
-    for artefact in "$demo/datasets/all/dataset.toml" "$lokr" "$demo/outputs/check/00000-1.png"; do
+    for artefact in "$demo/datasets/all/kxl-dataset.toml" "$demo/datasets/all/sd-scripts-dataset.toml" \
+        "$lokr" "$demo/outputs/check/00000-1.png"; do
         if [ ! -f "$artefact" ]; then
             echo "FAIL missing $artefact" >&2
             fail=1

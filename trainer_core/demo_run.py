@@ -266,13 +266,13 @@ def _dataset(ws: Workspace, selection: str, stages: _Stages, progress: Progress)
     from .dataset.export import BuildOptions, build_dataset, partial_build_info
     from .dataset.filters import PostFilters
     from .dataset.selection import PRESETS
-    from .dataset.stats import DATASET_FILE
+    from .dataset.stats import dataset_file
 
     out = ws.datasets_path / f"demo-run-{selection}"
     stages.begin(
         "dataset", f"Dataset: {'card preset scaled to the demo' if selection == 'card' else 'all posts'}"
     )
-    if not stages.redo and _up_to_date(out / DATASET_FILE, ws.db_path, ws.images_path):
+    if not stages.redo and _up_to_date(dataset_file(out), ws.db_path, ws.images_path):
         stages.skip(f"{out} is already built")
         return out
     if stages.redo or partial_build_info(out) is None:
@@ -402,9 +402,9 @@ def _train_plan(run_dir: Path, wanted: Any, steps: int, processes: int, redo: bo
     from .train.events import read_run_info
 
     config = run_dir / "config.toml"
-    from .dataset.stats import DATASET_FILE
+    from .dataset.stats import dataset_file
 
-    if redo or not _up_to_date(config, wanted.base_path, wanted.dataset_path / DATASET_FILE):
+    if redo or not _up_to_date(config, wanted.base_path, dataset_file(wanted.dataset_path)):
         return "fresh"
     try:
         have = load_config(config)
@@ -607,6 +607,7 @@ def _generate(ws: Workspace, base: Path, baked: Path, dataset: Path, n_prompts: 
               stages: _Stages, progress: Progress) -> tuple[Path, list[Path], list[Path], list[str], list[int]]:  # fmt: skip
     from PIL import Image
 
+    from .dataset.stats import dataset_file
     from .generate.infotext import read_png_parameters, write_png_parameters
     from .generate.pipeline import GenerationRequest, clear_model_cache, generate
 
@@ -619,7 +620,7 @@ def _generate(ws: Workspace, base: Path, baked: Path, dataset: Path, n_prompts: 
     previous = _read_report(out)
     if (
         not stages.redo
-        and _up_to_date(grid_path, base, baked, dataset / "dataset.toml")
+        and _up_to_date(grid_path, base, baked, dataset_file(dataset))
         and previous is not None
         and previous.get("generation") == settings
     ):

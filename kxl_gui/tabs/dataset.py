@@ -36,9 +36,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from trainer_core.dataset.export import LOCK_FILE as BUILD_LOCK_FILE
 from trainer_core.dataset.export import BuildOptions, build_dataset, partial_build_info
 from trainer_core.dataset.filters import PostFilters, split_tags
 from trainer_core.dataset.selection import PRESETS, IdRange, SelectionPlan
+from trainer_core.dataset.stats import is_finished_dataset
 from trainer_core.errors import KxlError
 from trainer_core.progress import Progress, ProgressEvent, format_duration
 
@@ -731,14 +733,15 @@ class DatasetTab(QWidget):
     def _update_output_note(self) -> None:
         out = self.out_edit.text().strip()
         sub = f"{self.repeats_spin.value()}_{self.name_edit.text().strip() or '?'}"
-        note = f"Writes {sub}/<id>.<ext> + <id>.txt, manifest.jsonl, skipped.jsonl and dataset.toml."
+        note = (f"Writes {sub}/<id>.<ext> + <id>.txt, manifest.jsonl, skipped.jsonl, kxl-dataset.toml and "
+                "sd-scripts-dataset.toml.")  # fmt: skip
         if out:
             path = Path(out).expanduser()
             if partial_build_info(path) is not None:
                 note += "\nThis folder holds an interrupted build: you will be offered to resume it."
-            elif (path / "dataset.toml").exists():
+            elif is_finished_dataset(path):
                 note += "\nThis folder already holds a finished dataset: choose another one."
-            elif path.is_dir() and any(path.iterdir()):
+            elif path.is_dir() and any(p.name != BUILD_LOCK_FILE for p in path.iterdir()):
                 note += "\nThis folder is not empty: choose a new or empty folder."
         self.output_note.setText(note)
 

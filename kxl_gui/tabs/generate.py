@@ -1027,8 +1027,16 @@ class GenerateTab(QWidget):
         return notes
 
     def _find_lokr(self, name: str) -> Path | None:
-        """A LoKr file of the workspace by file stem, from the last scan (no folder walk here)."""
-        return self.known.lokrs.get(name) if self.known is not None else None
+        """A LoKr file of the workspace by the name a `<lora:NAME:..>` tag gives (we and A1111 drop `,` and `:` from
+        file stems there), from the last scan (no folder walk here)."""
+        if self.known is None:
+            return None
+        from trainer_core.generate.infotext import lora_name_matches
+
+        exact = self.known.lokrs.get(name)
+        return exact or next(
+            (p for stem, p in self.known.lokrs.items() if lora_name_matches(name, stem)), None
+        )
 
     @staticmethod
     def _set_combo(combo: QComboBox, value: str | None, notes: list[str], what: str) -> None:

@@ -53,7 +53,8 @@ def test_layout_manifest_and_captions(demo, reference):
     out, result = reference
     db, images = demo
     files = tree(out)
-    assert {"dataset.toml", "manifest.jsonl", "skipped.jsonl"} <= set(files)
+    assert {"kxl-dataset.toml", "sd-scripts-dataset.toml", "manifest.jsonl", "skipped.jsonl"} <= set(files)
+    assert "dataset.toml" not in files  # the sd-scripts name is left to sd-scripts configs
     assert not (out / ".kxl-build").exists()
     manifest = [json.loads(line) for line in files["manifest.jsonl"].decode().splitlines()]
     assert [m["id"] for m in manifest] == sorted(m["id"] for m in manifest)
@@ -119,7 +120,7 @@ def test_cancel_then_resume_equals_uninterrupted(demo, reference, tmp_path):
             workers=2,
             progress=Progress(callback=cancel_midway, cancel_token=token, min_interval_s=0),
         )
-    assert not (target / "dataset.toml").exists()
+    assert not (target / "kxl-dataset.toml").exists()
     assert list((target / ".kxl-build" / "buckets").glob("b*.jsonl"))
     with pytest.raises(PartialBuildError):
         build_dataset(opts(demo, target), on_partial="error")
@@ -303,7 +304,7 @@ def test_sampled_plan_is_deterministic(demo, tmp_path):
     build_dataset(BuildOptions(db=demo[0], images=demo[1], out=tmp_path / "b", plan=plan), workers=4)
     assert a.summary.selected == 25
     assert tree(tmp_path / "a") == tree(tmp_path / "b")
-    assert "seed = 5" in (tmp_path / "a" / "dataset.toml").read_text()
+    assert "seed = 5" in (tmp_path / "a" / "kxl-dataset.toml").read_text()
 
 
 def test_cli_index_then_build_from_the_column_cache_is_identical(

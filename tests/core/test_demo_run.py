@@ -99,7 +99,7 @@ def test_dataset_is_the_scaled_card_selection_with_card_captions(demo):
 
     root, _, _, report, _ = demo
     db = root / "danbooru" / "danbooru2023.db"
-    info = tomllib.loads((report.dataset / "dataset.toml").read_text(encoding="utf-8"))
+    info = tomllib.loads((report.dataset / "kxl-dataset.toml").read_text(encoding="utf-8"))
     conn = sqlite3.connect(db)
     try:
         matching = [r.matching for r in estimate(conn, PRESETS["kohaku-xl-delta"], PostFilters(), db)]

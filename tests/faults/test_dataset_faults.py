@@ -224,7 +224,7 @@ def test_ctrl_c_stops_promptly_and_the_rerun_resumes_identically(demo, reference
     # what may still run: the two buckets in flight (0.3 s each here) and the flush before their marks
     assert stopped_after < 5.0, f"took {stopped_after:.1f} s to stop"
     assert exported(out) < 60  # the queued buckets were not drained
-    assert not (out / "dataset.toml").exists() and not (out / LOCK_FILE).exists()
+    assert not (out / "kxl-dataset.toml").exists() and not (out / LOCK_FILE).exists()
     capsys.readouterr()
     assert kxl_main(build_argv(demo, out)) == 0
     assert "resumed an interrupted build" in capsys.readouterr().out
@@ -250,7 +250,7 @@ def test_disk_full_on_the_manifest_is_one_error_line_and_the_rerun_finishes(
     line = error_line(capsys.readouterr().err)
     assert "manifest.jsonl" in line and "disk full" in line and str(out) in line
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".manifest") or p.name == LOCK_FILE]
-    assert leftovers == [] and not (out / "dataset.toml").exists()
+    assert leftovers == [] and not (out / "kxl-dataset.toml").exists()
     monkeypatch.setattr(Path, "write_bytes", real)
     assert kxl_main(build_argv(demo, out)) == 0
     assert tree(out) == reference

@@ -180,5 +180,5 @@ def test_a_non_finite_loss_reports_exit_3_in_one_line(assets, tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, err[-3000:]
     assert "Traceback" not in out + err and "ChildFailedError" not in out + err
-    assert "training failed (exit code 3): loss is" in err
+    assert "training failed (exit code 3): loss non-finite for" in err
     assert "launcher.log" in err  # where the full output is

@@ -5,7 +5,9 @@ Layout written into the output folder:
     <repeats>_<name>/<id>.txt     caption, UTF-8, one line, no newline (captions.py)
     manifest.jsonl                one record per written image, ordered by id
     skipped.jsonl                 selected posts without an image (missing / corrupt), ordered by id
-    dataset.toml                  how it was built + the summary; written last: its presence means "complete"
+    sd-scripts-dataset.toml       a kohya-ss/sd-scripts `--dataset_config` for this folder (sd_scripts_config.py)
+    kxl-dataset.toml              how it was built + the summary; written last: its presence means "complete"
+                                  (older versions named it dataset.toml; stats.dataset_file reads both)
 
 Work is split by bucket (`id % 1000`, the shard naming): a bucket's shards are read once, front to back, in
 data-0XYZ .. data-9XYZ order, and buckets run in parallel threads. When a bucket is done its records go to
@@ -14,7 +16,7 @@ file is the bucket's "done" mark. An interrupted build resumes by skipping marke
 others whole, and since every output depends only on the post, the result is the same as an uninterrupted
 build, whatever the thread count. Ids not found in their bucket are then looked for in `updates/*/*.tar`.
 Images and captions are written straight to their final names (a cancel stops between files; a failed write
-removes its partial file): until dataset.toml exists the folder is an unfinished build, never a dataset.
+removes its partial file): until kxl-dataset.toml exists the folder is an unfinished build, never a dataset.
 
 One build per output folder: a build owns `<out>/.kxl-build.lock` (ownership.py: pid + process start time) from
 before it looks at the folder until it has finished or stopped, so a second build into the same folder, from
@@ -56,8 +58,19 @@ from .durable import MarkWriter, write_new_file
 from .filters import PostFilters
 from .image_header import image_size
 from .images import BUCKETS, Hit, ImageSource, ShardReadError, open_image_source, read_folder_file, scan_tar
+from .sd_scripts_config import write_sd_scripts_config
 from .selection import SelectionPlan, select_posts
-from .stats import DATASET_FILE, MANIFEST_FILE, RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize
+from .stats import (
+    DATASET_FILE,
+    MANIFEST_FILE,
+    RATING_LABELS,
+    SD_SCRIPTS_FILE,
+    SKIPPED_FILE,
+    DatasetSummary,
+    dataset_file,
+    is_finished_dataset,
+    summarize,
+)
 
 BUILD_DIR = ".kxl-build"
 LOCK_FILE = ".kxl-build.lock"  # the running build's lock (module docstring); never left in a finished dataset
@@ -102,7 +115,7 @@ class BuildOptions:
         return f"{self.repeats}_{self.name}"
 
     def describe(self, fingerprint: str, scheme: QualityScheme) -> dict:
-        """Everything that determines the output; stored in dataset.toml and compared on resume."""
+        """Everything that determines the output; stored in kxl-dataset.toml and compared on resume."""
         output: dict = {
             "folder": self.subfolder,
             "repeats": self.repeats,
@@ -148,14 +161,14 @@ def _read_options(out: Path) -> dict | None:
 def partial_build_info(out: str | Path) -> dict | None:
     """The stored options of an interrupted build in `out`, or None."""
     out = Path(out)
-    if (out / DATASET_FILE).exists():
+    if is_finished_dataset(out):
         return None
     return _read_options(out)
 
 
 def _discard_partial(out: Path, subfolder: str) -> None:
     """Remove what a build writes before it finishes (the lock stays: it is the caller's)."""
-    for rel in (BUILD_DIR, subfolder, MANIFEST_FILE, SKIPPED_FILE):
+    for rel in (BUILD_DIR, subfolder, MANIFEST_FILE, SKIPPED_FILE, SD_SCRIPTS_FILE):
         target = out / rel
         if target.is_dir():
             shutil.rmtree(target)
@@ -182,9 +195,9 @@ def _check_output(out: Path, wanted: dict, on_partial: str, subfolder: str) -> b
         return False
     if not out.is_dir():
         raise KxlError("output path exists and is not a folder", path=out)
-    if (out / DATASET_FILE).exists():
+    if is_finished_dataset(out):
         raise KxlError(
-            "already holds a finished dataset (dataset.toml)",
+            f"already holds a finished dataset ({dataset_file(out).name})",
             path=out,
             hint="choose an empty folder, or delete this dataset first",
         )
@@ -584,6 +597,7 @@ def _build_owned(
     atomic_write_text_checked(out / MANIFEST_FILE, "".join(lines), _RESUME_HINT)
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in skipped)
     atomic_write_text_checked(out / SKIPPED_FILE, "".join(lines), _RESUME_HINT)
+    write_sd_scripts_config(out, SD_SCRIPTS_FILE, opts.subfolder, opts.repeats, _RESUME_HINT)
     info = dict(wanted_options)
     info["summary"] = summary.to_toml_dict()
     atomic_write_text_checked(out / DATASET_FILE, tomli_w.dumps(info), _RESUME_HINT)

@@ -1,7 +1,12 @@
 """The summary of a dataset build: how many posts were selected, written and skipped, and their distributions.
 
-Computed from manifest records at the end of a build (stored in dataset.toml) and recomputed by
+Computed from manifest records at the end of a build (stored in kxl-dataset.toml) and recomputed by
 `kxl dataset stats DIR` from an existing dataset folder.
+
+File names: our description of a build is `kxl-dataset.toml`. Earlier versions called it `dataset.toml`, which is
+the name sd-scripts users give their own dataset configs (and sd-scripts rejects ours when given one as
+`--dataset_config`); that name is still read (`dataset_file`). Beside it a build writes `sd-scripts-dataset.toml`,
+a config sd-scripts accepts as is (sd_scripts_config.py).
 """
 
 from __future__ import annotations
@@ -18,9 +23,27 @@ from ..errors import KxlError
 from .captions import QUALITY_LABELS, YEAR_TAGS
 
 RATING_LABELS = ("general", "sensitive", "questionable", "explicit")
-DATASET_FILE = "dataset.toml"
+DATASET_FILE = "kxl-dataset.toml"
+LEGACY_DATASET_FILE = "dataset.toml"  # what builds before the rename wrote; read, never written
+SD_SCRIPTS_FILE = "sd-scripts-dataset.toml"
 MANIFEST_FILE = "manifest.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
+
+
+def dataset_file(folder: str | Path) -> Path:
+    """The build description of a dataset folder: `kxl-dataset.toml`, else a `dataset.toml` written by an older
+    version; the new name when there is neither. Its presence means "finished dataset" (export.py)."""
+    folder = Path(folder)
+    current = folder / DATASET_FILE
+    if current.is_file():
+        return current
+    legacy = folder / LEGACY_DATASET_FILE
+    return legacy if legacy.is_file() else current
+
+
+def is_finished_dataset(folder: str | Path) -> bool:
+    """Whether `folder` holds a finished build (its description file exists, under either name)."""
+    return dataset_file(folder).is_file()
 
 
 @dataclass
@@ -95,13 +118,16 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def dataset_stats(folder: str | Path) -> tuple[dict, DatasetSummary]:
-    """(dataset.toml contents, summary recomputed from manifest.jsonl and skipped.jsonl) of a finished dataset."""
+    """(kxl-dataset.toml contents, summary recomputed from manifest.jsonl and skipped.jsonl) of a finished dataset.
+
+    A `dataset.toml` from an older version is read the same way; one that is not ours (an sd-scripts config has
+    no `schema_version`) is reported as such."""
     folder = Path(folder)
-    info_path = folder / DATASET_FILE
+    info_path = dataset_file(folder)
     if not info_path.is_file():
         if (folder / ".kxl-build").is_dir():
             raise KxlError(
-                "holds an unfinished build (no dataset.toml yet)",
+                f"holds an unfinished build (no {DATASET_FILE} yet)",
                 path=folder,
                 hint="run the same `kxl dataset build` again to resume it",
             )
@@ -110,6 +136,12 @@ def dataset_stats(folder: str | Path) -> tuple[dict, DatasetSummary]:
         info = tomllib.loads(info_path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise KxlError(f"not a valid TOML file ({exc})", path=info_path) from None
+    if info_path.name == LEGACY_DATASET_FILE and "schema_version" not in info:
+        raise KxlError(
+            f"not a dataset folder: {LEGACY_DATASET_FILE} here is not a Kohaku XL build description "
+            f"(an sd-scripts dataset config?) and {DATASET_FILE} is missing",
+            path=folder,
+        )
     written = read_jsonl(folder / MANIFEST_FILE)
     skipped = read_jsonl(folder / SKIPPED_FILE) if (folder / SKIPPED_FILE).exists() else []
     selected = int(info.get("summary", {}).get("selected", len(written) + len(skipped)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,52 @@ def _omitted(key: str, value: Any, prompt: str, negative: str) -> bool:
         has_syntax = any(ch in text for text in (prompt, negative) for ch in "([")
         return str(value) == "Original" or not has_syntax
     return False
+
+
+# ---------------------------------------------------------------------------------------------- LoRA names
+
+# A1111 removes ":" and "," from a network's name when it writes `Lora hashes` (its paste handler splits that
+# field on "," and then ":"). We remove "<" and ">" as well, so the same name also fits in a `<lora:NAME:mult>`
+# tag (a ":" would end the name there, a ">" the tag), and write that one name in both places: then A1111's
+# paste handler, which looks a tag's name up in `Lora hashes`, finds the hash of every LoKr we used.
+_LORA_NAME_DROP = str.maketrans("", "", ":,<>")
+LORA_FALLBACK_NAME = "lokr"
+
+
+def lora_infotext_name(name: str) -> str:
+    """The name a LoKr goes by in infotext (`Lora hashes` and `<lora:...>` tags): `:`, `,`, `<`, `>` removed,
+    line breaks made spaces, outer spaces stripped; "lokr" if nothing is left."""
+    cleaned = name.translate(_LORA_NAME_DROP).replace("\r", " ").replace("\n", " ").strip()
+    return cleaned or LORA_FALLBACK_NAME
+
+
+def lora_name_matches(tag_name: str, file_stem: str) -> bool:
+    """Whether the name in a `<lora:NAME:...>` tag refers to the LoKr file with this stem (the name as we write
+    it, or the stem itself as a user may type it)."""
+    return tag_name.strip() in (file_stem, lora_infotext_name(file_stem))
+
+
+def lora_prompt_tag(name: str, multiplier: float) -> str:
+    """`<lora:NAME:mult>` for a LoKr file stem, with the name made safe (see lora_infotext_name)."""
+    value = float(multiplier)
+    mult = str(int(value)) if value.is_integer() else f"{value:g}"
+    return f"<lora:{lora_infotext_name(name)}:{mult}>"
+
+
+def format_lora_hashes(items: Iterable[tuple[str, str]]) -> str:
+    """The `Lora hashes` value for (file stem, hash) pairs: "name: hash, name: hash" (empty for none)."""
+    return ", ".join(f"{lora_infotext_name(name)}: {digest}" for name, digest in items)
+
+
+def parse_lora_hashes(value: str) -> dict[str, str]:
+    """Read a `Lora hashes` value into {name: hash}, the way A1111's paste handler splits it (on "," then on
+    the first ":"); entries without a ":" (written by tools that kept commas in names) are skipped."""
+    result: dict[str, str] = {}
+    for item in value.split(","):
+        name, sep, digest = item.partition(":")
+        if sep and name.strip():
+            result[name.strip()] = digest.strip()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -5,6 +5,10 @@ One code path: `generate()` loads a base model (cached between calls) and LoKrs,
 (conditioning.py: A1111 chunking/emphasis); the denoising loops are diffusers' SDXL pipelines, driven with
 precomputed embeddings, A1111 scheduler settings (samplers.py), one generator per image (seed + i) and a
 step callback for progress and cancel. Latents are decoded by us in fp32 (the SDXL VAE overflows in fp16).
+
+Progress: a stage event (total None) for each part without steps — loading, encoding, the hires upscale between
+the passes, the VAE decode of each batch — and step events `done/total` over all passes and batches in between,
+so a caller's label never sits on the last step while an image is decoded.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from .. import __version__
 from ..errors import Cancelled, KxlError
 from ..progress import CancelToken, Progress
 from .conditioning import DEFAULT_EMPHASIS, encode_pair
-from .infotext import create_infotext, write_png_parameters
+from .infotext import (
+    create_infotext,
+    format_lora_hashes,
+    lora_name_matches,
+    lora_prompt_tag,
+    write_png_parameters,
+)
 from .lokr_apply import AppliedLokrs, LokrUse, apply_lokrs
 from .prompt import DEFAULT_COMMA_BACKTRACK, check_emphasis, strip_extra_networks
 from .samplers import AUTOMATIC, DEFAULT_SAMPLER, ResolvedSampler, make_scheduler
@@ -255,15 +265,16 @@ def generate(
         if progress is not None and model_path.is_file():
             progress.stage("hashing model (once per file)")
         model_hash = short_hash(model_path) if model_path.is_file() else None
-        lora_hashes = ", ".join(
-            f"{Path(u.path).stem}: {safetensors_payload_hash(u.path)}" for u in request.lokrs
+        lora_hashes = format_lora_hashes(
+            (Path(u.path).stem, safetensors_payload_hash(u.path)) for u in request.lokrs
         )
         warnings += _prompt_lora_warnings(request)
         settings = replace(request, seed=random.randrange(MAX_SEED)) if request.seed == -1 else request
+        tagged = [name for kind, name, _ in strip_extra_networks(request.prompt)[1] if kind == "lora"]
         extra_prompt = "".join(
-            f" <lora:{Path(u.path).stem}:{_format_mult(u.multiplier)}>"
+            " " + lora_prompt_tag(Path(u.path).stem, u.multiplier)
             for u in request.lokrs
-            if f"<lora:{Path(u.path).stem}:" not in request.prompt
+            if not any(lora_name_matches(name, Path(u.path).stem) for name in tagged)
         )
         images = run_txt2img(
             cached.components,
@@ -366,36 +377,46 @@ def run_txt2img(
         hires_n, hires_strength = hires_schedule(hires_steps, settings.denoise)
         steps_per_batch += _loop_length(components, resolved_main, hires_n, hires_strength)
     total = steps_per_batch * settings.batch_count
-    state = {"done": 0, "image": 0}
+    state: dict[str, Any] = {"done": 0, "image": 0, "pass": ""}
     n_images = settings.batch_count * settings.batch_size
+    # Steps report on a clock of their own: the stages announced between them (hires upscale, VAE decode) would
+    # otherwise restart the rate behind the ETA. Their time still counts, so the ETA includes the decodes.
+    steps = _step_progress(progress)
+
+    def images_label() -> str:
+        first = state["image"] + 1
+        last = min(first + settings.batch_size - 1, n_images)
+        return f"image {first}/{n_images}" if first == last else f"images {first}-{last}/{n_images}"
 
     def on_step(_pipe: Any, _i: int, _t: Any, _kwargs: dict) -> dict:
         state["done"] += 1
-        if progress is not None:
-            first = state["image"] + 1
-            last = min(first + settings.batch_size - 1, n_images)
-            label = f"image {first}/{n_images}" if first == last else f"images {first}-{last}/{n_images}"
-            progress.update(min(state["done"], total), total, label)
+        if steps is not None:
+            steps.update(min(state["done"], total), total, images_label() + state["pass"])
         check()
         return {}
 
-    if progress is not None:
+    if progress is not None and steps is not None:
         progress.stage(f"generating {n_images} image(s)")
-        progress.update(0, total)
+        steps.update(0, total, f"generating {n_images} image(s)")
     params = _infotext_params(settings, resolved_main, infotext_params)
     prompt_text = settings.prompt if infotext_prompt is None else infotext_prompt
     results: list[GeneratedImage] = []
     with torch.no_grad():
         for batch in range(settings.batch_count):
             seeds = [settings.seed + batch * settings.batch_size + j for j in range(settings.batch_size)]
-            state["image"] = batch * settings.batch_size
+            state["image"], state["pass"] = batch * settings.batch_size, ""
             latents = _first_pass(components, settings, resolved_main, embeds, seeds, device, on_step)
             if settings.hires:
+                if progress is not None:
+                    progress.stage(_hires_stage(settings, images_label()))
+                state["pass"] = ", hires pass"
                 latents = _hires_pass(
                     components, settings, resolved_main, embeds, seeds, device, latents,
                     hires_n, hires_strength, on_step,
                 )  # fmt: skip
             check()
+            if progress is not None:
+                progress.stage(f"decoding {images_label()} (VAE)")
             pil_images = decode_latents(components.vae, latents)
             for seed, image in zip(seeds, pil_images, strict=True):
                 text = create_infotext(prompt_text, settings.negative, {**params, "Seed": seed})
@@ -406,6 +427,24 @@ def run_txt2img(
     if progress is not None:
         progress.update(total, total, "done")
     return results
+
+
+def _step_progress(progress: Progress | None) -> Progress | None:
+    if progress is None:
+        return None
+    return Progress(
+        callback=progress.callback, cancel_token=progress.cancel_token, min_interval_s=progress.min_interval_s
+    )
+
+
+def _hires_stage(settings: SampleSettings, images: str) -> str:
+    """The stage between the two passes: a latent upscale is instant; an image upscaler decodes with the VAE
+    first, which on a CPU takes as long as several steps."""
+    w = int(settings.width * settings.hires_scale) // 8 * 8
+    h = int(settings.height * settings.hires_scale) // 8 * 8
+    latent = settings.hires_upscaler in LATENT_UPSCALERS
+    how = "upscaling latents" if latent else "decoding (VAE) and upscaling"
+    return f"hires fix, {images}: {how} to {w}x{h} ({settings.hires_upscaler})"
 
 
 # ------------------------------------------------------------------------------------------------ passes
@@ -571,16 +610,12 @@ def _cancel_check(progress: Progress | None, cancel: CancelToken | None) -> Call
 
 def _prompt_lora_warnings(request: GenerationRequest) -> list[str]:
     _, tags = strip_extra_networks(request.prompt)
-    chosen = {Path(u.path).stem for u in request.lokrs}
+    chosen = [Path(u.path).stem for u in request.lokrs]
     return [
         f"<{kind}:{name}> in the prompt is ignored: add the file to the LoKr list (or --lokr) to use it"
         for kind, name, _ in tags
-        if kind != "lora" or name not in chosen
+        if kind != "lora" or not any(lora_name_matches(name, stem) for stem in chosen)
     ]
-
-
-def _format_mult(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _models(components: Any) -> dict[str, Any]:

@@ -409,7 +409,9 @@ def _write_merge(recipe: MergeRecipe, out: Path, plan: MergePlan, progress: Prog
                 if digest is not None:
                     hashes[str(src.path)] = digest  # type: ignore[union-attr]
                     remember_sha256(src.path, digest)  # type: ignore[union-attr]
-            _patch_header(tmp, plan, _recipe_metadata(plan, hashes))
+            # The recipe names each baked LoKr by its file's SHA-256 too (small files: hashed here, cached).
+            lokr_hashes = {p: full_sha256(p) for p, _ in recipe.lokr}
+            _patch_header(tmp, plan, _recipe_metadata(plan, hashes | lokr_hashes))
     finally:
         for feed in feeds:
             if feed is not None:

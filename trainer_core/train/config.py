@@ -6,7 +6,7 @@ Layout (every key optional except `model.base` and `dataset.path`; defaults are 
     [model]      base, v_prediction
     [dataset]    path, resolution, min_bucket_reso, max_bucket_reso, bucket_step, bucket_no_upscale, random_crop,
                  shuffle_caption, keep_tokens, keep_tokens_separator, caption_tag_dropout_rate,
-                 caption_dropout_rate, max_token_length, cache_latents
+                 caption_dropout_rate, max_token_length, cache_latents, num_workers
     [network]    algo, dim, alpha, conv_dim, conv_alpha, factor, full_matrix, train_norm, train_text_encoder,
                  module_factors = { Attention = 4, FeedForward = 2, CLIPAttention = 8, CLIPMLP = 8 }
     [optimizer]  type, unet_lr, text_encoder_lr, betas, weight_decay, max_grad_norm, lr_scheduler, lr_warmup_steps
@@ -14,7 +14,7 @@ Layout (every key optional except `model.base` and `dataset.path`; defaults are 
                  gradient_checkpointing, min_snr_gamma, noise_offset, save_every_n_steps, keep_states,
                  sample_every, sample_prompts, sample_steps, save_every_minutes, max_nonfinite_steps, data_seed,
                  ddp_timeout_minutes
-    [output]     name, run_dir
+    [output]     name, run_dir, tensorboard
 
 Relative paths are resolved against the folder of the TOML file, so a run directory can be moved as a whole.
 Presets are shipped TOML files in `resources/presets/` (see `load_preset`).
@@ -40,6 +40,7 @@ OPTIMIZERS = ("Lion8bit", "Lion", "AdamW", "AdamW8bit")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 VAE_DTYPES = ("fp32", "fp16", "bf16")
+MAX_DATA_WORKERS = 64
 
 
 @dataclass
@@ -64,6 +65,9 @@ class DatasetConfig:
     caption_dropout_rate: float = 0.0
     max_token_length: int = 225
     cache_latents: bool = False
+    # Processes that decode, resize and crop images ahead of the training step (data_loader.py); 0 = on the
+    # training thread; -1 = min(4, CPU cores per local rank - 1), resolved at run time. Does not change the batches.
+    num_workers: int = -1
 
 
 @dataclass
@@ -130,6 +134,7 @@ class TrainingConfig:
 class OutputConfig:
     name: str = "kxl-lokr"
     run_dir: str = ""  # default: the folder holding the config file
+    tensorboard: bool = False  # also write step scalars as TensorBoard files in <run_dir>/tensorboard/
 
 
 @dataclass
@@ -181,9 +186,11 @@ class TrainConfig:
     def resume_fingerprint(self) -> str:
         """Hash of every setting a resumed run must share with the run that saved the state.
 
-        Length settings (epochs, max_steps), save/sample cadence and output names may change between runs.
+        Length settings (epochs, max_steps), save/sample cadence, output names and the data worker count may change
+        between runs.
         """
         d = self.to_dict()
+        d["dataset"].pop("num_workers", None)  # the batches are the same for any worker count
         d["training"] = {k: v for k, v in d["training"].items()
                          if k not in ("epochs", "max_steps", "save_every_n_steps", "keep_states",
                                       "sample_every", "sample_prompts", "sample_steps", "save_every_minutes",
@@ -307,6 +314,9 @@ def validate(cfg: TrainConfig) -> None:
          "'dataset.min_bucket_reso' must be > 0 and <= 'dataset.max_bucket_reso'")  # fmt: skip
     need(d.max_token_length in (75, 150, 225),
          f"'dataset.max_token_length' must be 75, 150 or 225, got {d.max_token_length}")  # fmt: skip
+    need(-1 <= d.num_workers <= MAX_DATA_WORKERS,
+         f"'dataset.num_workers' must be -1 (automatic), 0 (no worker processes) or up to {MAX_DATA_WORKERS}, "
+         f"got {d.num_workers}")  # fmt: skip
     for key in ("caption_tag_dropout_rate", "caption_dropout_rate"):
         v = getattr(d, key)
         need(0.0 <= v <= 1.0, f"'dataset.{key}' must be between 0 and 1, got {v}")
