@@ -393,7 +393,7 @@ def open_db(path: str | Path) -> sqlite3.Connection:
 
 
 def db_fingerprint(conn: sqlite3.Connection, path: str | Path) -> str:
-    """A cheap identity of a metadata DB (file size, row counts, highest ids) recorded in dataset.toml.
+    """A cheap identity of a metadata DB (file size, row counts, highest ids) recorded in kxl-dataset.toml.
 
     Hashing a 30 GB file would take minutes; these numbers change whenever the dump is re-exported.
     """

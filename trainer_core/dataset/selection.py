@@ -1,6 +1,6 @@
 """Which posts go into a dataset: a plan of id ranges, each with a count or "all", plus a seed.
 
-Sampling (documented, because users reproduce datasets from dataset.toml): inside a range, the posts that pass
+Sampling (documented, because users reproduce datasets from kxl-dataset.toml): inside a range, the posts that pass
 the filters are the population. If the range asks for fewer posts than that, every post gets the key
 `splitmix64(splitmix64(seed) XOR post_id)` and the `count` posts with the smallest keys are taken (ties broken by
 id). This is sampling without replacement; it depends only on the seed and the ids, not on the numpy version,
