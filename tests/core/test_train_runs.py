@@ -242,14 +242,23 @@ def test_factorize_and_lokr_sizes():
 
 
 def test_memory_formula_exact_figures():
+    """The resident parts are exact; the activations are memory_model's largest phase (the constants and their
+    agreement with a trace of the trainer are tested in test_memory_estimate.py)."""
+    import math
+
+    from trainer_core.train import memory_model as mm
+
     params = ModelParams(unet=2_567_000_000, text_encoders=817_000_000, vae=83_650_000,
                          lokr_tensor_sizes=[100_000_000, 1000])  # fmt: skip
     cfg = load_preset("kohaku-xl-delta")  # fp16, fp32 VAE, batch 4, gradient checkpointing, 1024², Lion8bit
     est = estimate_memory(params, cfg, gpu=True)
     assert est.weights == (2_567_000_000 + 817_000_000) * 2 + 83_650_000 * 4
     assert est.lokr == 100_001_000 * 8
-    assert est.optimizer == 100_000_000 * 1 + 1000 * 4
-    assert est.activations == int(4 * 1.0 * 1.5 * GIB * 1.0)
+    assert est.optimizer == 100_000_000 * 1 + 4 * 390_625 + 1000 * 4  # 8-bit state + fp32 absmax per 256
+    # the card's largest phase is the backward with recompute: U0 + D1 x batch x megapixels
+    width = math.sqrt(2_567_000_000 / mm.SDXL_UNET_PARAMS)
+    backward = mm.UNET_CONST * 2_567_000_000 / mm.SDXL_UNET_PARAMS + mm.BACKWARD_PER_MP * width * 4 * 1.0
+    assert est.activations == int(backward * (1 << 20))
     assert est.overhead == int(0.6 * GIB)
     cfg.training.gradient_checkpointing = False
     cfg.training.mixed_precision = "no"
@@ -257,7 +266,8 @@ def test_memory_formula_exact_figures():
     est = estimate_memory(params, cfg, gpu=False)
     assert est.weights == (2_567_000_000 + 817_000_000) * 4 + 83_650_000 * 4
     assert est.optimizer == 100_001_000 * 8
-    assert est.activations == int(4 * 10.0 * GIB * 2) and est.overhead == 0
+    # without checkpointing every layer's activations and merged weights are kept
+    assert est.activations > 40 * GIB and est.overhead == 0
 
 
 # ------------------------------------------------------------------------------------------ pre-flight

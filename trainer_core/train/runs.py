@@ -8,17 +8,18 @@ process counts as "ours" only when its start time matches the recorded one (psut
 
 Display states: launching (launcher up, trainer not yet reporting), running, finished, stopped, failed.
 
-GPU memory estimate (`estimate_memory`, a rough pre-flight figure, per process):
+GPU memory estimate (`estimate_memory`, the pre-flight figure, per process): the peak over the phases of a training
+step (VAE encode, TE forward, UNet forward, backward with recompute, optimizer step), from `memory_model.py`:
     frozen weights   = (UNet + TE1 + TE2 parameters) x bytes(mixed_precision: fp16/bf16 2, no 4)
                        + VAE parameters x bytes(vae_dtype)
     LoKr             = P x 8 bytes (fp32 weights + fp32 gradients; P = LoKr parameters, from the checkpoint's shapes)
-    optimizer state  = Lion8bit / AdamW8bit: 1 / 2 bytes per parameter of tensors with >= 4096 elements (8-bit
-                       blockwise state), 4 / 8 bytes per parameter of smaller tensors; Lion 4, AdamW 8 bytes
-    activations      = batch x (resolution / 1024)^2 x A x width x (2 if mixed_precision == "no" else 1)
-                       A = 1.5 GiB with gradient checkpointing, 10 GiB without (SDXL UNet at 1024^2, batch 1, fp16);
-                       width = sqrt(UNet parameters / 2.567e9) scales it to narrower UNets (activations grow with
-                       channel width, parameters with its square)
-    CUDA overhead    = 0.6 GiB (context + allocator slack), GPU runs only
+    optimizer state  = Lion8bit / AdamW8bit: 1 / 2 bytes per element + an fp32 absmax per 256 for tensors with
+                       >= 4096 elements (8-bit blockwise state), 4 / 8 bytes per element below; Lion 4, AdamW 8
+    activations      = the largest phase's transient bytes (memory_model: per-phase terms in batch, bucket
+                       megapixels and caption chunks, calibrated on a meta-device trace of the trainer's own micro-step
+                       at full SDXL size; with the card's settings the backward with recompute is the largest), for
+                       the largest bucket (resolution² pixels) and training.batch_size
+    CUDA overhead    = 0.6 GiB (context, cuDNN workspaces, allocator slack), GPU runs only
 """
 
 from __future__ import annotations
@@ -647,11 +648,7 @@ def saved_lokrs(run_dir: str | Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------ pre-flight
 
 GIB = 1 << 30
-ACTIVATION_GIB_GC = 1.5
-ACTIVATION_GIB_NO_GC = 10.0
-SDXL_UNET_PARAMS = 2.567e9
 CUDA_OVERHEAD_GIB = 0.6
-EIGHT_BIT_MIN_ELEMENTS = 4096
 
 
 @dataclass
@@ -762,23 +759,14 @@ class MemoryEstimate:
 
 
 def estimate_memory(params: ModelParams, cfg: TrainConfig, gpu: bool = True) -> MemoryEstimate:
-    """Per-process memory for these settings; the formula is in the module docstring."""
-    t = cfg.training
-    wbytes = 4 if t.mixed_precision == "no" else 2
-    vbytes = 4 if t.vae_dtype == "fp32" else 2
-    weights = (params.unet + params.text_encoders) * wbytes + params.vae * vbytes
-    lokr = params.lokr * 8
-    big = sum(s for s in params.lokr_tensor_sizes if s >= EIGHT_BIT_MIN_ELEMENTS)
-    small = params.lokr - big
-    per_param = {"Lion8bit": (1, 4), "AdamW8bit": (2, 8), "Lion": (4, 4), "AdamW": (8, 8)}[cfg.optimizer.type]
-    optimizer = big * per_param[0] + small * per_param[1]
-    width = math.sqrt(params.unet / SDXL_UNET_PARAMS) if params.unet else 0.0
-    per_image = ACTIVATION_GIB_GC if t.gradient_checkpointing else ACTIVATION_GIB_NO_GC
-    megapixels = (cfg.dataset.resolution / 1024) ** 2
-    precision = 2 if t.mixed_precision == "no" else 1
-    activations = int(t.batch_size * megapixels * per_image * GIB * width * precision)
+    """Per-process memory at the peak phase of a step for these settings; the formula is in the module docstring
+    (per-phase detail: `memory_model.estimate_phases`)."""
+    from .memory_model import estimate_phases
+
+    est = estimate_phases(params, cfg)
+    activations = est.peak - est.resident
     overhead = int(CUDA_OVERHEAD_GIB * GIB) if gpu else 0
-    return MemoryEstimate(weights, lokr, optimizer, activations, overhead)
+    return MemoryEstimate(est.weights, est.lokr_params + est.gradients, est.optimizer, activations, overhead)
 
 
 def detect_gpus(timeout_s: float = 5.0) -> list[tuple[str, int]]:
