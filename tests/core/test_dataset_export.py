@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import interrupted_build
 from PIL import Image
 from test_dataset_captions import make_db  # noqa: E402 - pytest puts tests/core on sys.path
 
@@ -18,8 +19,7 @@ from trainer_core.dataset.export import BuildOptions, PartialBuildError, build_d
 from trainer_core.dataset.filters import PostFilters
 from trainer_core.dataset.selection import PRESETS, IdRange, SelectionPlan
 from trainer_core.dataset.stats import dataset_stats
-from trainer_core.errors import Cancelled, DatabaseError, KxlError
-from trainer_core.progress import CancelToken, Progress
+from trainer_core.errors import DatabaseError, KxlError
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +108,7 @@ def test_same_output_whatever_the_thread_count(demo, reference, tmp_path):
 def test_cancel_then_resume_equals_uninterrupted(demo, reference, tmp_path):
     out, _ = reference
     target = tmp_path / "ds"
-    token = CancelToken()
-
-    def cancel_midway(ev):
-        if ev.total and ev.message.startswith("Exporting") and ev.done >= 40:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        build_dataset(
-            opts(demo, target),
-            workers=2,
-            progress=Progress(callback=cancel_midway, cancel_token=token, min_interval_s=0),
-        )
+    interrupted_build(opts(demo, target), 40, workers=2)
     assert not (target / "kxl-dataset.toml").exists()
     assert list((target / ".kxl-build" / "buckets").glob("b*.jsonl"))
     with pytest.raises(PartialBuildError):

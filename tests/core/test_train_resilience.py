@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_train_squares
+from conftest import write_tiny_run_config, write_train_squares
 
 from trainer_core.train.config import load_preset
 from trainer_core.train.events import read_events
@@ -24,16 +24,8 @@ def assets(tmp_path_factory):
 
 
 def _run(tmp_path: Path, assets, inject: str = "", **training) -> tuple[subprocess.CompletedProcess, Path]:
-    base, dataset = assets
-    cfg = load_preset("tiny-demo")
-    cfg.model.base, cfg.dataset.path = str(base), str(dataset)
-    cfg.training.batch_size, cfg.training.gradient_accumulation_steps = 1, 1
-    cfg.training.save_every_n_steps, cfg.training.sample_every, cfg.training.max_steps = 0, 0, 6
-    for k, v in training.items():
-        setattr(cfg.training, k, v)
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+    write_tiny_run_config(run, *assets, **{"max_steps": 6, **training})
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "KXL_INJECT_NONFINITE_GRAD": inject}  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "trainer_core.train", str(run / "config.toml")], cwd=REPO,

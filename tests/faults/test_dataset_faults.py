@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import interrupted_build
 from PIL import Image
 
 from trainer_core.cli import main as kxl_main
@@ -32,9 +33,7 @@ from trainer_core.dataset.captions import make_caption, quality_scheme
 from trainer_core.dataset.export import LOCK_FILE, BuildOptions, build_dataset
 from trainer_core.dataset.filters import PostFilters
 from trainer_core.dataset.selection import PRESETS
-from trainer_core.errors import Cancelled
 from trainer_core.ownership import AlreadyRunning, acquire
-from trainer_core.progress import CancelToken, Progress
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -283,18 +282,7 @@ def test_file_too_large_on_the_options_then_rerun_and_restart_accept_the_folder(
 
 def test_restart_accepts_a_partial_build_whose_options_file_is_damaged(demo, reference, tmp_path, capsys):
     out = tmp_path / "ds"
-    token = CancelToken()
-
-    def stop(ev):
-        if ev.total and ev.message.startswith("Exporting") and ev.done >= 20:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        build_dataset(
-            BuildOptions(db=demo[0], images=demo[1], out=out, plan=PRESETS["kohaku-xl-delta"]),
-            workers=1,
-            progress=Progress(callback=stop, cancel_token=token, min_interval_s=0),
-        )
+    interrupted_build(BuildOptions(db=demo[0], images=demo[1], out=out, plan=PRESETS["kohaku-xl-delta"]), 20)
     (out / ".kxl-build" / "options.toml").write_bytes(b"\x00\x00 half-written")
     assert kxl_main(build_argv(demo, out)) == 2  # resuming needs the options; it says how to go on
     line = capsys.readouterr().err

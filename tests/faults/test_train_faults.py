@@ -16,10 +16,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import write_train_squares
+from conftest import write_tiny_run_config, write_train_squares
 
 from trainer_core.ownership import read_owner
-from trainer_core.train.config import load_preset
 from trainer_core.train.events import RUN_LOCK_FILE, read_events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,17 +30,8 @@ def assets(tmp_path_factory):
 
 
 def _config(run: Path, assets, **training) -> Path:
-    base, dataset = assets
-    cfg = load_preset("tiny-demo")
-    cfg.model.base, cfg.dataset.path = str(base), str(dataset)
-    cfg.training.batch_size, cfg.training.gradient_accumulation_steps = 1, 1
-    cfg.training.save_every_n_steps, cfg.training.sample_every = 0, 0
-    cfg.training.max_steps = 100_000  # runs until the test stops it
-    for k, v in training.items():
-        setattr(cfg.training, k, v)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-    return run / "config.toml"
+    """A tiny run that goes on until the test stops it (unless `max_steps` is given)."""
+    return write_tiny_run_config(run, *assets, **{"max_steps": 100_000, **training})
 
 
 def _env() -> dict[str, str]:

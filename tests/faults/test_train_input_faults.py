@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_train_squares
+from conftest import write_tiny_run_config, write_train_squares
 
 from trainer_core.errors import KxlError
 from trainer_core.train.config import load_config, load_preset
@@ -69,14 +69,8 @@ def _limit_file_size() -> (
 
 
 def test_disk_full_while_saving_names_the_file_and_keeps_no_half_state(assets, tmp_path):
-    base, dataset = assets
-    cfg = load_preset("tiny-demo")
-    cfg.model.base, cfg.dataset.path = str(base), str(dataset)
-    cfg.training.batch_size, cfg.training.gradient_accumulation_steps = 1, 1
-    cfg.training.max_steps, cfg.training.save_every_n_steps, cfg.training.sample_every = 2, 1, 0
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+    write_tiny_run_config(run, *assets, max_steps=2, save_every_n_steps=1)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "trainer_core.train", str(run / "config.toml")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size)  # fmt: skip

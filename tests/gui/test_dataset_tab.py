@@ -7,15 +7,14 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
+from conftest import interrupted_build  # noqa: E402
 from user_input import answer_next_dialog, click, type_into  # noqa: E402
 
 from trainer_core.cli import main as kxl_main  # noqa: E402
 from trainer_core.danbooru.db_reader import open_db  # noqa: E402
-from trainer_core.dataset.export import BuildOptions, build_dataset  # noqa: E402
+from trainer_core.dataset.export import BuildOptions  # noqa: E402
 from trainer_core.dataset.filters import PostFilters  # noqa: E402
 from trainer_core.dataset.selection import PRESETS, select_posts  # noqa: E402
-from trainer_core.errors import Cancelled  # noqa: E402
-from trainer_core.progress import CancelToken, Progress  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -142,24 +141,8 @@ def test_wizard_export_by_clicks_equals_cli_and_resumes(tab, qtbot, demo_ws, tmp
 
     # an interrupted build in the chosen folder: the wizard offers to resume and finishes it identically
     partial = tmp_path / "partial"
-    token = CancelToken()
-
-    def stop(ev):
-        if ev.total and ev.message.startswith("Exporting") and ev.done >= 30:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        build_dataset(
-            BuildOptions(
-                db=demo_ws.db_path,
-                images=demo_ws.images_path,
-                out=partial,
-                plan=PRESETS["kohaku-xl-delta"],
-                filters=PostFilters(),
-            ),
-            workers=1,
-            progress=Progress(callback=stop, cancel_token=token, min_interval_s=0),
-        )
+    interrupted_build(BuildOptions(db=demo_ws.db_path, images=demo_ws.images_path, out=partial,
+                                   plan=PRESETS["kohaku-xl-delta"], filters=PostFilters()), 30)  # fmt: skip
     for _ in range(2):  # summary -> run -> output
         click(tab.back_button)
     assert tab.stack.currentIndex() == 3
@@ -178,16 +161,9 @@ def test_wizard_export_by_clicks_equals_cli_and_resumes(tab, qtbot, demo_ws, tmp
 def test_start_over_and_cancel_in_the_resume_question(tab, qtbot, demo_ws, tmp_path):
     """Cancel in the resume question starts nothing; Start over rebuilds the folder from scratch."""
     partial = tmp_path / "partial"
-    token = CancelToken()
-
-    def stop(ev):
-        if ev.total and ev.message.startswith("Exporting") and ev.done >= 10:
-            token.cancel()
-
     opts = BuildOptions(db=demo_ws.db_path, images=demo_ws.images_path, out=partial,
                         plan=PRESETS["kohaku-xl-delta"], filters=PostFilters())  # fmt: skip
-    with pytest.raises(Cancelled):
-        build_dataset(opts, workers=1, progress=Progress(callback=stop, cancel_token=token, min_interval_s=0))
+    interrupted_build(opts, 10)
     tab.show()
     qtbot.waitExposed(tab)
     for _ in range(3):
