@@ -143,38 +143,3 @@ def write_train_squares(root: Path) -> tuple[Path, Path]:
         im.save(sub / f"{i}.png")
         (sub / f"{i}.txt").write_text(f"1girl ||| yellow square, tag{i}", encoding="utf-8")
     return base, root / "dataset"
-
-
-def write_tiny_run_config(run: Path, base: Path, dataset: Path, **training) -> Path:
-    """`run/config.toml` for a short tiny-demo run of one image per step: no interval saves, no samples,
-    `training.<key>` overridden by `training`. Returns the config's path."""
-    from trainer_core.train.config import load_preset
-
-    cfg = load_preset("tiny-demo")
-    cfg.model.base, cfg.dataset.path = str(base), str(dataset)
-    cfg.training.batch_size, cfg.training.gradient_accumulation_steps = 1, 1
-    cfg.training.save_every_n_steps, cfg.training.sample_every = 0, 0
-    for key, value in training.items():
-        setattr(cfg.training, key, value)
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / "config.toml"
-    path.write_text(cfg.to_toml(), encoding="utf-8")
-    return path
-
-
-def interrupted_build(opts, after: int, workers: int = 1) -> None:
-    """Run a dataset build and cancel it once `after` posts are exported: an interrupted build to resume."""
-    from trainer_core.dataset.export import build_dataset
-    from trainer_core.errors import Cancelled
-    from trainer_core.progress import CancelToken, Progress
-
-    token = CancelToken()
-
-    def stop(ev) -> None:
-        if ev.total and ev.message.startswith("Exporting") and ev.done >= after:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        build_dataset(
-            opts, workers=workers, progress=Progress(callback=stop, cancel_token=token, min_interval_s=0)
-        )

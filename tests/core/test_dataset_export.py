@@ -9,8 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import interrupted_build
 from PIL import Image
+from support import interrupted_build
 from test_dataset_captions import make_db  # noqa: E402 - pytest puts tests/core on sys.path
 
 from trainer_core.cli import main as kxl_main

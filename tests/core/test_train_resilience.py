@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_run_config, write_train_squares
+from conftest import write_train_squares
+from support import write_tiny_run_config
 
 from trainer_core.train.config import load_preset
 from trainer_core.train.events import read_events

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import interrupted_build
 from PIL import Image
+from support import interrupted_build
 
 from trainer_core.cli import main as kxl_main
 from trainer_core.danbooru.schema import HAKUBOORU_SCHEMA_SQL, POST_COLUMNS

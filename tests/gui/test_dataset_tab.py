@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
-from conftest import interrupted_build  # noqa: E402
+from support import interrupted_build  # noqa: E402
 from user_input import answer_next_dialog, click, type_into  # noqa: E402
 
 from trainer_core.cli import main as kxl_main  # noqa: E402
