@@ -17,13 +17,14 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import KxlError
 from ..tags.caption_processing import CaptionProcessing, process_caption
-from .buckets import BucketAssignment, assign_bucket, assign_bucket_no_upscale, crop_box, make_buckets
+from .buckets import BucketAssignment, assign_bucket_no_upscale, crop_box, make_buckets
 from .config import DatasetConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -48,51 +49,22 @@ class Entry:
     assignment: BucketAssignment
 
 
-def scan_dataset(root: str | Path) -> list[ImageItem]:
-    """Every image of a kohya folder with its caption; errors name the folder or file at fault."""
-    from ..dataset.image_header import image_file_size
+def scan_dataset(root: str | Path, caches: list[Path] | None = None) -> Sequence[ImageItem]:
+    """Every image of a kohya folder with its caption and size; errors name the folder or file at fault.
 
-    root = Path(root)
-    if not root.is_dir():
-        raise KxlError("dataset folder not found", path=root)
-    subsets = sorted(p for p in root.iterdir() if p.is_dir() and _SUBSET_RE.match(p.name))
-    if not subsets:
-        raise KxlError(
-            "no '<repeats>_<name>' subfolders (kohya layout, e.g. '1_anime/')",
-            path=root,
-            hint="put images and .txt captions in a folder named like 10_mydata inside the dataset folder",
-        )
-    items: list[ImageItem] = []
-    for sub in subsets:
-        repeats = int(_SUBSET_RE.match(sub.name).group(1))
-        if repeats < 1:
-            raise KxlError("repeat count must be at least 1", path=sub)
-        for img in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            txt = img.with_suffix(".txt")
-            if not txt.is_file():
-                raise KxlError("image has no caption file (.txt next to it)", path=img)
-            try:
-                lines = txt.read_text(encoding="utf-8").splitlines()
-            except UnicodeDecodeError as exc:
-                raise KxlError(f"caption is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
-                               path=txt, hint="re-save the caption as UTF-8") from None  # fmt: skip
-            except OSError as exc:
-                raise KxlError(f"cannot read the caption ({exc.strerror})", path=txt) from None
-            caption = lines[0].strip() if lines else ""
-            if not caption:
-                raise KxlError("caption is empty", path=txt)
-            try:
-                size = image_file_size(img)
-            except OSError as exc:
-                raise KxlError(f"cannot read image ({exc})", path=img) from None
-            items.append(ImageItem(img, caption, repeats, sub.name, size))
-    if not items:
-        raise KxlError("the dataset holds no images (.png/.jpg/.webp/.bmp)", path=root)
-    return items
+    A sequence of `ImageItem` backed by compact arrays (dataset_scan.ScanTable). Sizes come from the builder's
+    manifest.jsonl where it is trustworthy, else from the image headers; `caches` (cache folders, see
+    dataset_scan) make a repeated scan of an unchanged dataset cost one `stat` per file.
+    """
+    from .dataset_scan import scan_table
+
+    return scan_table(root, caches)
 
 
-def tag_frequency(items: list[ImageItem], separator: str = ",") -> dict[str, dict[str, int]]:
+def tag_frequency(items: Sequence[ImageItem], separator: str = ",") -> dict[str, dict[str, int]]:
     """sd-scripts' `ss_tag_frequency`: per subset folder, how many images carry each tag (`|||` removed)."""
+    if hasattr(items, "tag_frequency"):
+        return items.tag_frequency(separator)
     out: dict[str, Counter] = {}
     for it in items:
         tags = [t.strip() for t in it.caption.replace("|||", separator).split(separator) if t.strip()]
@@ -100,50 +72,153 @@ def tag_frequency(items: list[ImageItem], separator: str = ",") -> dict[str, dic
     return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 
-class BucketPlan:
-    """Entries with their buckets, and the deterministic per-epoch batch order."""
+def assign_buckets(sizes: Any, cfg: DatasetConfig, buckets: list[tuple[int, int]]) -> Any:
+    """`assign_bucket` (or `assign_bucket_no_upscale`) for many images at once: (n, 2) int sizes -> (n, 4) int64
+    bucket width, height, resized width, height. Same float64 operations in the same order as the scalar
+    functions, so the results are identical (tested); each distinct size is computed once."""
+    import numpy as np
 
-    def __init__(self, items: list[ImageItem], cfg: DatasetConfig, batch_size: int):
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    out = np.zeros((sizes.shape[0], 4), dtype=np.int64)
+    if sizes.shape[0] == 0:
+        return out
+    keys, inverse = np.unique((sizes[:, 0] << 32) | (sizes[:, 1] & 0xFFFFFFFF), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    uniq = np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1)  # distinct sizes (a 1-D unique: ~20x faster)
+    res = np.zeros((uniq.shape[0], 4), dtype=np.int64)
+    if (uniq <= 0).any():
+        w, h = uniq[np.argmax((uniq <= 0).any(axis=1))]
+        raise KxlError(f"image size {w}x{h} is not a valid picture size")
+    if cfg.bucket_no_upscale:
+        area = cfg.resolution * cfg.resolution
+        for k, (w, h) in enumerate(uniq.tolist()):
+            a = assign_bucket_no_upscale((w, h), area, cfg.bucket_step)
+            res[k] = (*a.bucket, *a.resized)
+    else:
+        if not buckets:
+            raise KxlError("no buckets to assign images to")
+        barr = np.asarray(buckets, dtype=np.int64)
+        bratio = barr[:, 0] / barr[:, 1]
+        bkeys = (barr[:, 0] << 32) | barr[:, 1]
+        chunk = 1 << 16
+        for lo in range(0, uniq.shape[0], chunk):
+            u = uniq[lo : lo + chunk]
+            width, height = u[:, 0], u[:, 1]
+            ratio = width / height
+            # the first index on ties, like min()
+            best = np.argmin(np.abs(bratio[None, :] - ratio[:, None]), axis=1)
+            bw, bh = barr[best, 0], barr[best, 1]
+            scale = np.where(ratio > bratio[best], bh / height, bw / width)
+            rw = (width * scale + 0.5).astype(np.int64)  # int(): truncation, all values positive
+            rh = (height * scale + 0.5).astype(np.int64)
+            exact = np.isin((width << 32) | height, bkeys)  # the image's own size is a bucket: kept as is
+            res[lo : lo + chunk, 0] = np.where(exact, width, bw)
+            res[lo : lo + chunk, 1] = np.where(exact, height, bh)
+            res[lo : lo + chunk, 2] = np.where(exact, width, rw)
+            res[lo : lo + chunk, 3] = np.where(exact, height, rh)
+    out[:] = res[inverse]
+    return out
+
+
+class _Entries(Sequence):
+    """`plan.entries`: Entry objects made on access from the plan's arrays."""
+
+    def __init__(self, plan: BucketPlan):
+        self._plan = plan
+
+    def __len__(self) -> int:
+        return int(self._plan._entry_item.shape[0])
+
+    def __getitem__(self, eid):  # type: ignore[override]
+        if isinstance(eid, slice):
+            return [self[i] for i in range(*eid.indices(len(self)))]
+        n = len(self)
+        eid = int(eid)
+        if eid < 0:
+            eid += n
+        if not 0 <= eid < n:
+            raise IndexError(eid)
+        item = int(self._plan._entry_item[eid])
+        return Entry(eid, item, self._plan.assignment(item))
+
+
+@dataclass(frozen=True)
+class PlanSlice:
+    """The part of a plan that some batches need (their entries and images): all `make_batch` reads, small enough
+    to send to a data worker process, which then needs no copy of the whole plan."""
+
+    entries: dict[int, Entry]
+    items: dict[int, ImageItem]
+
+
+class BucketPlan:
+    """Entries with their buckets, and the deterministic per-epoch batch order.
+
+    Held as arrays (one int per image and per entry), so a 3.67 M-image plan is tens of MB, not GiB of objects;
+    `entries[i]` and `items[i]` build the objects on access.
+    """
+
+    def __init__(self, items: Sequence[ImageItem], cfg: DatasetConfig, batch_size: int):
+        import numpy as np
+
         self.items = items
         self.batch_size = batch_size
         self.buckets = make_buckets((cfg.resolution, cfg.resolution), cfg.min_bucket_reso, cfg.max_bucket_reso,
                                     cfg.bucket_step)  # fmt: skip
-        entries: list[Entry] = []
-        for i, it in enumerate(items):
-            if cfg.bucket_no_upscale:
-                a = assign_bucket_no_upscale(it.size, cfg.resolution * cfg.resolution, cfg.bucket_step)
-            else:
-                a = assign_bucket(it.size, self.buckets)
-            for _ in range(it.repeats):
-                entries.append(Entry(len(entries), i, a))
-        self.entries = entries
-        if len(entries) < batch_size:
+        if hasattr(items, "bucket_assignments"):
+            # a dataset_scan.ScanTable: arrays, and the plan cached beside the scan
+            assign = items.bucket_assignments(cfg, self.buckets)
+            repeats = items.repeats()
+        else:
+            assign = assign_buckets([it.size for it in items], cfg, self.buckets)
+            repeats = np.asarray([it.repeats for it in items], dtype=np.int64)
+        self._assign = np.asarray(assign, dtype=np.int64)
+        # entry order: image by image, `repeats` consecutive entries each
+        self._entry_item = np.repeat(np.arange(len(repeats), dtype=np.int64), repeats)
+        keys = (self._assign[:, 0] << 32) | self._assign[:, 1]
+        # sorted keys = buckets in (width, height) order
+        self._bucket_keys, item_bucket = np.unique(keys, return_inverse=True)
+        entry_bucket = item_bucket.reshape(-1)[self._entry_item]
+        self._bucket_sizes = np.bincount(entry_bucket, minlength=len(self._bucket_keys))
+        self._by_bucket = np.argsort(entry_bucket, kind="stable")  # each bucket's entries in index order
+        self.entries = _Entries(self)
+        if len(self.entries) < batch_size:
             raise KxlError(
-                f"the dataset has {len(entries)} image(s) per epoch (repeats included), fewer than one batch of "
-                f"{batch_size}",
+                f"the dataset has {len(self.entries)} image(s) per epoch (repeats included), fewer than one batch "
+                f"of {batch_size}",
                 hint="add images, raise the repeat count in the folder name, or lower training.batch_size",
             )
 
+    def assignment(self, item: int) -> BucketAssignment:
+        bw, bh, rw, rh = (int(v) for v in self._assign[item])
+        return BucketAssignment((bw, bh), (rw, rh))
+
+    def slice(self, entry_ids: list[int]) -> PlanSlice:
+        entries = {int(eid): self.entries[eid] for eid in entry_ids}
+        return PlanSlice(entries, {e.item: self.items[e.item] for e in entries.values()})
+
     def bucket_counts(self) -> dict[tuple[int, int], int]:
-        return dict(sorted(Counter(e.assignment.bucket for e in self.entries).items()))
+        return {(int(k >> 32), int(k & 0xFFFFFFFF)): int(c)
+                for k, c in zip(self._bucket_keys.tolist(), self._bucket_sizes.tolist(), strict=True)}  # fmt: skip
 
     def epoch_batches(self, epoch: int, seed: int) -> list[list[int]]:
         """Entry indices per batch for `epoch` (0-based); every batch holds one bucket."""
         rng = random.Random(f"kxl-batches:{seed}:{epoch}")
-        by_bucket: dict[tuple[int, int], list[int]] = {}
-        for e in self.entries:
-            by_bucket.setdefault(e.assignment.bucket, []).append(e.index)
         batches: list[list[int]] = []
-        for bucket in sorted(by_bucket):
-            idx = by_bucket[bucket]
+        start = 0
+        for count in self._bucket_sizes.tolist():  # buckets in sorted (width, height) order
+            idx = self._by_bucket[start : start + count].tolist()
+            start += count
             rng.shuffle(idx)
             batches.extend(idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size))
         rng.shuffle(batches)
         return batches
 
+    def batches_per_epoch(self) -> int:
+        return sum(-(-c // self.batch_size) for c in self._bucket_sizes.tolist())
+
     def steps_per_epoch(self, world: int, accum: int) -> int:
-        n = len(self.epoch_batches(0, 0))
-        return math.ceil(n / (world * accum))
+        return math.ceil(self.batches_per_epoch() / (world * accum))
 
     def rank_micro_batches(self, epoch: int, seed: int, world: int, rank: int, accum: int) -> list[list[int]]:
         """This rank's micro-batches for the epoch: steps_per_epoch * accum of them (see the module docstring)."""
@@ -203,6 +278,11 @@ class Batch:
     entries: list[int]
     items: list[int]
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copies of the tensors (the DataLoader's pin-memory thread calls this on CUDA)."""
+        return replace(self, pixels=self.pixels.pin_memory() if self.pixels is not None else None,
+                       time_ids=self.time_ids.pin_memory())  # fmt: skip
+
 
 def caption_options(cfg: DatasetConfig) -> CaptionProcessing:
     return CaptionProcessing(
@@ -214,12 +294,14 @@ def caption_options(cfg: DatasetConfig) -> CaptionProcessing:
     )
 
 
-def make_batch(plan: BucketPlan, entry_ids: list[int], cfg: DatasetConfig, seed: int, epoch: int,
+def make_batch(plan: BucketPlan | PlanSlice, entry_ids: list[int], cfg: DatasetConfig, seed: int, epoch: int,
                options: CaptionProcessing, load: bool = True) -> Batch:  # fmt: skip
     """Pixels (unless `load` is False: latents come from the cache), processed captions and time_ids.
 
     Captions use the shared kohya shuffle/dropout seeded by (seed, 1-based epoch, entry index), which is what the
-    Tags tab preview shows for the same triple.
+    Tags tab preview shows for the same triple; a random crop is seeded by (seed, epoch, entry index). Nothing
+    depends on which process runs this or in which order, so data workers (data_loader.py) produce exactly the
+    batches of the serial path. `plan` may be a `PlanSlice` holding at least these entries.
     """
     import torch
 

@@ -289,16 +289,43 @@ class Trainer:
                 "dataset.cache_latents cannot be combined with dataset.random_crop", path=cfg.source
             )
 
-        from .data import BucketPlan, caption_options, scan_dataset, tag_frequency
+        from .data import BucketPlan, caption_options, tag_frequency
+        from .data_loader import resolve_num_workers
+        from .dataset_scan import scan_for_training
 
-        items = scan_dataset(cfg.dataset_path)
-        plan = BucketPlan(items, cfg.dataset, cfg.training.batch_size)
+        def broadcast(obj: Any) -> Any:
+            from accelerate.utils import broadcast_object_list
+
+            return broadcast_object_list([obj], from_process=0)[0]
+
+        # One scan and bucket plan for all ranks: sizes from manifest.jsonl or the scan cache (dataset_scan.py);
+        # rank 0 scans and stores them, the others read what it stored.
+        scan_t0 = time.perf_counter()
+        plans: list[BucketPlan] = []
+        items = scan_for_training(cfg.dataset_path, run_dir, rank, world, broadcast=broadcast if world > 1 else None,
+                                  prepare=lambda s: plans.append(BucketPlan(s, cfg.dataset, cfg.training.batch_size)))  # fmt: skip
+        plan = plans[0] if plans else BucketPlan(items, cfg.dataset, cfg.training.batch_size)
+        scan_s = time.perf_counter() - scan_t0
+        tag_counts = None
+        # sd-scripts' tag counts for the LoKr metadata (rank 0): seconds per million captions when not cached, so
+        # they are counted while the models load
+        if self.is_main:
+            from concurrent.futures import ThreadPoolExecutor
+
+            counter = ThreadPoolExecutor(1, thread_name_prefix="kxl-tag-frequency")
+            tag_counts = counter.submit(tag_frequency, items)
+            counter.shutdown(wait=False)
         t = cfg.training
         spe = plan.steps_per_epoch(world, t.gradient_accumulation_steps)
         total = t.max_steps if t.max_steps > 0 else t.epochs * spe
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+        self.data_workers = resolve_num_workers(cfg.dataset.num_workers, local_ranks)
         self._status(f"dataset: {len(items)} images, {len(plan.entries)} per epoch, {len(plan.bucket_counts())} "
-                     f"buckets, {spe} steps per epoch, {total} steps", images=len(items),
-                     entries=len(plan.entries), steps_per_epoch=spe, total_steps=total)  # fmt: skip
+                     f"buckets, {spe} steps per epoch, {total} steps; scanned in {scan_s:.1f} s "
+                     f"({getattr(items, 'report', {}).get('cache', 'off')} cache); {self.data_workers} data workers",
+                     images=len(items), entries=len(plan.entries), steps_per_epoch=spe, total_steps=total,
+                     scan_s=round(scan_s, 3), scan=getattr(items, "report", {}),
+                     data_workers=self.data_workers)  # fmt: skip
 
         self._load_models(cfg)
         from .networks import create_networks
@@ -355,12 +382,18 @@ class Trainer:
         self.cfg, self.plan, self.nets, self.optimizer, self.scaler = cfg, plan, nets, optimizer, scaler
         self.params = params
         self.options = caption_options(cfg.dataset)
-        self.tag_frequency = tag_frequency(items)
+        # only rank 0 writes LoKr metadata
+        self.tag_frequency = tag_counts.result() if tag_counts is not None else {}
         self.fingerprint = fingerprint
         self.spe, self.total = spe, total
         self.samples_seen = samples_seen
         self._setup_latent_cache(cfg, run_dir)
-        return self._train_loop(start_step)
+        self.batches = None
+        try:
+            return self._train_loop(start_step)
+        finally:
+            if self.batches is not None:
+                self.batches.close()  # data workers end with the loop, whichever way it ends
 
     def _chosen_state(self, existing: list[Path], checkpoints: Path) -> Path:
         if self.resume_from is None:
@@ -471,18 +504,15 @@ class Trainer:
                 latents = torch.nan_to_num(latents, nan=0.0, posinf=0.0, neginf=0.0)
         return latents
 
-    def _micro_loss(self, entry_ids: list[int], epoch: int, micro: int) -> Any:
+    def _micro_loss(self, batch: Any, epoch: int, micro: int) -> Any:
         import torch
 
-        from .data import make_batch
         from .loss import add_noise, diffusion_loss, sample_noise, sample_timesteps, target_for
         from .text_encoding import encode_tokens, tokenize_captions
 
         cfg = self.cfg
         gen = torch.Generator(device=self.device)
         gen.manual_seed(micro_seed(noise_seed(cfg.training), self.step, self.rank, micro))
-        batch = make_batch(self.plan, entry_ids, cfg.dataset, cfg.training.seed, epoch, self.options,
-                           load=self.latent_cache is None)  # fmt: skip
         latents = self._latents(batch, gen)
         noise = sample_noise(latents, cfg.training.noise_offset, gen)
         timesteps = sample_timesteps(latents.shape[0], gen, self.device)
@@ -508,7 +538,7 @@ class Trainer:
         loss = diffusion_loss(
             pred, target, timesteps, self.acp, cfg.training.min_snr_gamma, cfg.model.v_prediction
         )
-        return loss, len(entry_ids)
+        return loss, len(batch.entries)
 
     def _train_loop(self, start_step: int) -> int:
         import torch
@@ -518,26 +548,30 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.training
         accum = t.gradient_accumulation_steps
         self.nets.train()
-        epoch_cache: dict[int, list[list[int]]] = {}
+        from .data_loader import TrainBatches
+
+        # Batches made ahead in worker processes (data_loader.py), exactly the serial path's; the order is a function
+        # of (data seed, epoch), so a resume starts at the right micro-batch of its epoch.
+        self.batches = TrainBatches(self.plan, cfg.dataset, seed=t.seed, order_seed=t.data_seed or t.seed,
+                                    world=self.world, rank=self.rank, accum=accum, steps_per_epoch=self.spe,
+                                    start_step=start_step, total_steps=self.total, load=self.latent_cache is None,
+                                    num_workers=self.data_workers, pin_memory=self.device.type == "cuda")  # fmt: skip
         while self.step < self.total:
             step_start = time.perf_counter()
-            epoch, in_epoch = divmod(self.step, self.spe)
-            if epoch not in epoch_cache:
-                epoch_cache.clear()
-                epoch_cache[epoch] = self.plan.rank_micro_batches(epoch, t.data_seed or t.seed, self.world,
-                                                                  self.rank, accum)  # fmt: skip
-            micro_batches = epoch_cache[epoch][in_epoch * accum : (in_epoch + 1) * accum]
+            epoch = self.step // self.spe
             lrs = set_learning_rates(self.optimizer, cfg.optimizer, self.step, self.total)
             loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
             images = 0
-            for m, entry_ids in enumerate(micro_batches):
-                loss, n = self._micro_loss(entry_ids, epoch, m)
+            waited_before = self.batches.wait_s
+            for m, batch in enumerate(self.batches.micro_batches(self.step)):
+                loss, n = self._micro_loss(batch, epoch, m)
                 scaled = loss / accum
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
                 scaled.backward()
                 loss_sum += loss.detach().double()
                 images += n
+            data_wait = self.batches.wait_s - waited_before  # this step's time blocked on data
             if (
                 self.step + 1 in self.inject_nonfinite
             ):  # fault-injection hook for tests (KXL_INJECT_NONFINITE_GRAD)
@@ -551,7 +585,7 @@ class Trainer:
             wall_due = (self.is_main and t.save_every_minutes > 0
                         and time.monotonic() - self.last_save_t >= 60 * t.save_every_minutes)  # fmt: skip
             grads = [p.grad for p in self.params if p.grad is not None]
-            scalars = torch.tensor([loss_sum.item() / len(micro_batches), float(images), float(stop_local),
+            scalars = torch.tensor([loss_sum.item() / accum, float(images), float(stop_local),
                                     float(sample_local), float(save_local), float(wall_due)],
                                    dtype=torch.float64, device=self.device)  # fmt: skip
             if self.world > 1:
@@ -604,6 +638,7 @@ class Trainer:
                 self.events.emit("step", self.step, epoch=epoch + 1, loss=loss_value, lr=lrs, grad_norm=grad_norm,
                                  images_per_s=images_all / elapsed if elapsed > 0 else None,
                                  samples_seen=self.samples_seen, step_time_s=round(elapsed, 4),
+                                 data_wait_s=round(data_wait, 4),
                                  peak_memory_mb=self._peak_memory_mb(), total_steps=self.total, **extra)  # fmt: skip
             if self.nonfinite_streak >= t.max_nonfinite_steps:
                 what = "loss" if not math.isfinite(loss_value) else "gradients"
