@@ -933,6 +933,12 @@ class TrainTab(QWidget):
         peak = s.peak_memory_mb()
         if peak is not None:
             parts.append(f"peak {peak:,.0f} MB")
+        wait = s.data_wait_fraction()
+        if wait is not None:
+            parts.append(f"data wait {100 * wait:.0f}%")  # high: more dataset.num_workers, or faster storage
+        skipped = s.skipped_steps()
+        if skipped:
+            parts.append(f"⚠ {skipped} step(s) skipped (non-finite)")
         eta = s.eta_seconds()
         if self.monitor.active:
             parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA estimating…")

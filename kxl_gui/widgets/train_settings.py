@@ -70,8 +70,9 @@ INT_RANGES = {
     "training.keep_states": (1, 1),
     "training.sample_steps": (1, 1),
     "training.max_nonfinite_steps": (1, 1),
+    "dataset.num_workers": (-1, 1),  # -1: automatic
 }
-INT_MAXIMUMS = {"dataset.max_token_length": 225}
+INT_MAXIMUMS = {"dataset.max_token_length": 225, "dataset.num_workers": 64}
 INT_MAX = 1_000_000_000
 HELP = {
     "model.v_prediction": "Train with v-prediction targets (only for v-pred base models).",
@@ -79,6 +80,13 @@ HELP = {
     "dataset.min_bucket_reso": "Smallest bucket side.",
     "dataset.max_bucket_reso": "Largest bucket side.",
     "dataset.bucket_step": "Bucket sides are multiples of this (SDXL needs 32; 64 is the card's).",
+    "dataset.num_workers": "Processes that decode images ahead of the step: -1 automatic (min(4, cores - 1)), 0 none. "
+    "The batches are the same for any count.",
+    "training.save_every_minutes": "Also save a training state after this many minutes of wall time (0: by steps only).",
+    "training.max_nonfinite_steps": "A step with a non-finite loss or gradient is skipped; this many in a row stop "
+    "the run.",
+    "training.data_seed": "0: the data order follows the seed. Another value reshuffles the order from here on.",
+    "training.ddp_timeout_minutes": "A process stuck this long waiting for the others ends the run instead of hanging.",
     "dataset.bucket_no_upscale": "Never upscale small images; they get their own smaller buckets.",
     "dataset.random_crop": "Crop a random window instead of the centre (cannot be used with cached latents).",
     "dataset.shuffle_caption": "Shuffle the tags after the '|||' separator every epoch.",

@@ -321,3 +321,17 @@ def test_preflight_counts_buckets_against_the_effective_batch(tmp_path, base_ckp
     report = preflight(cfg, processes=1, gpus=[("Tiny GPU", 1 << 20)])
     levels = {i.topic: i.level for i in report.items}
     assert levels["buckets"] == "ok" and levels["memory"] == "warning"  # 1 MiB of GPU memory is too little
+
+
+def test_series_reports_data_wait_share_and_skipped_steps():
+    from trainer_core.train.runs import RunSeries
+
+    s = RunSeries()
+    assert s.data_wait_fraction() is None and s.skipped_steps() == 0
+    s.add([{"type": "step", "step": 1, "loss": 1.0, "step_time_s": 2.0, "data_wait_s": 1.0},
+           {"type": "step", "step": 2, "loss": None, "skipped": True, "step_time_s": 2.0, "data_wait_s": 0.0},
+           {"type": "step", "step": 3, "loss": 0.9, "step_time_s": 4.0, "data_wait_s": 0.0}])  # fmt: skip
+    assert s.data_wait_fraction() == pytest.approx(1.0 / 8.0)
+    assert s.skipped_steps() == 1
+    s.add([{"type": "status", "message": "resumed", "resumed_from": 1}])  # the skipped step is cut away
+    assert s.skipped_steps() == 0

@@ -419,28 +419,12 @@ class Trainer:
     def _load_models(self, cfg: TrainConfig) -> None:
         import torch
 
-        from ..hf_quiet import quiet_hf
-        from ..models.loading import load_sdxl, torch_dtype
+        from ..models.loading import load_sdxl
         from .loss import alphas_cumprod
+        from .micro_step import prepare_for_training
 
-        wdt = weight_dtype_for(cfg.training.mixed_precision)
         comps = load_sdxl(cfg.base_path, dtype=torch.float32)
-        vae_dtype = torch_dtype(cfg.training.vae_dtype)
-        with quiet_hf():  # diffusers warns about casting with .to(); the frozen base is meant to be cast
-            for name in ("unet", "text_encoder", "text_encoder_2"):
-                m = getattr(comps, name)
-                m.requires_grad_(False)
-                m.to(self.device, dtype=wdt)
-            comps.vae.requires_grad_(False)
-            comps.vae.to(self.device, dtype=vae_dtype)
-        comps.vae.eval()
-        if cfg.training.gradient_checkpointing:
-            comps.unet.enable_gradient_checkpointing()
-            for te in (comps.text_encoder, comps.text_encoder_2):
-                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        comps.unet.train()
-        comps.text_encoder.train()
-        comps.text_encoder_2.train()
+        prepare_for_training(comps, cfg.training, self.device)  # dtypes, checkpointing, train modes
         self.comps = comps
         self.models = {
             "unet": comps.unet,
@@ -462,6 +446,8 @@ class Trainer:
     def _latents(self, batch: Any, gen: Any) -> Any:
         """Sampled, scaled latents; the VAE runs without grad in its own dtype, NaNs (fp16 VAE) become 0."""
         import torch
+
+        from .micro_step import encode_each, sample_latents
 
         vae = self.comps.vae
         dists = []
@@ -489,55 +475,28 @@ class Trainer:
                 mean = torch.stack([m for m, _ in dists]).to(self.device)
                 std = torch.stack([s for _, s in dists]).to(self.device)
             else:
-                # One image at a time: the fp32 VAE encoder's activations for 4 images at 1024² are ~10 GiB, more
-                # than the whole UNet phase; encoding each image alone costs the same FLOPs at a quarter the peak.
-                means, stds = [], []
-                for one in batch.pixels:
-                    d = vae.encode(one[None].to(self.device, vae.dtype)).latent_dist
-                    means.append(d.mean.float())
-                    stds.append(d.std.float())
-                mean, std = torch.cat(means), torch.cat(stds)
-            eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=torch.float32)
-            latents = (mean + std * eps - self.vae_shift) * self.vae_scale
-            if not torch.isfinite(latents).all():
-                self._log("warning: NaN/inf in VAE latents (fp16 VAE overflow?); replaced by 0")
-                latents = torch.nan_to_num(latents, nan=0.0, posinf=0.0, neginf=0.0)
+                mean, std = encode_each(vae, batch.pixels, self.device)  # one image at a time
+        latents, replaced = sample_latents(mean, std, gen, self.vae_scale, self.vae_shift)
+        if replaced:
+            self._log("warning: NaN/inf in VAE latents (fp16 VAE overflow?); replaced by 0")
         return latents
 
     def _micro_loss(self, batch: Any, epoch: int, micro: int) -> Any:
         import torch
 
-        from .loss import add_noise, diffusion_loss, sample_noise, sample_timesteps, target_for
-        from .text_encoding import encode_tokens, tokenize_captions
+        from .micro_step import micro_loss
+        from .text_encoding import tokenize_captions
 
         cfg = self.cfg
         gen = torch.Generator(device=self.device)
         gen.manual_seed(micro_seed(noise_seed(cfg.training), self.step, self.rank, micro))
         latents = self._latents(batch, gen)
-        noise = sample_noise(latents, cfg.training.noise_offset, gen)
-        timesteps = sample_timesteps(latents.shape[0], gen, self.device)
-        noisy = add_noise(latents, noise, timesteps, self.acp)
-        target = target_for(latents, noise, timesteps, self.acp, cfg.model.v_prediction)
         ids1 = tokenize_captions(batch.captions, self.comps.tokenizer, cfg.dataset.max_token_length)
         ids2 = tokenize_captions(
             batch.captions, self.comps.tokenizer_2, cfg.dataset.max_token_length, pad_id=0
         )
-        wdt = weight_dtype_for(cfg.training.mixed_precision)
-        with self.accelerator.autocast():
-            context, pooled = encode_tokens(ids1.to(self.device), ids2.to(self.device), self.comps.text_encoder,
-                                            self.comps.text_encoder_2)  # fmt: skip
-            pred = self.comps.unet(
-                noisy.to(wdt),
-                timesteps,
-                encoder_hidden_states=context.to(wdt),
-                added_cond_kwargs={
-                    "text_embeds": pooled.to(wdt),
-                    "time_ids": batch.time_ids.to(self.device, wdt),
-                },
-            ).sample
-        loss = diffusion_loss(
-            pred, target, timesteps, self.acp, cfg.training.min_snr_gamma, cfg.model.v_prediction
-        )
+        loss = micro_loss(self.comps, cfg, latents, ids1, ids2, batch.time_ids, gen, self.acp, self.device,
+                          self.accelerator.autocast)  # fmt: skip
         return loss, len(batch.entries)
 
     def _train_loop(self, start_step: int) -> int:
@@ -549,6 +508,7 @@ class Trainer:
         accum = t.gradient_accumulation_steps
         self.nets.train()
         from .data_loader import TrainBatches
+        from .micro_step import backward_micro
 
         # Batches made ahead in worker processes (data_loader.py), exactly the serial path's; the order is a function
         # of (data seed, epoch), so a resume starts at the right micro-batch of its epoch.
@@ -565,10 +525,7 @@ class Trainer:
             waited_before = self.batches.wait_s
             for m, batch in enumerate(self.batches.micro_batches(self.step)):
                 loss, n = self._micro_loss(batch, epoch, m)
-                scaled = loss / accum
-                if self.scaler is not None:
-                    scaled = self.scaler.scale(scaled)
-                scaled.backward()
+                backward_micro(loss, accum, self.scaler)
                 loss_sum += loss.detach().double()
                 images += n
             data_wait = self.batches.wait_s - waited_before  # this step's time blocked on data

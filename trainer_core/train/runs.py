@@ -347,12 +347,14 @@ class Marker:
 class RunSeries:
     """Everything the live view plots, built from events in arrival order.
 
-    Columns: step, t, loss, lr (UNet group), lr (TE group), grad_norm, images/s, peak memory MB. A `status` event
+    Columns: step, t, loss, lr (UNet group), lr (TE group), grad_norm, images/s, peak memory MB, the step's wall
+    time and the part of it spent waiting for data, and whether the update was skipped (non-finite). A `status` event
     with `resumed_from` = N (and any step event that does not advance) cuts the series back to steps <= N, so a
     resumed run's curve continues from the state it resumed, not from the abandoned tail.
     """
 
-    COLUMNS = ("step", "t", "loss", "lr_unet", "lr_te", "grad_norm", "images_per_s", "peak_memory_mb")
+    COLUMNS = ("step", "t", "loss", "lr_unet", "lr_te", "grad_norm", "images_per_s", "peak_memory_mb",
+               "step_time_s", "data_wait_s", "skipped")  # fmt: skip
 
     def __init__(self) -> None:
         self._data = np.zeros((1024, len(self.COLUMNS)), dtype=np.float64)
@@ -387,7 +389,8 @@ class RunSeries:
                 self.truncate(step - 1)
             lr = e.get("lr") or {}
             row = (step, _num(e.get("t")), _num(e.get("loss")), _num(lr.get("unet")), _num(lr.get("textencoder")),
-                   _num(e.get("grad_norm")), _num(e.get("images_per_s")), _num(e.get("peak_memory_mb")))  # fmt: skip
+                   _num(e.get("grad_norm")), _num(e.get("images_per_s")), _num(e.get("peak_memory_mb")),
+                   _num(e.get("step_time_s")), _num(e.get("data_wait_s")), 1.0 if e.get("skipped") else 0.0)  # fmt: skip
             if self.n == len(self._data):
                 self._data = np.concatenate([self._data, np.zeros_like(self._data)])
             self._data[self.n] = row
@@ -451,6 +454,17 @@ class RunSeries:
             self._ema_state = _ema_extend(self._data[lo:hi, 2], smoothing, *self._ema_state, self._ema[lo:hi])
             self._ema_n = self.n
         return self._ema[: self.n]
+
+    def data_wait_fraction(self, window: int = 30) -> float | None:
+        """Share of the last `window` steps' wall time spent waiting for data (None before any step reports it)."""
+        lo = max(0, self.n - window)
+        wait, total = self._data[lo : self.n, 9], self._data[lo : self.n, 8]
+        ok = np.isfinite(wait) & np.isfinite(total)
+        return float(wait[ok].sum() / total[ok].sum()) if ok.any() and total[ok].sum() > 0 else None
+
+    def skipped_steps(self) -> int:
+        """Updates skipped for a non-finite loss or gradient, over the steps kept."""
+        return int(self._data[: self.n, 10].sum())
 
     def seconds_per_step(self, window: int = 30) -> float | None:
         """Median wall time per step over the last `window` steps, None before 3 steps. The median ignores the
