@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 
-def write_tiny_run_config(run: Path, base: Path, dataset: Path, **training) -> Path:
+def write_tiny_run_config(
+    run: Path, base: Path, dataset: Path, optimizer: dict | None = None, **training
+) -> Path:
     """`run/config.toml` for a short tiny-demo run of one image per step: no interval saves, no samples,
-    `training.<key>` overridden by `training`. Returns the config's path."""
+    `training.<key>` overridden by `training` (and `optimizer.<key>` by `optimizer`). Returns the config's path."""
     from trainer_core.train.config import load_preset
 
     cfg = load_preset("tiny-demo")
@@ -19,6 +21,8 @@ def write_tiny_run_config(run: Path, base: Path, dataset: Path, **training) -> P
     cfg.training.save_every_n_steps, cfg.training.sample_every = 0, 0
     for key, value in training.items():
         setattr(cfg.training, key, value)
+    for key, value in (optimizer or {}).items():
+        setattr(cfg.optimizer, key, value)
     run.mkdir(parents=True, exist_ok=True)
     path = run / "config.toml"
     path.write_text(cfg.to_toml(), encoding="utf-8")
@@ -41,3 +45,15 @@ def interrupted_build(opts, after: int, workers: int = 1) -> None:
         build_dataset(
             opts, workers=workers, progress=Progress(callback=stop, cancel_token=token, min_interval_s=0)
         )
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A tar shard holding `members` (name, bytes), in order."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

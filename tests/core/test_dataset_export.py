@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support import interrupted_build
+from support import interrupted_build, write_tar
 from test_dataset_captions import make_db  # noqa: E402 - pytest puts tests/core on sys.path
 
 from trainer_core.cli import main as kxl_main
@@ -137,14 +137,6 @@ def test_refuses_foreign_or_finished_folders_and_bad_db(demo, reference, tmp_pat
         build_dataset(BuildOptions(db=bad, images=demo[1], out=tmp_path / "x", plan=PRESETS["all"]))
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def _png(w=40, h=30, colour=(200, 10, 10)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (w, h), colour).save(buf, format="PNG")
@@ -157,7 +149,7 @@ def test_untrusted_and_broken_shards(tmp_path):
     shards = tmp_path / "images"
     shards.mkdir()
     good, other = _png(), _png(colour=(0, 0, 255))
-    _tar(
+    write_tar(
         shards / "data-0001.tar",
         [
             ("../1001.png", other),
@@ -167,15 +159,15 @@ def test_untrusted_and_broken_shards(tmp_path):
             ("2001.webp", b"not an image at all"),
         ],
     )
-    _tar(shards / "data-1001.tar", [("3001.png", good), ("1001.png", other)])  # 1001: the first hit wins
-    _tar(shards / "data-0002.tar", [("1002.png", good * 20)])
+    write_tar(shards / "data-1001.tar", [("3001.png", good), ("1001.png", other)])  # 1001: the first hit wins
+    write_tar(shards / "data-0002.tar", [("1002.png", good * 20)])
     raw = (shards / "data-0002.tar").read_bytes()
     (shards / "data-0002.tar").write_bytes(raw[: 512 + len(good) * 5])  # truncated member
     (shards / "data-0003.tar").write_bytes(b"garbage, not a tar" * 40)
     (shards / "data-x.tar").write_bytes(b"")
     updates = shards / "updates" / "2024"
     updates.mkdir(parents=True)
-    _tar(updates / "u.tar", [("1005.png", good)])
+    write_tar(updates / "u.tar", [("1005.png", good)])
     out = tmp_path / "out" / "ds"
     result = build_dataset(
         BuildOptions(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import tarfile
 import warnings
 import zlib
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
+from support import write_tar
 from test_dataset_captions import make_db  # noqa: E402 - pytest puts tests/core on sys.path
 
 from trainer_core.dataset.export import BuildOptions, build_dataset
@@ -334,12 +334,6 @@ def test_damaged_real_files_give_none_or_what_pillow_says(samples, name, edits):
 
 
 # ---- the dataset export's copy path ------------------------------------------------------------------------------
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def test_export_copy_path_sizes_match_pillow_and_corrupt_is_reported(samples, tmp_path, monkeypatch):
@@ -361,7 +355,7 @@ def test_export_copy_path_sizes_match_pillow_and_corrupt_is_reported(samples, tm
     shards = tmp_path / "images"
     shards.mkdir()
     for pid, (ext, data) in {**good, **corrupt}.items():
-        _tar(shards / f"data-0{pid % 1000:03d}.tar", [(f"{pid}.{ext}", data)])
+        write_tar(shards / f"data-0{pid % 1000:03d}.tar", [(f"{pid}.{ext}", data)])
 
     opened: list[int] = []
     real_open = Image.open

@@ -18,8 +18,8 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from conftest import write_train_squares  # noqa: E402 - tests/ is on sys.path
+from support import write_tiny_run_config  # noqa: E402
 
-from trainer_core.train.config import load_preset  # noqa: E402
 from trainer_core.train.events import read_events, request_stop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,17 +32,7 @@ def assets(tmp_path_factory):
 
 
 def _config(run_dir: Path, base: Path, dataset: Path, **training) -> Path:
-    cfg = load_preset("tiny-demo")
-    cfg.model.base, cfg.dataset.path = str(base), str(dataset)
-    cfg.training.batch_size, cfg.training.gradient_accumulation_steps = 1, 1
-    cfg.training.save_every_n_steps = 0
-    cfg.optimizer.unet_lr = 3e-3
-    for k, v in training.items():
-        setattr(cfg.training, k, v)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.toml"
-    path.write_text(cfg.to_toml(), encoding="utf-8")
-    return path
+    return write_tiny_run_config(run_dir, base, dataset, optimizer={"unet_lr": 3e-3}, **training)
 
 
 def _env() -> dict[str, str]:

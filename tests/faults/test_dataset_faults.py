@@ -17,7 +17,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import textwrap
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support import interrupted_build
+from support import interrupted_build, write_tar
 
 from trainer_core.cli import main as kxl_main
 from trainer_core.danbooru.schema import HAKUBOORU_SCHEMA_SQL, POST_COLUMNS
@@ -503,14 +502,6 @@ def _png(colour=(200, 10, 10)) -> bytes:
     return buf.getvalue()
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def _small_posts(ids) -> dict:
     return {i: (0, 5, "2020-01-01T00:00:00.000-05:00") for i in ids}
 
@@ -528,9 +519,11 @@ def test_only_image_members_count_as_the_image(tmp_path, data_dir):
     red, blue = _png(), _png((0, 0, 255))
     shards = tmp_path / "shards"
     shards.mkdir()
-    _tar(shards / "data-0001.tar", [("1001.txt", b"someone's caption, not an image"), ("1001.png", red)])
-    _tar(shards / "data-0002.tar", [("1002.txt", blue)])  # image bytes under a caption's name: not the image
-    _tar(shards / "data-0003.tar", [("1003.json", b"{}"), ("1003.png", blue)])
+    write_tar(shards / "data-0001.tar", [("1001.txt", b"someone's caption, not an image"), ("1001.png", red)])
+    write_tar(
+        shards / "data-0002.tar", [("1002.txt", blue)]
+    )  # image bytes under a caption's name: not the image
+    write_tar(shards / "data-0003.tar", [("1003.json", b"{}"), ("1003.png", blue)])
     out = tmp_path / "ds"
     summary = _build(db, shards, out).summary
     files = tree(out)
@@ -556,9 +549,9 @@ def test_skip_reasons_are_stable_text(tmp_path, data_dir):
     db = hostile_db(tmp_path / "m.db", posts=_small_posts(ids), relations=[(1, 2001, 2)])
     shards = tmp_path / "shards"
     shards.mkdir()
-    _tar(shards / "data-0001.tar", [("2001.webp", b"not an image at all")])
-    _tar(shards / "data-0002.tar", [("2002.png", _png()[:40])])  # a PNG cut short
-    _tar(shards / "data-0003.tar", [("2003.png", _png())])
+    write_tar(shards / "data-0001.tar", [("2001.webp", b"not an image at all")])
+    write_tar(shards / "data-0002.tar", [("2002.png", _png()[:40])])  # a PNG cut short
+    write_tar(shards / "data-0003.tar", [("2003.png", _png())])
     _build(db, shards, tmp_path / "a")
     _build(db, shards, tmp_path / "b")
     first = (tmp_path / "a" / "skipped.jsonl").read_text(encoding="utf-8")
