@@ -119,8 +119,11 @@ def test_print_launch_targets_gpus_and_names_what_each_machine_needs(tmp_path, c
     assert kxl_main(argv) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if not ln.startswith("#")]
-    assert len(lines) == 2 and all(ln.startswith("accelerate launch ") for ln in lines)
+    assert len(lines) == 2
     assert "ACCELERATE_USE_CPU" not in out and "--num_cpu_threads_per_process" not in out
+    assert all(
+        ln.startswith("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True accelerate launch ") for ln in lines
+    )
     assert sys.executable not in out
     assert "/data/base.safetensors" in out and "/data/set" in out  # what every machine must have
     assert kxl_main([*argv, "--cpu"]) == 0

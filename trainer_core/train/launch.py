@@ -18,6 +18,7 @@ from ..errors import KxlError
 
 MAIN_IP_PLACEHOLDER = "<MAIN_NODE_IP>"
 DEFAULT_PORT = 29500
+CUDA_ALLOC_CONF = "expandable_segments:True"
 
 
 @dataclass
@@ -79,7 +80,13 @@ def launch_command(plan: LaunchPlan, machine_rank: int | None = None) -> tuple[l
         argv.append("--resume")
     if plan.data_seed is not None:
         argv += ["--data-seed", str(plan.data_seed)]
-    env = {"ACCELERATE_USE_CPU": "true"} if cpu else {}
+    if cpu:
+        env = {"ACCELERATE_USE_CPU": "true"}
+    else:
+        # Buckets from 4096x256 to 256x4096 change every activation's shape from step to step; expandable segments
+        # let the caching allocator grow blocks instead of fragmenting into unusable holes. A user's own
+        # setting wins.
+        env = {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)}
     return argv, env
 
 
