@@ -104,6 +104,8 @@ class TrainPlots(QWidget):
         lower = QHBoxLayout()
         self.lr_plot = pg.PlotWidget(background="#25282d")
         _style_plot(self.lr_plot, "Learning rate", "lr")
+        # two curves (UNet and text encoders, whose rates differ by the card's 4x): name them on the plot
+        self.lr_plot.addLegend(offset=(-6, 6), labelTextColor="#c8c4bc", labelTextSize="8pt")
         self.lr_curve = self.lr_plot.plot(pen=pg.mkPen(LR_COLOUR, width=2), name="UNet")
         self.lr_te_curve = self.lr_plot.plot(pen=pg.mkPen(LR_TE_COLOUR, width=1), name="TE")
         self.grad_plot = pg.PlotWidget(background="#25282d")

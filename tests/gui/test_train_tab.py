@@ -520,3 +520,12 @@ def test_log_follower_reads_only_the_tail_of_a_big_log_then_only_new_bytes(tmp_p
     assert follower.bytes_read - read_before == len("last words\npartial")
     log.write_text("new file\n")  # replaced (a new launch): read from its start
     assert follower.read() == ["new file"] and follower.restarted
+
+
+def test_learning_rate_plot_names_both_curves(qtbot):
+    from kxl_gui.widgets.train_plots import TrainPlots
+
+    plots = TrainPlots()
+    qtbot.addWidget(plots)
+    legend = plots.lr_plot.getPlotItem().legend
+    assert legend is not None and [label.text for _, label in legend.items] == ["UNet", "TE"]
