@@ -126,20 +126,6 @@ def make_workspace(tmp_path: Path) -> Callable[..., Path]:
     return build
 
 
-def write_train_squares(root: Path) -> tuple[Path, Path]:
-    """(tiny fp16 base checkpoint, kohya dataset of two 64 px images with `|||` captions) under `root`:
-    the smallest real training input, shared by the trainer tests."""
-    from PIL import Image, ImageDraw
-
-    from trainer_core.models.loading import save_single_file
-    from trainer_core.models.tiny import build_tiny_components
-
-    base = save_single_file(build_tiny_components(0), root / "base.safetensors", dtype="fp16")
-    sub = root / "dataset" / "1_squares"
-    sub.mkdir(parents=True)
-    for i in range(2):
-        im = Image.new("RGB", (64, 64), (200 * i, 30, 120))
-        ImageDraw.Draw(im).rectangle((8, 8, 40, 40), fill=(255, 255, 0))
-        im.save(sub / f"{i}.png")
-        (sub / f"{i}.txt").write_text(f"1girl ||| yellow square, tag{i}", encoding="utf-8")
-    return base, root / "dataset"
+# The trainer tests import this from conftest; it lives in support.py so GUI tests (whose own conftest shadows
+# this one) can import it too.
+from support import write_train_squares  # noqa: E402, F401

@@ -57,3 +57,22 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def write_train_squares(root: Path) -> tuple[Path, Path]:
+    """(tiny fp16 base checkpoint, kohya dataset of two 64 px images with `|||` captions) under `root`:
+    the smallest real training input, shared by the trainer tests."""
+    from PIL import Image, ImageDraw
+
+    from trainer_core.models.loading import save_single_file
+    from trainer_core.models.tiny import build_tiny_components
+
+    base = save_single_file(build_tiny_components(0), root / "base.safetensors", dtype="fp16")
+    sub = root / "dataset" / "1_squares"
+    sub.mkdir(parents=True)
+    for i in range(2):
+        im = Image.new("RGB", (64, 64), (200 * i, 30, 120))
+        ImageDraw.Draw(im).rectangle((8, 8, 40, 40), fill=(255, 255, 0))
+        im.save(sub / f"{i}.png")
+        (sub / f"{i}.txt").write_text(f"1girl ||| yellow square, tag{i}", encoding="utf-8")
+    return base, root / "dataset"

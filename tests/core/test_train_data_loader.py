@@ -205,7 +205,7 @@ def test_a_run_with_a_worker_reports_data_wait(tmp_path):
     """An in-process tiny run with one data worker: the step events carry data_wait_s, the status the worker count.
     (Same losses with and without workers follows from the batches being equal; the trainer tests run with the
     default worker count.)"""
-    from conftest import write_train_squares
+    from support import write_train_squares
 
     from trainer_core.train.config import load_preset
     from trainer_core.train.events import read_events
