@@ -130,7 +130,8 @@ def lokr_metadata(cfg: TrainConfig, *, step: int, epoch: int, num_images: int, t
     if not base_hash and cfg.base_path.is_file():
         from ..hashing import cached_sha256
 
-        meta["ss_new_sd_model_hash"] = cached_sha256(cfg.base_path) or ""  # only a known hash: never 7 GB reads
+        # only a hash computed before: a save must never read a 7 GB base
+        meta["ss_new_sd_model_hash"] = cached_sha256(cfg.base_path) or ""
     return meta
 
 
