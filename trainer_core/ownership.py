@@ -2,9 +2,10 @@
 
 A run folder, a dataset folder or a merge output is written by one process at a time. The first writer creates
 `<lock>` exclusively (O_CREAT|O_EXCL, so two starters cannot both win) with JSON `{"pid", "start", "host", "what"}`;
-a second one gets "already running (pid N)". The start time is the kernel's process start (Linux
-/proc/<pid>/stat field 22, psutil elsewhere), so a lock whose pid died, or was reused by another program after a
-reboot, is recognised as stale and taken over instead of blocking the user forever.
+a second one gets "already running (pid N)". The start time is the process's creation time (psutil), so a lock
+whose pid died, or was reused by another program after a reboot, is recognised as stale and taken over instead of
+blocking the user forever. `process_start_time` and `process_alive` here are the project's one definition of a
+process's identity: run.json and launch.json are checked with them too.
 
 The lock holds data only (JSON); nothing in it is executed. A lock written on another host cannot be checked and
 is treated as live: shared network folders are exactly where two machines would collide.
@@ -35,22 +36,34 @@ class Owner:
     what: str
 
 
+_START_TIME_SLACK_S = 1.0  # create_time is rounded differently by different readers
+
+
 def process_start_time(pid: int) -> float | None:
-    """A value that identifies one incarnation of `pid` (None when the process does not exist)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-        return float(stat.rsplit(")", 1)[1].split()[19])
-    except FileNotFoundError:
-        return None
-    except (OSError, IndexError, ValueError):
-        pass
+    """When `pid` started (psutil create_time, seconds since the epoch), or None if it does not exist."""
     try:
         import psutil
 
-        return float(psutil.Process(pid).create_time())
+        return psutil.Process(pid).create_time()
     except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends: the process is gone
         return None
+
+
+def process_alive(pid: int | None, start_time: float | None = None) -> bool:
+    """True if `pid` runs (not a zombie) and, when `start_time` is given, is the process that started then."""
+    if not pid:
+        return False
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if start_time is not None and abs(proc.create_time() - float(start_time)) > _START_TIME_SLACK_S:
+            return False  # the pid was recycled by an unrelated process
+        return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
 
 
 def _this_owner(what: str) -> Owner:
@@ -73,12 +86,7 @@ def read_owner(lock: Path) -> Owner | None:
 def owner_alive(owner: Owner) -> bool:
     if owner.host and owner.host != socket.gethostname():
         return True
-    if owner.pid <= 0:
-        return False
-    start = process_start_time(owner.pid)
-    if start is None:
-        return False
-    return owner.start is None or abs(start - owner.start) < 1e-6
+    return owner.pid > 0 and process_alive(owner.pid, owner.start)
 
 
 def live_owner(lock: Path) -> Owner | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from ..ownership import process_start_time
 
 EVENTS_FILE = "events.jsonl"
 RUN_FILE = "run.json"
@@ -127,15 +128,6 @@ def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
-
-
-def process_start_time(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:  # noqa: BLE001 - psutil missing or the process is gone: reconciliation falls back to pid
-        return None
 
 
 def write_run_info(run_dir: str | Path, state: str, **extra: Any) -> None:

@@ -40,36 +40,19 @@ import numpy as np
 
 from ..atomic import atomic_write_text, free_bytes
 from ..errors import KxlError
+from ..ownership import process_alive, process_start_time
 from .checkpoint import STATE_PREFIX, TRAIN_STATE_FILE, state_dirs
 from .config import TrainConfig
-from .events import EVENTS_FILE, RUN_FILE, RUN_LOCK_FILE, process_start_time, read_run_info
+from .events import EVENTS_FILE, RUN_FILE, RUN_LOCK_FILE, read_run_info
 
 LAUNCH_FILE = "launch.json"
 LAUNCHER_LOG = "logs/launcher.log"
 TRAINER_LOG = "logs/trainer.log"
 LOG_TAIL_LINES = 40
 STATES = ("launching", "running", "finished", "stopped", "failed")
-_START_TIME_SLACK_S = 1.0  # create_time is rounded differently by different readers
 
 
 # ------------------------------------------------------------------------------------------ processes
-
-
-def process_alive(pid: int | None, start_time: float | None = None) -> bool:
-    """True if `pid` runs (not a zombie) and, when `start_time` is given, is the process that started then."""
-    if not pid:
-        return False
-    import psutil
-
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if start_time is not None and abs(proc.create_time() - float(start_time)) > _START_TIME_SLACK_S:
-            return False  # the pid was recycled by an unrelated process
-        return True
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
 
 
 def group_members(pgid: int | None) -> list[int]:
