@@ -120,7 +120,26 @@ def assign_buckets(sizes: Any, cfg: DatasetConfig, buckets: list[tuple[int, int]
     return out
 
 
-class _Entries(Sequence):
+class ArrayView(Sequence):
+    """A read-only sequence whose items are built on access from arrays: subclasses give `__len__` and
+    `_at(i)` for 0 <= i < len; indexing (negative, slices, bounds) is handled here once."""
+
+    def _at(self, i: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._at(j) for j in range(*i.indices(len(self)))]
+        n = len(self)
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return self._at(i)
+
+
+class _Entries(ArrayView):
     """`plan.entries`: Entry objects made on access from the plan's arrays."""
 
     def __init__(self, plan: BucketPlan):
@@ -129,15 +148,7 @@ class _Entries(Sequence):
     def __len__(self) -> int:
         return int(self._plan._entry_item.shape[0])
 
-    def __getitem__(self, eid):  # type: ignore[override]
-        if isinstance(eid, slice):
-            return [self[i] for i in range(*eid.indices(len(self)))]
-        n = len(self)
-        eid = int(eid)
-        if eid < 0:
-            eid += n
-        if not 0 <= eid < n:
-            raise IndexError(eid)
+    def _at(self, eid: int) -> Entry:
         item = int(self._plan._entry_item[eid])
         return Entry(eid, item, self._plan.assignment(item))
 

@@ -48,14 +48,14 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import KxlError
-from .data import _SUBSET_RE, IMAGE_SUFFIXES
+from .data import _SUBSET_RE, IMAGE_SUFFIXES, ArrayView
 
 VERSION = 1
 CAPTION_SUFFIX = ".txt"
@@ -80,7 +80,7 @@ _ARRAYS = {
 CAPTION_BLOB = "caption_blob.bin"
 
 
-class ScanTable(Sequence):
+class ScanTable(ArrayView):
     """The scanned dataset as compact arrays; also a read-only sequence of `ImageItem`s (built on access).
 
     Arrays instead of millions of Python objects: 1 M images take ~40 MB plus the captions, which stay in the
@@ -106,17 +106,9 @@ class ScanTable(Sequence):
     def __len__(self) -> int:
         return int(self.arrays["item_subset"].shape[0])
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _at(self, i: int) -> Any:
         from .data import ImageItem
 
-        n = len(self)
-        i = int(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
         s = int(self.arrays["item_subset"][i])
         w, h = self.arrays["size"][i]
         return ImageItem(self._subset_paths[s] / self.name(i), self.caption(i), int(self.subset_repeats[s]),
