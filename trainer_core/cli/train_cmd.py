@@ -137,10 +137,10 @@ def run_train(args: argparse.Namespace) -> int:
     env = {**os.environ, **extra_env}
     run_dir = cfg.run_dir
     sup = Supervisor(run_dir, argv, env, tie_to_parent=True)
+    # the echo starts where this launch's part of the log will (start_trainer appends to it)
+    echo = LogEcho(run_dir / "logs" / "launcher.log", lambda line: print(line, flush=True))
     sup.start()
     print(f"run directory: {run_dir}  (events: {run_dir / 'events.jsonl'})", flush=True)
-    echo = LogEcho(run_dir / "logs" / "launcher.log", lambda line: print(line, flush=True))
-    echo.offset = _launch_offset(echo.path)
     code = supervise(sup, on_tick=echo.pump)
     outcome = sup.outcome(code)
     if outcome.exit_code == 0:
@@ -154,12 +154,3 @@ def run_train(args: argparse.Namespace) -> int:
           f"  full log: {outcome.log}", file=sys.stderr, flush=True)  # fmt: skip
     return outcome.exit_code
 
-
-def _launch_offset(log: Path) -> int:
-    """Where this launch's part of the launcher log starts (start_trainer appends a `==== ... launch:` line)."""
-    try:
-        data = log.read_bytes()
-    except OSError:
-        return 0
-    at = data.rfind(b"\n==== ")
-    return at + 1 if at >= 0 else 0
