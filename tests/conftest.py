@@ -124,8 +124,3 @@ def make_workspace(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return build
-
-
-# The trainer tests import this from conftest; it lives in support.py so GUI tests (whose own conftest shadows
-# this one) can import it too.
-from support import write_train_squares  # noqa: E402, F401

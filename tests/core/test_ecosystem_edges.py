@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import tomllib
 import torch
-from conftest import write_train_squares
 from safetensors.torch import save_file
+from support import write_train_squares
 
 from trainer_core.generate.infotext import (
     create_infotext,

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("LYCORIS_KERNEL_BACKEND", "torch")  # what `python -m trainer_core.train` sets
 
-from conftest import write_train_squares  # noqa: E402 - tests/ is on sys.path
+from support import write_train_squares  # noqa: E402 - tests/ is on sys.path
 
 from trainer_core.train.config import load_preset  # noqa: E402
 from trainer_core.train.events import COMMAND_FILES, read_events, request_command  # noqa: E402

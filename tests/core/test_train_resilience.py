@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_train_squares
-from support import write_tiny_run_config
+from support import write_tiny_run_config, write_train_squares
 
 from trainer_core.train.config import load_preset
 from trainer_core.train.events import read_events

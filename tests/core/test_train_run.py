@@ -17,8 +17,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from conftest import write_train_squares  # noqa: E402 - tests/ is on sys.path
-from support import write_tiny_run_config  # noqa: E402
+from support import (
+    write_tiny_run_config,  # noqa: E402
+    write_train_squares,  # noqa: E402 - tests/ is on sys.path
+)
 
 from trainer_core.train.events import read_events, request_stop  # noqa: E402
 

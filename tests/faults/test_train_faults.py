@@ -16,8 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import write_train_squares
-from support import write_tiny_run_config
+from support import write_tiny_run_config, write_train_squares
 
 from trainer_core.ownership import read_owner
 from trainer_core.train.events import RUN_LOCK_FILE, read_events
