@@ -153,4 +153,3 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"error: training failed (exit code {outcome.exit_code}): {outcome.message}\n"
           f"  full log: {outcome.log}", file=sys.stderr, flush=True)  # fmt: skip
     return outcome.exit_code
-
