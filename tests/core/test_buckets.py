@@ -7,7 +7,7 @@ import random
 import pytest
 
 from trainer_core.errors import KxlError
-from trainer_core.train.buckets import (
+from trainer_core.buckets import (
     BucketAssignment,
     assign_bucket,
     assign_bucket_no_upscale,

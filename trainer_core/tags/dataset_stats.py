@@ -3,7 +3,7 @@ the aspect-bucket histogram and the warnings a user should see before training.
 
 Everything is computed from a `DatasetIndex` in well under a second for 100k images: tag counts come from the
 index's postings, buckets are assigned with one vectorised nearest-ratio search that reproduces
-`trainer_core.train.buckets.assign_bucket` exactly (same float expression, first bucket on ties).
+`trainer_core.buckets.assign_bucket` exactly (same float expression, first bucket on ties).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..train.buckets import make_buckets
+from ..buckets import make_buckets
 from .caption_categories import (
     QUALITY_TAGS,
     YEAR_TAGS,

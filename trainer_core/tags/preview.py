@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..paths import resources_dir
 from ..progress import Progress
-from ..train.buckets import BucketAssignment, assign_bucket, crop_box, make_buckets
+from ..buckets import BucketAssignment, assign_bucket, crop_box, make_buckets
 from .caption_processing import CaptionProcessing, ProcessedCaption, process_caption
 from .dataset_index import DatasetIndex
 from .vocabulary import Tag, TagCategory, TagVocabulary

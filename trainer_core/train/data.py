@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import KxlError
 from ..tags.caption_processing import CaptionProcessing, process_caption
-from .buckets import BucketAssignment, assign_bucket_no_upscale, crop_box, make_buckets
+from ..buckets import BucketAssignment, assign_bucket_no_upscale, crop_box, make_buckets
 from .config import DatasetConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
-from .buckets import BucketAssignment
+from ..buckets import BucketAssignment
 from .data import ImageItem
 
 
