@@ -298,3 +298,18 @@ def test_captions_file_from_prestarted_workers_matches_in_process(tmp_path, monk
     write_captions_jsonl(db, by_workers, PRESETS["all"], PostFilters())
     assert started == [caption_stream.default_processes(1)]  # started once, before selecting; reused
     assert by_workers.read_bytes() == inproc.read_bytes()
+
+
+def test_preview_shows_exactly_the_exported_captions(spec_db):
+    """The wizard's caption preview reads posts one by one through db_reader; it must show the export's caption
+    byte for byte, and split it at `|||` into the kinds the preview colours."""
+    from trainer_core.dataset.preview import KIND_EXTRA, preview_captions
+
+    shown = preview_captions(spec_db, PRESETS["all"], PostFilters.none(), "hakubooru", n=5)
+    assert {p.post_id: p.caption for p in shown} == {p[0]: p[5] for p in SPEC_POSTS}
+    first = next(p for p in shown if p.post_id == 5_000_000)
+    keep_text = ", ".join(text for text, _ in first.keep)
+    assert first.caption.startswith(keep_text) and "|||" in first.caption
+    assert [text for text, kind in first.rest if kind == KIND_EXTRA] == first.caption.split("|||")[1].split(
+        ", "
+    )[-3:]

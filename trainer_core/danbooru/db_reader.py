@@ -313,6 +313,34 @@ def post_tags_one_by_one(conn: sqlite3.Connection, post_id: int) -> list[tuple[i
     ).fetchall()
 
 
+def post_tag_rows(conn: sqlite3.Connection, post_id: int) -> list[tuple[str, int]]:
+    """`(name, type)` of one post's tags in relation order (HakuBooru's caption order before sorting): for
+    previews and prompts of a handful of posts; bulk jobs use `fetch_chunk`. Tags with a NULL name are left
+    out, as the bulk path leaves them out of captions."""
+    rows = conn.execute(
+        'SELECT t.name, t.type FROM "posttagrelation" r JOIN "tag" t ON t.id = r.tag_id '
+        "WHERE r.post_id = ? AND t.name IS NOT NULL ORDER BY r.id",
+        (post_id,),
+    ).fetchall()
+    return [(str(name), int(ttype)) for name, ttype in rows]
+
+
+def post_header(conn: sqlite3.Connection, post_id: int) -> tuple[int, int, str] | None:
+    """`(rating, fav_count, created_at)` of one post, None when the DB has no such post."""
+    return conn.execute(
+        'SELECT rating, fav_count, created_at FROM "post" WHERE id = ?', (post_id,)
+    ).fetchone()
+
+
+def post_ratings(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, int]:
+    """`post_id -> rating` for the given ids (unknown ids are absent)."""
+    rows = conn.execute(
+        'SELECT id, rating FROM "post" WHERE id IN (SELECT value FROM json_each(?))',
+        (json.dumps([int(i) for i in ids]),),
+    ).fetchall()
+    return {int(pid): int(rating) for pid, rating in rows}
+
+
 def fetch_tags(conn: sqlite3.Connection, tag_ids: Iterable[int]) -> dict[int, tuple[str, int]]:
     """`tag_id -> (name, type)` for the given ids (unknown ids are simply absent).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..danbooru.db_reader import open_db
+from ..danbooru.db_reader import open_db, post_header, post_tag_rows
 from ..tags.text import tag_to_caption_text
 from .captions import (
     KIND_DROP,
@@ -47,14 +47,8 @@ def preview_captions(
             ids = ids[[round(i * (ids.size - 1) / (n - 1)) for i in range(n)]] if n > 1 else ids[:1]
         out = []
         for pid in ids.tolist():
-            rating, fav, created = conn.execute(
-                'SELECT rating, fav_count, created_at FROM "post" WHERE id = ?', (pid,)
-            ).fetchone()
-            tags = conn.execute(
-                'SELECT t.name, t.type FROM "posttagrelation" r JOIN "tag" t ON t.id = r.tag_id '
-                "WHERE r.post_id = ? ORDER BY r.id",
-                (pid,),
-            ).fetchall()
+            rating, fav, created = post_header(conn, pid)
+            tags = post_tag_rows(conn, pid)
             kinds = [(tag_to_caption_text(name), tag_kind(name, ttype)) for name, ttype in tags]
             kinds = [k for k in kinds if k[1] != KIND_DROP]
             keep = sorted((k for k in kinds if k[1] < KIND_GENERAL), key=lambda k: k[1])
