@@ -25,7 +25,7 @@ from typing import Any
 from .. import __version__
 from ..errors import Cancelled, KxlError
 from ..progress import CancelToken, Progress
-from .conditioning import DEFAULT_EMPHASIS, encode_pair
+from .conditioning import DEFAULT_EMPHASIS
 from .infotext import (
     create_infotext,
     format_lora_hashes,
@@ -36,6 +36,7 @@ from .infotext import (
 from .lokr_apply import AppliedLokrs, LokrUse, apply_lokrs
 from .prompt import DEFAULT_COMMA_BACKTRACK, check_emphasis, strip_extra_networks
 from .samplers import AUTOMATIC, DEFAULT_SAMPLER, ResolvedSampler, make_scheduler
+from .scheduled_conditioning import ScheduledConditioning, schedule_steps
 
 MAX_SEED = 4294967294  # A1111 draws random seeds in [0, 4294967294)
 LATENT_UPSCALERS = {
@@ -360,16 +361,21 @@ def run_txt2img(
     unet_dtype = next(unet.parameters()).dtype
     if progress is not None:
         progress.stage("encoding prompt")
+    # Prompt editing ([from:to:when], [a|b]) is followed per model call; a plain prompt is one schedule entry.
+    first_conds = ScheduledConditioning(
+        settings.prompt, settings.negative, components, settings.emphasis, settings.comma_backtrack,
+        schedule_steps(resolved_main.sampler, settings.steps),
+    )  # fmt: skip
+    hires_conds = None
+    if settings.hires:
+        hires_conds = ScheduledConditioning(
+            settings.prompt, settings.negative, components, settings.emphasis, settings.comma_backtrack,
+            schedule_steps(resolved_main.sampler, settings.hires_steps or settings.steps),
+            first_pass_steps=schedule_steps(resolved_main.sampler, settings.steps),
+        )  # fmt: skip
     with torch.no_grad():
-        cond, uncond = encode_pair(
-            settings.prompt, settings.negative, components, settings.emphasis, settings.comma_backtrack
-        )
-    embeds = {
-        "prompt_embeds": cond.embeds.to(device, unet_dtype),
-        "pooled_prompt_embeds": cond.pooled.to(device, unet_dtype),
-        "negative_prompt_embeds": uncond.embeds.to(device, unet_dtype),
-        "negative_pooled_prompt_embeds": uncond.pooled.to(device, unet_dtype),
-    }
+        first_embeds = first_conds.pipeline_embeds(0, device, unet_dtype)
+        hires_embeds = hires_conds.pipeline_embeds(0, device, unet_dtype) if hires_conds is not None else None
     steps_per_batch = _loop_length(components, resolved_main, settings.steps)
     hires_n = hires_strength = None
     hires_steps = settings.hires_steps or settings.steps
@@ -388,12 +394,18 @@ def run_txt2img(
         last = min(first + settings.batch_size - 1, n_images)
         return f"image {first}/{n_images}" if first == last else f"images {first}-{last}/{n_images}"
 
-    def on_step(_pipe: Any, _i: int, _t: Any, _kwargs: dict) -> dict:
-        state["done"] += 1
-        if steps is not None:
-            steps.update(min(state["done"], total), total, images_label() + state["pass"])
-        check()
-        return {}
+    def step_callback(conds: ScheduledConditioning) -> Callable[[Any, int, Any, dict], dict]:
+        def on_step(pipe: Any, i: int, _t: Any, _kwargs: dict) -> dict:
+            state["done"] += 1
+            if steps is not None:
+                steps.update(min(state["done"], total), total, images_label() + state["pass"])
+            check()
+            # the texts of the next model call, when prompt editing changes them there
+            return conds.loop_update(
+                i + 1, settings.batch_size, pipe.do_classifier_free_guidance, device, unet_dtype
+            )
+
+        return on_step
 
     if progress is not None and steps is not None:
         progress.stage(f"generating {n_images} image(s)")
@@ -405,14 +417,16 @@ def run_txt2img(
         for batch in range(settings.batch_count):
             seeds = [settings.seed + batch * settings.batch_size + j for j in range(settings.batch_size)]
             state["image"], state["pass"] = batch * settings.batch_size, ""
-            latents = _first_pass(components, settings, resolved_main, embeds, seeds, device, on_step)
+            latents = _first_pass(
+                components, settings, resolved_main, first_embeds, seeds, device, step_callback(first_conds)
+            )
             if settings.hires:
                 if progress is not None:
                     progress.stage(_hires_stage(settings, images_label()))
                 state["pass"] = ", hires pass"
                 latents = _hires_pass(
-                    components, settings, resolved_main, embeds, seeds, device, latents,
-                    hires_n, hires_strength, on_step,
+                    components, settings, resolved_main, hires_embeds, seeds, device, latents,
+                    hires_n, hires_strength, step_callback(hires_conds),
                 )  # fmt: skip
             check()
             if progress is not None:

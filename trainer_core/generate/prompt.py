@@ -4,9 +4,9 @@ Pure functions, no torch. The rules and test vectors are in specs/generation.md 
 pasted from A1111 produces the same token ids and per-token multipliers, chunk for chunk, so the encoder (§3) can
 reproduce A1111's conditioning.
 
-Scope: composable diffusion (`AND`) and prompt editing / alternation (`[a:b:when]`, `[a|b]`) are NOT supported;
-`AND` stays literal text and `[a:b:5]` is read as de-emphasised text, as A1111 would read it without its
-scheduling stage.
+Prompt editing and alternation (`[a:b:when]`, `[a|b]`) are resolved before this stage, per model call, by
+`prompt_schedule.py`; the texts arriving here no longer hold them. Composable diffusion (`AND`) is not supported:
+it stays literal text.
 """
 
 from __future__ import annotations

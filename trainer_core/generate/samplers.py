@@ -21,6 +21,8 @@ class SamplerSpec:
     default_schedule: str  # what "Automatic" means for this sampler
     options: Mapping[str, Any] = field(default_factory=dict)
     kdiffusion: bool = True  # k-diffusion samplers write their resolved schedule label into the infotext
+    # A1111 "second_order": two model calls per step, so prompt-editing steps count over twice the step count
+    second_order: bool = False
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -35,10 +37,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "DPM++ 3M SDE": SamplerSpec(
         "DPMSolverMultistepScheduler", "Exponential", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
     ),
-    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", "Karras"),
-    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", "Karras"),
+    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", "Karras", second_order=True),
+    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", "Karras", second_order=True),
     "LMS": SamplerSpec("LMSDiscreteScheduler", "Uniform"),
-    "Heun": SamplerSpec("HeunDiscreteScheduler", "Uniform"),
+    "Heun": SamplerSpec("HeunDiscreteScheduler", "Uniform", second_order=True),
     "DDIM": SamplerSpec(
         "DDIMScheduler", "DDIM", {"set_alpha_to_one": False, "steps_offset": 1}, kdiffusion=False
     ),
