@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 import sqlite3
@@ -14,6 +15,7 @@ import pytest
 import tomllib
 from PIL import Image
 
+from trainer_core.danbooru import demo_db
 from trainer_core.danbooru.demo_db import (
     MAX_POST_ID,
     default_characters_toml,
@@ -21,12 +23,19 @@ from trainer_core.danbooru.demo_db import (
     generate_demo_db,
 )
 from trainer_core.danbooru.demo_images import (
+    CONCEPT_ARTIST,
+    EYE_COLOURS,
+    FLAT_BACKGROUNDS,
+    FRAME_COLOUR,
     HAIR_COLOURS,
+    SKIN,
+    frame_width,
     render_post_image,
     shard_name,
     write_demo_shards,
 )
 from trainer_core.danbooru.schema import open_metadata_db, table_counts
+from trainer_core.demo_picture_reader import demo_prompt_set, read_picture
 from trainer_core.errors import Cancelled, KxlError
 from trainer_core.progress import CancelToken, Progress
 
@@ -124,6 +133,7 @@ def test_shipped_tag_list_format_and_required_tags():
         assert names[tag][1] == "5", tag
     assert names["banned_artist"][1] == "1"
     assert names["1girl"][3] == "1girls,sole_female"  # aliases survive the extraction
+    assert CONCEPT_ARTIST not in names  # a made-up artist: the generator adds it, the real-tag list must not
     chars = tomllib.loads(default_characters_toml().read_text(encoding="utf-8"))["characters"]
     assert len(chars) >= 40
     for char, info in chars.items():
@@ -396,3 +406,144 @@ def test_shard_bytes_are_deterministic(demo, tmp_path):
     assert names == sorted(p.name for p in (tmp_path / "images").iterdir())
     for name in names:
         assert (first / name).read_bytes() == (tmp_path / "images" / name).read_bytes(), name
+
+
+def test_render_pixels_are_pinned():
+    # The demo's tiny base model is trained on these pictures and the reader reads them: a change here must be
+    # deliberate (retrain the base, update this digest).
+    digest = hashlib.sha256()
+    for p in demo_prompt_set(seeds=(0,), size=21):
+        digest.update(render_post_image(p.tags, 128, 128, p.seed).tobytes())
+    for tags in (
+        ["1girl", "smile", "blue_sky", "red_hair", "^_^"],
+        ["2boys", "night", "green_eyes"],
+        ["1other", "transparent_background"],
+        ["no_humans", "indoors"],
+        ["6+girls", "gradient_background"],
+        ["1girl", CONCEPT_ARTIST, "sunset"],
+    ):
+        digest.update(render_post_image(tags, 128, 128, 7).tobytes())
+    assert digest.hexdigest() == "4b7c33c687ba39edc677250e15357328069b9765231f62c117a173e78a3b7806"
+
+
+def test_concept_frame_is_drawn_over_the_background_behind_the_figures():
+    tags = ["1girl", "solo", "blonde_hair", "white_background"]
+    plain = np.asarray(render_post_image(tags, 128, 128, 4)).astype(int)
+    framed = np.asarray(render_post_image([*tags, CONCEPT_ARTIST], 128, 128, 4)).astype(int)
+    b = frame_width(128, 128)
+    assert b == 16
+    band = np.zeros((128, 128), bool)
+    band[:b], band[-b:], band[:, :b], band[:, -b:] = True, True, True, True
+    changed = (plain != framed).any(axis=2)
+    assert not (changed & ~band).any()  # nothing inside the frame moves
+    assert (framed[changed] == FRAME_COLOUR).all()
+    assert (framed[:b] == FRAME_COLOUR).all()  # figures never reach the top band
+    assert (
+        tuple(framed[120, 64]) != FRAME_COLOUR and tuple(framed[120, 4]) == FRAME_COLOUR
+    )  # feet over the frame
+    # no generator colour is near the frame's, so the frame reads unambiguously
+    for rgb in [*HAIR_COLOURS.values(), *EYE_COLOURS.values(), *FLAT_BACKGROUNDS.values(), SKIN]:
+        assert np.linalg.norm(np.subtract(rgb, FRAME_COLOUR)) > 85, rgb
+
+
+def test_concept_artist_posts(demo):
+    conn, post_tags = demo["conn"], demo["post_tags"]
+    row = conn.execute("SELECT id, type, popularity FROM tag WHERE name = ?", (CONCEPT_ARTIST,)).fetchone()
+    assert row is not None and row[1] == 1  # an artist tag
+    framed = sorted(pid for pid, tags in post_tags.items() if (CONCEPT_ARTIST, 1) in tags)
+    assert row[2] == len(framed)
+    keep = {
+        pid
+        for (pid,) in conn.execute(
+            "SELECT id FROM post WHERE is_deleted = 0 AND is_banned = 0 AND file_url IS NOT NULL "
+            "AND file_ext IN ('jpg', 'png', 'webp')"
+        )
+    }
+    with_people = {pid for pid, tags in post_tags.items() if {n for n, _ in tags} & PEOPLE}
+    assert set(framed) <= keep & with_people  # every one reaches a card dataset and has figures to frame
+    assert 0.1 <= len(framed) / len(keep & with_people) <= 0.3
+    for pid in framed:
+        names = [n for n, _ in post_tags[pid]]
+        assert [n for n, t in post_tags[pid] if t == 1] == [CONCEPT_ARTIST], pid  # the post's only artist
+        assert "artist_request" not in names and len(set(names) & set(HAIR_COLOURS)) == 1
+    positions = Counter(
+        next(i for i, (n, _) in enumerate(post_tags[pid]) if n == CONCEPT_ARTIST) for pid in framed
+    )
+    assert len(positions) > 3  # placed at random among the post's tags, like every other relation row
+
+    # the shard pictures show the frame exactly on the concept posts
+    images, missing = demo["root"] / "images", set(demo["shards"].missing_ids)
+    others = sorted((keep & with_people) - set(framed))
+    for pid in [p for p in framed if p not in missing][:12] + [p for p in others if p not in missing][:12]:
+        with tarfile.open(images / shard_name(pid)) as tar:
+            img = Image.open(io.BytesIO(tar.extractfile(f"{pid}.webp").read()))
+            assert read_picture(img).has_concept == (pid in framed), pid
+
+
+def test_concept_leaves_every_other_post_as_it_was(tmp_path, monkeypatch):
+    def tags_by_post(path):
+        conn = sqlite3.connect(path)
+        out = defaultdict(list)
+        for pid, name, ttype in conn.execute(
+            "SELECT r.post_id, t.name, t.type FROM posttagrelation r JOIN tag t ON t.id = r.tag_id ORDER BY r.id"
+        ):
+            out[pid].append((name, ttype))
+        posts = conn.execute("SELECT * FROM post ORDER BY id").fetchall()
+        conn.close()
+        return out, posts
+
+    generate_demo_db(tmp_path / "with.db", 200, 11)
+    monkeypatch.setattr(demo_db, "CONCEPT_SHARE", 0.0)
+    generate_demo_db(tmp_path / "without.db", 200, 11)
+    with_tags, with_posts = tags_by_post(tmp_path / "with.db")
+    without_tags, without_posts = tags_by_post(tmp_path / "without.db")
+    assert with_posts == without_posts
+    assert not any(CONCEPT_ARTIST in {n for n, _ in v} for v in without_tags.values())
+    changed = 0
+    for pid, before in without_tags.items():
+        after = with_tags[pid]
+        if (CONCEPT_ARTIST, 1) not in after:
+            assert after == before, pid
+            continue
+        changed += 1
+        assert [x for x in after if x[0] != CONCEPT_ARTIST] == [
+            x for x in before if x[1] != 1 and x[0] != "artist_request"
+        ], pid
+    assert changed >= 10
+
+
+def test_default_demo_dataset_teaches_the_concept(tmp_path):
+    from trainer_core.danbooru.db_reader import open_db
+    from trainer_core.dataset.filters import PostFilters
+    from trainer_core.dataset.selection import select_posts
+    from trainer_core.demo import DEFAULT_POSTS
+    from trainer_core.demo_run import scaled_card_plan
+
+    db = tmp_path / "demo.db"
+    generate_demo_db(db, DEFAULT_POSTS, 0)
+    plan = scaled_card_plan(db, PostFilters())
+    conn = open_db(db)
+    try:
+        chosen = set(select_posts(conn, plan, PostFilters(), db).ids.tolist())
+        framed = {
+            r[0]
+            for r in conn.execute(
+                "SELECT r.post_id FROM posttagrelation r JOIN tag t ON t.id = r.tag_id WHERE t.name = ?",
+                (CONCEPT_ARTIST,),
+            )
+        }
+    finally:
+        conn.close()
+    assert len(framed) == 64
+    assert len(framed & chosen) == 46  # of the 225 posts `kxl demo run` trains on
+
+
+def test_tag_list_holding_the_concept_artist_is_refused(tmp_path):
+    csv_path = tmp_path / "tags.csv"
+    csv_path.write_text(
+        default_tags_csv().read_text(encoding="utf-8") + "hakuframe,1,10,\n", encoding="utf-8"
+    )
+    with pytest.raises(KxlError, match="hakuframe") as exc:
+        generate_demo_db(tmp_path / "x.db", 50, 1, tags_csv=csv_path)
+    assert str(csv_path) in str(exc.value)
+    assert not (tmp_path / "x.db").exists()

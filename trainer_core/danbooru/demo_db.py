@@ -11,6 +11,10 @@ The data is random but shaped like the real dump where it matters to the engine 
     count tags, 0-2 characters with their copyrights, usually one artist (sometimes two, sometimes
     `banned_artist`), exactly one hair colour and one background for posts with people, eye colours, emoticons,
     general tags by popularity (NSFW ones only on questionable/explicit posts), meta tags incl. blacklisted ones;
+  * a made-up artist, `hakuframe` (demo_images.CONCEPT_ARTIST), is the only artist of CONCEPT_SHARE of the posts
+    with people that the card's filters keep; their pictures carry its frame, a style the demo's tiny base model
+    never saw, so the demo dataset has something new to teach (issue 16). It is drawn from its own random stream
+    after everything else, so every other post keeps exactly the tags it had before the concept existed;
   * tag.popularity = number of relation rows per tag, as HakuBooru computes it.
 Small DBs still contain every edge case (each is forced onto a few random posts).
 
@@ -35,12 +39,16 @@ from ..atomic import atomic_path
 from ..errors import Cancelled, KxlError
 from ..paths import resources_dir
 from ..progress import Progress, ensure_progress
-from .demo_images import EYE_COLOURS, HAIR_COLOURS
+from .demo_images import CONCEPT_ARTIST, EYE_COLOURS, HAIR_COLOURS, NON_IMAGE_EXTS
 from .schema import DANBOORU_CATEGORY_TO_TAG_TYPE, POST_COLUMNS, TagType, create_indexes, create_schema
 
 MAX_POST_ID = 7_866_491  # the current danbooru2023-metadata-database card
 CHUNK_POSTS = 50_000  # fixed: the random stream is consumed per chunk, so changing it changes the output
 DANBOORU_POSTS = 8_000_000  # denominator turning a tag's Danbooru post_count into a per-post probability
+# Share of the posts with people and a downloadable image (not deleted, banned or gold-only) that are by the concept
+# artist: 64 of the default 400-post demo (seed 0), of which the card's selection keeps 46.
+CONCEPT_SHARE = 0.2
+_CONCEPT_STREAM = 0x4B46  # seeds the concept's own random stream next to the DB seed
 
 FILE_EXTS = ("jpg", "png", "webp", "gif", "mp4", "webm", "zip", "swf")
 FILE_EXT_P = (0.555, 0.37, 0.025, 0.02, 0.015, 0.005, 0.007, 0.003)
@@ -684,6 +692,47 @@ def _chunk_relations(
     return p[order], t[order]
 
 
+def _concept_posts(rng: np.random.Generator, cols: dict[str, np.ndarray], model: _Model) -> np.ndarray:
+    """Which posts are by the concept artist: CONCEPT_SHARE of those with people whose image the card keeps."""
+    image_ext = ~np.isin(cols["ext"], [FILE_EXTS.index(e) for e in NON_IMAGE_EXTS])
+    candidates = (
+        model.pattern_people[cols["pattern"]]
+        & image_ext
+        & ~cols["is_deleted"]
+        & ~cols["is_banned"]
+        & ~cols["gold_only"]
+        & ~cols["banned_artist"]
+    )
+    return candidates & (rng.random(candidates.size) < CONCEPT_SHARE)
+
+
+def _with_concept(
+    rng: np.random.Generator, model: _Model, concept: np.ndarray, p: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make the concept artist the only artist of the chunk's concept posts (local index mask `concept`).
+
+    Their other artist rows and `artist_request` go; one row with vocab index len(vocab) (the concept tag) is put at
+    a random place among the post's rows, which stay grouped by post and otherwise in their order."""
+    v = len(model.vocab.names)
+    is_artist = np.zeros(v, bool)
+    is_artist[model.vocab.types == TagType.ARTIST] = True
+    if model.artist_request >= 0:
+        is_artist[model.artist_request] = True
+    keep = ~(concept[p] & is_artist[t])
+    p, t = p[keep], t[keep]
+    posts = np.flatnonzero(concept)
+    if posts.size == 0:
+        return p, t
+    # rank of each row inside its post, and each post's row count (rows are grouped by post, posts ascending)
+    start = np.searchsorted(p, np.arange(concept.size))
+    size = np.bincount(p, minlength=concept.size)
+    rank = np.arange(p.size) - start[p]
+    slot = (rng.random(posts.size) * (size[posts] + 1)).astype(np.int64)  # 0..size: before row `slot`
+    key = np.concatenate([p * 2 * (size.max() + 1) + 2 * rank + 1, posts * 2 * (size.max() + 1) + 2 * slot])
+    order = np.argsort(key, kind="stable")
+    return np.concatenate([p, posts])[order], np.concatenate([t, np.full(posts.size, v, np.int64)])[order]
+
+
 def generate_demo_db(
     path: str | Path,
     n_posts: int,
@@ -711,6 +760,11 @@ def generate_demo_db(
     tags_path = Path(tags_csv) if tags_csv is not None else default_tags_csv()
     chars_path = Path(characters_toml) if characters_toml is not None else default_characters_toml()
     vocab = load_vocab(tags_path)
+    if CONCEPT_ARTIST in vocab.index:
+        raise KxlError(
+            f"the tag list holds {CONCEPT_ARTIST!r}, the demo's own made-up artist; remove that row",
+            path=tags_path,
+        )
     try:
         characters = tomllib.loads(chars_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -725,7 +779,13 @@ def generate_demo_db(
     ]
     ids = _post_ids(rng, n_posts)
     cols = _post_columns(rng, ids, model)
-    popularity = np.zeros(len(vocab.names), np.int64)
+    concept_rng = np.random.default_rng([seed, _CONCEPT_STREAM])
+    concept = _concept_posts(concept_rng, cols, model)
+    # the concept tag: one past the vocabulary, with an id no drawn tag id has
+    names = [*vocab.names, CONCEPT_ARTIST]
+    types = np.append(vocab.types, int(TagType.ARTIST))
+    tag_ids = np.append(tag_ids, tag_ids.max() + 1)
+    popularity = np.zeros(len(names), np.int64)
     n_relations = 0
 
     progress.stage("generating demo posts")
@@ -745,7 +805,8 @@ def generate_demo_db(
                 conn.executemany(post_sql, rows)
                 del rows
                 rp, rt = _chunk_relations(rng, model, cols, lo, hi, mean_tags)
-                popularity += np.bincount(rt, minlength=len(vocab.names))
+                rp, rt = _with_concept(concept_rng, model, concept[lo:hi], rp, rt)
+                popularity += np.bincount(rt, minlength=len(names))
                 n_relations += rp.size
                 conn.executemany(
                     'INSERT INTO "posttagrelation" ("post_id", "tag_id") VALUES (?, ?)',
@@ -754,9 +815,7 @@ def generate_demo_db(
                 progress.update(hi, n_posts)
             conn.executemany(
                 'INSERT INTO "tag" VALUES (?, ?, ?, ?)',
-                sorted(
-                    zip(tag_ids.tolist(), vocab.names, vocab.types.tolist(), popularity.tolist(), strict=True)
-                ),
+                sorted(zip(tag_ids.tolist(), names, types.tolist(), popularity.tolist(), strict=True)),
             )
             conn.commit()
             progress.check_cancelled()
@@ -774,7 +833,7 @@ def generate_demo_db(
     return DemoDbStats(
         path=path,
         n_posts=n_posts,
-        n_tags=len(vocab.names),
+        n_tags=len(names),
         n_relations=n_relations,
         seed=seed,
         seconds=time.perf_counter() - t0,

@@ -3,7 +3,9 @@
 The picture visibly follows the post's tags, so a user clicking through the demo (Tag Preview, training samples)
 can see that captions and images belong together: the background comes from the background tag, every figure's
 hair and eyes from the `*_hair` / `*_eyes` colour tags, the number of figures from the count tags
-(1girl, 2girls, 1boy, ...), and happy / closed / surprised eyes and a smile from the emoticon tags.
+(1girl, 2girls, 1boy, ...), and happy / closed / surprised eyes and a smile from the emoticon tags. Posts by the
+made-up artist `hakuframe` (CONCEPT_ARTIST) get a thick frame in FRAME_COLOUR behind the figures: the style the demo
+teaches (issue 16). trainer_core/demo_picture_reader.py reads all of this back off a picture.
 
 Shard layout (spec §1.3): `images_dir/data-{k}{id % 1000:03d}.tar` holding `<id>.webp`. The real split of ids
 between the data-0nnn / data-1nnn / data-2nnn groups is not documented; the demo uses k = 0 for ids below 5,000,000, k = 1 for ids up to
@@ -105,6 +107,19 @@ SMILE_TAGS = {"smile", ":d", "^_^", ":3", "grin", "v"}
 OPEN_MOUTH_TAGS = {"open_mouth", ":d", ":o", "o_o", "0_0"}
 
 SKIN = (252, 224, 200)
+
+# The demo's learnable concept (issue 16): posts by this made-up artist carry a thick frame in a colour nothing else
+# in the generator uses, so a LoKr trained on them learns something a reader can check in every picture. The tiny
+# base model is trained on pictures without it, so the frame is new to it.
+CONCEPT_ARTIST = "hakuframe"
+FRAME_COLOUR: RGB = (200, 0, 160)
+
+# Background tags that draw the night / sunset / sky scenes, in the order _draw_background tests them.
+NIGHT_TAGS = frozenset({"night", "night_sky", "starry_sky"})
+SUNSET_TAGS = frozenset({"sunset", "orange_sky", "evening"})
+SKY_TAGS = frozenset({"blue_sky", "sky", "day", "outdoors", "cloud"})
+STAR_COLOUR: RGB = (255, 250, 220)
+CLOUD_COLOUR: RGB = (250, 250, 252)
 # Files the webp set lacks (spec §1.3): non-image formats and gif.
 NON_IMAGE_EXTS = frozenset({"gif", "mp4", "webm", "zip", "swf"})
 MISSING_FRACTION = 0.01  # eligible posts deliberately left out of the shards ("image not found")
@@ -143,46 +158,74 @@ def _vertical_gradient(img: Image.Image, top: RGB, bottom: RGB, y0: int = 0, y1:
     img.paste(Image.fromarray(band, "RGB"), (0, y0))
 
 
-def _draw_background(img: Image.Image, draw: ImageDraw.ImageDraw, tags: set[str], rnd: random.Random) -> None:
-    w, h = img.size
-    flat = next((FLAT_BACKGROUNDS[t] for t in FLAT_BACKGROUNDS if t in tags), None)
+def background_kind(tags: set[str] | frozenset[str]) -> str | None:
+    """The background a post's picture shows, named by its tag: `transparent_background`, `gradient_background`,
+    a FLAT_BACKGROUNDS tag, `night`, `sunset`, `blue_sky`, `indoors`, `simple_background`, or None (no background
+    tag: a muted colour chosen by the seed). The first rule that matches wins, as in the renderer."""
     if "transparent_background" in tags:
+        return "transparent_background"
+    if "gradient_background" in tags:
+        return "gradient_background"
+    flat = next((t for t in FLAT_BACKGROUNDS if t in tags), None)
+    if flat is not None:
+        return flat
+    if tags & NIGHT_TAGS:
+        return "night"
+    if tags & SUNSET_TAGS:
+        return "sunset"
+    if tags & SKY_TAGS:
+        return "blue_sky"
+    if "indoors" in tags:
+        return "indoors"
+    if "simple_background" in tags:
+        return "simple_background"
+    return None
+
+
+def _draw_background(
+    img: Image.Image, draw: ImageDraw.ImageDraw, tags: set[str], rnd: random.Random, decorate: bool = True
+) -> None:
+    """Paint the background. `decorate=False` leaves out the seed-placed stars and clouds (background_template)."""
+    w, h = img.size
+    kind = background_kind(tags)
+    flat = next((FLAT_BACKGROUNDS[t] for t in FLAT_BACKGROUNDS if t in tags), None)
+    if kind == "transparent_background":
         cell = max(4, min(w, h) // 16)
         for y in range(0, h, cell):
             for x in range(0, w, cell):
                 shade = 255 if (x // cell + y // cell) % 2 == 0 else 205
                 draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, shade))
-    elif "gradient_background" in tags:
+    elif kind == "gradient_background":
         base = flat or (rnd.randint(120, 230), rnd.randint(120, 230), rnd.randint(120, 230))
         _vertical_gradient(img, _mix(base, (255, 255, 255), 0.6), base)
     elif flat is not None:
         draw.rectangle([0, 0, w, h], fill=flat)
-    elif tags & {"night", "night_sky", "starry_sky"}:
+    elif kind == "night":
         _vertical_gradient(img, (8, 12, 40), (40, 50, 110))
-        for _ in range(12 + (w * h) // 4000):
+        for _ in range((12 + (w * h) // 4000) if decorate else 0):
             x, y, r = rnd.randrange(w), rnd.randrange(max(1, int(h * 0.7))), rnd.choice((1, 1, 2))
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 250, 220))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=STAR_COLOUR)
         mx, my, mr = int(w * 0.8), int(h * 0.15), max(4, min(w, h) // 12)
         draw.ellipse([mx - mr, my - mr, mx + mr, my + mr], fill=(250, 245, 200))
-    elif tags & {"sunset", "orange_sky", "evening"}:
+    elif kind == "sunset":
         _vertical_gradient(img, (250, 120, 60), (255, 200, 120), 0, int(h * 0.75))
         draw.rectangle([0, int(h * 0.75), w, h], fill=(90, 60, 70))
-    elif tags & {"blue_sky", "sky", "day", "outdoors", "cloud"}:
+    elif kind == "blue_sky":
         _vertical_gradient(img, (70, 140, 235), (180, 215, 250), 0, int(h * 0.75))
         draw.rectangle([0, int(h * 0.75), w, h], fill=(110, 180, 90))
-        for _ in range(3):
+        for _ in range(3 if decorate else 0):
             cx, cy = rnd.randrange(w), rnd.randrange(max(1, h // 3))
             cr = max(4, min(w, h) // 14)
             for dx in (-cr, 0, cr):
-                draw.ellipse([cx + dx - cr, cy - cr, cx + dx + cr, cy + cr], fill=(250, 250, 252))
-    elif "indoors" in tags:
+                draw.ellipse([cx + dx - cr, cy - cr, cx + dx + cr, cy + cr], fill=CLOUD_COLOUR)
+    elif kind == "indoors":
         draw.rectangle([0, 0, w, int(h * 0.7)], fill=(236, 222, 196))
         draw.rectangle([0, int(h * 0.7), w, h], fill=(150, 105, 70))
         wx0, wy0 = int(w * 0.08), int(h * 0.1)
         draw.rectangle(
             [wx0, wy0, wx0 + w // 4, wy0 + h // 4], fill=(170, 210, 245), outline=(120, 90, 60), width=3
         )
-    elif "simple_background" in tags:
+    elif kind == "simple_background":
         draw.rectangle([0, 0, w, h], fill=(226, 226, 230))
     else:  # no background tag: a muted colour chosen by the seed
         draw.rectangle(
@@ -190,7 +233,51 @@ def _draw_background(img: Image.Image, draw: ImageDraw.ImageDraw, tags: set[str]
         )
 
 
-def _figure_counts(tags: set[str]) -> tuple[int, int, int]:
+# Backgrounds whose pixels follow from the tag alone (up to stars and clouds), so a reader can compare against them.
+TEMPLATE_BACKGROUNDS: tuple[str, ...] = (
+    *FLAT_BACKGROUNDS,
+    "simple_background",
+    "transparent_background",
+    "blue_sky",
+    "night",
+    "sunset",
+    "indoors",
+)
+
+
+# What background_template leaves out because the seed places it: colours a reader should accept anywhere on them.
+BACKGROUND_DECORATIONS: dict[str, tuple[RGB, ...]] = {"night": (STAR_COLOUR,), "blue_sky": (CLOUD_COLOUR,)}
+
+
+def background_template(kind: str, width: int, height: int) -> Image.Image:
+    """The background `kind` (a TEMPLATE_BACKGROUNDS tag) as drawn behind the figures, without stars and clouds."""
+    if kind not in TEMPLATE_BACKGROUNDS:
+        raise ValueError(
+            f"no fixed picture for background {kind!r}; one of {', '.join(TEMPLATE_BACKGROUNDS)}"
+        )
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    _draw_background(img, ImageDraw.Draw(img), {kind}, random.Random(0), decorate=False)
+    return img
+
+
+def frame_width(width: int, height: int) -> int:
+    """Thickness of the hakuframe frame: an eighth of the shorter side."""
+    return max(1, round(min(width, height) / 8))
+
+
+def _draw_frame(draw: ImageDraw.ImageDraw, width: int, height: int) -> None:
+    b = frame_width(width, height)
+    for box in (
+        (0, 0, width - 1, b - 1),
+        (0, height - b, width - 1, height - 1),
+        (0, 0, b - 1, height - 1),
+        (width - b, 0, width - 1, height - 1),
+    ):
+        draw.rectangle(box, fill=FRAME_COLOUR)
+
+
+def figure_counts(tags: set[str]) -> tuple[int, int, int]:
+    """(girls, boys, others) the count tags ask for, before the MAX_FIGURES cap."""
     girls = boys = others = 0
     for tag, (g, b, o) in COUNT_TAGS.items():
         if tag in tags:
@@ -203,6 +290,36 @@ def _figure_counts(tags: set[str]) -> tuple[int, int, int]:
         elif tags & (set(HAIR_COLOURS) | set(EYE_COLOURS)):
             girls = 1
     return girls, boys, others
+
+
+def figure_count(tags: Sequence[str] | set[str]) -> int:
+    """How many figures the picture of a post with these tags shows (0 for none, at most MAX_FIGURES)."""
+    return min(sum(figure_counts(set(tags))), MAX_FIGURES)
+
+
+@dataclass(frozen=True)
+class FigureSlot:
+    """Where one figure stands: centre x, feet y and height in pixels, and the head circle derived from them."""
+
+    cx: float
+    base_y: float
+    height: float
+
+    @property
+    def head_r(self) -> float:
+        return self.height * 0.2
+
+    @property
+    def head_cy(self) -> float:
+        return self.base_y - self.height + self.head_r * 1.1
+
+
+def figure_slots(n: int, width: int, height: int) -> list[FigureSlot]:
+    """The places of `n` figures side by side in a `width` x `height` picture, left to right."""
+    slot = width / n
+    fig_h = min(height * 0.82, slot * 1.9)
+    base_y = height * 0.97
+    return [FigureSlot(slot * (i + 0.5), base_y, fig_h) for i in range(n)]
 
 
 def _draw_eyes(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, eye: RGB, tags: set[str]) -> None:
@@ -232,17 +349,15 @@ def _draw_eyes(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, eye: R
 
 def _draw_figure(
     draw: ImageDraw.ImageDraw,
-    cx: float,
-    base_y: float,
-    height: float,
+    place: FigureSlot,
     kind: str,
     hair: RGB,
     eye: RGB,
     clothes: RGB,
     tags: set[str],
 ) -> None:
-    r = height * 0.2  # head radius
-    head_cy = base_y - height + r * 1.1
+    cx, base_y = place.cx, place.base_y
+    r, head_cy = place.head_r, place.head_cy
     body_top = head_cy + r * 0.9
     body_w = r * (1.5 if kind == "boy" else 1.3)
     # a darker outline keeps white hair visible on a white background
@@ -307,10 +422,12 @@ def render_post_image(tags: Sequence[str], width: int, height: int, seed: int) -
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     _draw_background(img, draw, tagset, rnd)
+    if CONCEPT_ARTIST in tagset:  # over the background, behind the figures
+        _draw_frame(draw, width, height)
 
     hair = next((HAIR_COLOURS[t] for t in tags if t in HAIR_COLOURS), (60, 50, 50))
     eye = next((EYE_COLOURS[t] for t in tags if t in EYE_COLOURS), (90, 70, 60))
-    girls, boys, others = _figure_counts(tagset)
+    girls, boys, others = figure_counts(tagset)
     kinds = (["girl"] * girls + ["boy"] * boys + ["other"] * others)[:MAX_FIGURES]
     if not kinds:
         if "no_humans" in tagset:  # a still life: a vase with a flower
@@ -321,13 +438,9 @@ def render_post_image(tags: Sequence[str], width: int, height: int, seed: int) -
             draw.ellipse([cx - s * 0.35, by - s * 2.35, cx + s * 0.35, by - s * 1.65], fill=(230, 80, 110))
         return img
     rnd.shuffle(kinds)
-    n = len(kinds)
-    slot = width / n
-    fig_h = min(height * 0.82, slot * 1.9)
-    base_y = height * 0.97
-    for i, kind in enumerate(kinds):
+    for place, kind in zip(figure_slots(len(kinds), width, height), kinds, strict=True):
         clothes = (rnd.randint(40, 220), rnd.randint(40, 220), rnd.randint(40, 220))
-        _draw_figure(draw, slot * (i + 0.5), base_y, fig_h, kind, hair, eye, clothes, tagset)
+        _draw_figure(draw, place, kind, hair, eye, clothes, tagset)
     return img
 
 
@@ -449,12 +562,25 @@ def write_demo_shards(
 
 
 __all__ = [
+    "CONCEPT_ARTIST",
     "COUNT_TAGS",
     "EYE_COLOURS",
     "FLAT_BACKGROUNDS",
+    "FRAME_COLOUR",
     "HAIR_COLOURS",
+    "MAX_FIGURES",
+    "SKIN",
+    "TEMPLATE_BACKGROUNDS",
+    "BACKGROUND_DECORATIONS",
+    "FigureSlot",
     "ShardStats",
+    "background_kind",
+    "background_template",
     "encode_webp",
+    "figure_count",
+    "figure_counts",
+    "figure_slots",
+    "frame_width",
     "render_post_image",
     "scaled_size",
     "shard_group",
