@@ -25,17 +25,31 @@ class SamplerSpec:
     second_order: bool = False
 
 
+# k-diffusion's multistep SDE loop: full order up to the last step (diffusers lowers the last two below 15 steps
+# unless told not to), the final step to sigma 0 returns the denoised sample, eta 1.
+_SDE_MULTISTEP: dict[str, Any] = {
+    "algorithm_type": "sde-dpmsolver++",
+    "solver_order": 2,
+    "solver_type": "midpoint",
+    "lower_order_final": False,
+    "euler_at_final": False,
+    "final_sigmas_type": "zero",
+}
+
 SAMPLERS: dict[str, SamplerSpec] = {
     "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler", "Uniform"),
     "Euler": SamplerSpec("EulerDiscreteScheduler", "Uniform"),
     "DPM++ 2M": SamplerSpec(
         "DPMSolverMultistepScheduler", "Karras", {"algorithm_type": "dpmsolver++", "solver_order": 2}
     ),
-    "DPM++ 2M SDE": SamplerSpec(
-        "DPMSolverMultistepScheduler", "Exponential", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
-    ),
+    # The SDE samplers draw A1111's per-image Brownian noise (brownian_noise.py), not the torch generator's.
+    "DPM++ SDE": SamplerSpec("BrownianDPMSolverSDEScheduler", "Karras", second_order=True),
+    "DPM++ 2M SDE": SamplerSpec("BrownianDPMSolverMultistepScheduler", "Exponential", _SDE_MULTISTEP),
     "DPM++ 3M SDE": SamplerSpec(
-        "DPMSolverMultistepScheduler", "Exponential", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+        "Brownian3MSDEScheduler",
+        "Exponential",
+        # k-diffusion's second 3M step is phi_2 * d: diffusers' "heun" form
+        {**_SDE_MULTISTEP, "solver_order": 3, "solver_type": "heun"},
     ),
     "DPM2": SamplerSpec("KDPM2DiscreteScheduler", "Karras", second_order=True),
     "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", "Karras", second_order=True),
@@ -52,8 +66,12 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "PLMS": SamplerSpec("PNDMScheduler", "DDIM", {"skip_prk_steps": True}, kdiffusion=False),
 }
-"""Samplers with a diffusers equivalent. DPM++ SDE needs torchsde and DPM++ 2S a / DPM fast / adaptive / Restart
-have no counterpart, so they are not offered; an infotext naming them falls back to the default with a note."""
+"""Samplers that reproduce A1111's. Not offered (an infotext naming them falls back to the default with a note):
+DPM fast / DPM adaptive (adaptive step counts that no fixed diffusers loop has), DPM++ 2S a (no diffusers scheduler:
+each step's second model call sits at a sigma that depends on the ancestral split, and its noise comes from the
+per-image generators between the calls) and Restart (A1111's own loop of Heun steps with restart segments and noise
+injected between them, also with no diffusers counterpart). Both would need a scheduler of our own implementing
+k-diffusion's algorithm, checked against it; until then they stay out rather than approximate."""
 
 DEFAULT_SAMPLER = "Euler a"
 AUTOMATIC = "Automatic"
@@ -114,10 +132,8 @@ def resolve_sampler(sampler: str, schedule: str = AUTOMATIC) -> ResolvedSampler:
 
 def scheduler_config(base_config: Mapping[str, Any], resolved: ResolvedSampler) -> dict[str, Any]:
     """The diffusers config for `resolved`, derived from the checkpoint's scheduler config (betas etc.)."""
-    import diffusers
-
     spec = SAMPLERS[resolved.sampler]
-    cls = getattr(diffusers, spec.scheduler)
+    cls = scheduler_class(spec.scheduler)
     config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
     for flag in SIGMA_FLAGS:
         config[flag] = False
@@ -137,14 +153,21 @@ def make_scheduler(
     base_config: Mapping[str, Any], sampler: str, schedule: str = AUTOMATIC
 ) -> tuple[Any, ResolvedSampler]:
     """A fresh diffusers scheduler for an A1111 (sampler, schedule) pair, plus the resolved names."""
-    import diffusers
-
     from ..hf_quiet import quiet_hf
 
     resolved = resolve_sampler(sampler, schedule)
-    cls = getattr(diffusers, SAMPLERS[resolved.sampler].scheduler)
+    cls = scheduler_class(SAMPLERS[resolved.sampler].scheduler)
     with quiet_hf():
         return cls.from_config(scheduler_config(base_config, resolved)), resolved
+
+
+def scheduler_class(name: str) -> Any:
+    """A scheduler class by name: ours (brownian_noise.py) first, else diffusers'."""
+    import diffusers
+
+    from . import brownian_noise
+
+    return getattr(brownian_noise, name, None) or getattr(diffusers, name)
 
 
 def _accepts(cls: Any, option: str) -> bool:
