@@ -3,12 +3,13 @@
 Usage:
   python benchmarks/bench_train_cost.py [--width 1024] [--height 1024] [--batch 4] [--no-estimate-check]
   python benchmarks/bench_train_cost.py --calibrate     # fit memory_model's constants again and print them
+  python benchmarks/bench_train_cost.py --modes-only    # just the none / selective / full checkpointing table
 
 About 2 minutes on 2 cores (each traced micro-step takes ~10 s on meta, whatever the image size).
 
 CPU only, no memory: full-size SDXL (resources/sdxl configs) built on the meta device, the kohaku-xl-delta preset
-(LoKr on the UNet and both text encoders, 225-token captions = 3 chunks, fp16, fp32 VAE, gradient checkpointing,
-Lion8bit). What runs is the trainer's OWN micro-step: `trainer_core.train.micro_step` (prepare_for_training,
+(LoKr on the UNet and both text encoders, 225-token captions = 3 chunks, fp16, fp32 VAE, full activation
+checkpointing, Lion8bit). What runs is the trainer's OWN micro-step: `trainer_core.train.micro_step` (prepare_for_training,
 encode_each, sample_latents, micro_loss, backward_micro: the functions `loop.Trainer` calls) with the networks of
 `networks.create_networks` (the one-op fused LoKr/Norm forward). Next to it, measured in the same run on the same
 modules: a bare SDXL forward/backward (+ recompute) without any adapter, every UNet/TE weight trainable (so the
@@ -290,7 +291,7 @@ def resident_tensors(setup: Setup) -> list[torch.Tensor]:
 
 def build_setup(preset: str = "kohaku-xl-delta", **training: Any) -> Setup:
     """Full-size SDXL on meta, prepared by the trainer's own `prepare_for_training` (dtypes, checkpointing);
-    `training` overrides [training] settings of the preset (mixed_precision, vae_dtype, gradient_checkpointing)."""
+    `training` overrides [training] settings of the preset (mixed_precision, vae_dtype, checkpointing)."""
     from trainer_core.hf_quiet import quiet_hf
     from trainer_core.models.architectures import build_empty_components
     from trainer_core.models.tokenizers import load_sdxl_tokenizers
@@ -307,6 +308,14 @@ def build_setup(preset: str = "kohaku-xl-delta", **training: Any) -> Setup:
     prepare_for_training(comps, cfg.training, DEVICE)
     base = [p for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) for p in m.parameters()]
     return Setup(comps, cfg, base_params=base)
+
+
+def set_mode(setup: Setup, mode: str) -> None:
+    """Switch the setup's activation checkpointing (training.checkpointing) as the trainer applies it."""
+    from trainer_core.train.micro_step import set_checkpointing
+
+    setup.cfg.training.checkpointing = mode
+    set_checkpointing(setup.comps, mode)
 
 
 def add_networks(setup: Setup) -> Any:
@@ -346,6 +355,7 @@ class Trace:
     gradients: int  # bytes of the LoKr gradients the trace allocates before the step (steady state)
     autocast_misses: int
     seconds: float
+    checkpointing: str = "full"  # training.checkpointing of the traced setup
 
     @property
     def peak(self) -> int:
@@ -434,7 +444,7 @@ def trace_micro_step(setup: Setup, width: int, height: int, batch: int, *, count
                 p.grad = None
     grads = sum(p.numel() * p.element_size() for p in params)  # a gradient has its parameter's dtype
     return Trace(width, height, batch, bare, dict(mem.peaks), dict(mem.flops), resident, grads,
-                 mem.autocast_misses, time.perf_counter() - t0)  # fmt: skip
+                 mem.autocast_misses, time.perf_counter() - t0, cfg.training.checkpointing)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -511,6 +521,7 @@ def check_estimate(setup: Setup, trace: Trace, params: Any) -> EstimateCheck:
 
     cfg = copy.deepcopy(setup.cfg)
     cfg.training.batch_size = trace.batch
+    cfg.training.checkpointing = trace.checkpointing
     cfg.dataset.resolution = math.isqrt(trace.width * trace.height)
     phases = estimate_phases(params, cfg, width=trace.width, height=trace.height).phases
     return EstimateCheck(trace, phases, estimate_memory(params, cfg, gpu=False).total)
@@ -519,7 +530,7 @@ def check_estimate(setup: Setup, trace: Trace, params: Any) -> EstimateCheck:
 def print_table(bare: Trace, lokr: Trace) -> tuple[bool, bool]:
     b = bare.batch
     print(f"SDXL, kohaku-xl-delta preset, {lokr.width}x{lokr.height} batch {b}, 225-token captions, fp16 autocast "
-          "(emulated), gradient checkpointing, flash-style attention; meta device")  # fmt: skip
+          f"(emulated), checkpointing {lokr.checkpointing}, flash-style attention; meta device")  # fmt: skip
     print(f"{'phase':20} {'TFLOP/img':>10} {'bare':>8} {'ratio':>6}   {'peak GiB':>9} {'bare':>8}")
     for ph in PHASES:
         f1, f0 = lokr.flops_per_image(ph) / 1e12, bare.flops_per_image(ph) / 1e12
@@ -547,6 +558,62 @@ def print_table(bare: Trace, lokr: Trace) -> tuple[bool, bool]:
         print(f"warning: {lokr.autocast_misses + bare.autocast_misses} matmul/conv ops saw fp32 inputs under the "
               "emulated autocast (extend CudaLikeFunctions' policy)")  # fmt: skip
     return ok_flops, ok_peak
+
+
+CHECKPOINTING_MODES = ("none", "selective", "full")
+
+
+def trace_modes(setup: Setup, width: int, height: int, batch: int,
+                known: dict[str, Trace] | None = None) -> dict[str, Trace]:  # fmt: skip
+    """The LoKr micro-step traced under each training.checkpointing mode (`known`: traces already taken); the
+    setup is left in its configured mode."""
+    configured = setup.cfg.training.checkpointing
+    out = dict(known or {})
+    try:
+        for mode in CHECKPOINTING_MODES:
+            if mode not in out:
+                set_mode(setup, mode)
+                out[mode] = trace_micro_step(setup, width, height, batch)
+    finally:
+        set_mode(setup, configured)
+    return out
+
+
+def print_modes(traces: dict[str, Trace], params: Any = None) -> None:
+    """TFLOP per image and peak allocated GiB (traced, and the pre-flight's estimate) per checkpointing mode."""
+    any_trace = next(iter(traces.values()))
+    print(f"\ntraining.checkpointing at {any_trace.width}x{any_trace.height} batch {any_trace.batch} (LoKr path, fp16 "
+          "autocast emulated): compute per trained image and peak allocated memory")  # fmt: skip
+    print(
+        f"{'mode':10} {'TFLOP/img':>10} {'vs full':>8} {'recompute':>10} {'peak GiB':>9} {'estimate':>9} {'peak phase':>20}"
+    )
+    full = traces.get("full")
+    none = traces.get("none")
+    for mode in CHECKPOINTING_MODES:
+        tr = traces.get(mode)
+        if tr is None:
+            continue
+        flops = sum(tr.flops.values()) / tr.batch
+        vs = f"{flops / (sum(full.flops.values()) / full.batch):8.3f}" if full else f"{'-':>8}"
+        extra = (flops - sum(none.flops.values()) / none.batch) / 1e12 if none else float("nan")
+        est = "-"
+        if params is not None:
+            est = f"{estimate_for(tr, params) / GIB:.2f}"
+        phase = PHASE_LABELS[max(tr.peaks, key=lambda p: tr.peaks[p] if p in PHASE_LABELS else -1)]
+        print(f"{mode:10} {flops / 1e12:10.2f} {vs} {extra:10.2f} {tr.peak / GIB:9.2f} {est:>9} {phase:>20}")
+    print("(recompute: TFLOP/img above 'none', the forward work the backward repeats; estimate: memory_model's peak "
+          "for that mode, without the GPU's fixed overhead)")  # fmt: skip
+
+
+def estimate_for(trace: Trace, params: Any) -> int:
+    """memory_model's peak for the trace's configuration and checkpointing mode."""
+    from trainer_core.train.config import load_preset
+    from trainer_core.train.memory_model import estimate_phases
+
+    cfg = load_preset("kohaku-xl-delta")
+    cfg.training.checkpointing = trace.checkpointing
+    cfg.training.batch_size = trace.batch
+    return estimate_phases(params, cfg, width=trace.width, height=trace.height, batch=trace.batch).peak
 
 
 def print_estimates(checks: list[EstimateCheck]) -> bool:
@@ -601,7 +668,15 @@ def calibrate() -> int:
     fitted["(backward intercept)"] = rel(t1, "backward", grads) - fitted["BACKWARD_PER_MP"]
     fitted["VAE_PER_MP"] = rel(t1, "vae_encode", grads)
     del gc
-    nogc = build_setup(gradient_checkpointing=False)
+    sel = build_setup(checkpointing="selective")
+    add_networks(sel)
+    s1, s4 = (trace_micro_step(sel, 1024, 1024, b, count_flops=False) for b in (1, 4))
+    for phase, name in (("unet_forward", "UNET"), ("backward", "BACKWARD")):
+        slope = (rel(s4, phase, grads) - rel(s1, phase, grads)) / 3
+        fitted[f"{name}_PER_MP_SELECTIVE"] = slope
+        fitted[f"{name}_CONST_SELECTIVE"] = rel(s1, phase, grads) - slope
+    del sel
+    nogc = build_setup(checkpointing="none")
     add_networks(nogc)
     n1, n2 = trace_micro_step(nogc, 1024, 1024, 1, count_flops=False), trace_micro_step(nogc, 512, 512, 2,
                                                                                          count_flops=False)  # fmt: skip
@@ -614,7 +689,7 @@ def calibrate() -> int:
     print("memory_model calibration (MiB), full-size SDXL, kohaku-xl-delta networks, fp16 autocast emulated")
     for name, value in fitted.items():
         used = getattr(mm, name, None)
-        print(f"  {name:22} fitted {value:9.1f}   memory_model {used if used is not None else '-':>9}")
+        print(f"  {name:26} fitted {value:9.1f}   memory_model {used if used is not None else '-':>9}")
     return 0
 
 
@@ -629,9 +704,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--calibrate", action="store_true", help="fit and print memory_model's constants, then exit"
     )
+    ap.add_argument("--modes-only", action="store_true",
+                    help="only the none / selective / full checkpointing table (LoKr path)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.calibrate:
         return calibrate()
+    if args.modes_only:
+        setup = build_setup()
+        add_networks(setup)
+        print_modes(trace_modes(setup, args.width, args.height, args.batch), preflight_params(setup.cfg))
+        return 0
 
     t0 = time.perf_counter()
     setup = build_setup()
@@ -641,9 +723,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"networks: {nets.module_count()}, {sum(p.numel() for p in nets.parameters()):,} parameters; fused: "
           f"{nets.fused}")  # fmt: skip
     ok_flops, ok_peak = print_table(bare, lokr)
+    params = preflight_params(setup.cfg)
+    print_modes(trace_modes(setup, args.width, args.height, args.batch, {lokr.checkpointing: lokr}), params)
     ok_est = True
     if not args.no_estimate_check:
-        params = preflight_params(setup.cfg)
         checks = []
         for w, h, b in ESTIMATE_CONFIGS + HELD_OUT_CONFIGS:
             same = (w, h, b) == (args.width, args.height, args.batch)

@@ -71,6 +71,31 @@ def test_estimate_within_ten_percent_of_the_trace(bench, traced, sdxl_params, wi
         assert max(PHASES, key=lambda p: trace.peaks[p]) == "backward"
 
 
+@pytest.mark.parametrize("width,height,batch", [(1024, 1024, 4), (768, 1344, 2)])
+def test_selective_checkpointing_estimate_within_ten_percent_of_the_trace(bench, traced, sdxl_params, width,
+                                                                            height, batch):  # fmt: skip
+    """training.checkpointing = "selective" (only the UNet's transformer blocks recomputed): the estimate holds at
+    the card's setting and at a bucket and batch it was not calibrated at; it costs memory and saves compute."""
+    bench.set_mode(traced, "selective")
+    try:
+        trace = bench.trace_micro_step(traced, width, height, batch)
+    finally:
+        bench.set_mode(traced, "full")
+    assert trace.checkpointing == "selective" and trace.autocast_misses == 0
+    check = bench.check_estimate(traced, trace, sdxl_params)
+    errors = check.errors()
+    assert all(abs(e) <= TOLERANCE for e in errors.values()), {k: f"{v:+.1%}" for k, v in errors.items()}
+    transient = check.transient_errors()
+    assert all(abs(e) <= TOLERANCE for e in transient.values()), {
+        k: f"{v:+.1%}" for k, v in transient.items()
+    }
+    if (width, height, batch) == (1024, 1024, 4):
+        full = bench.trace_micro_step(traced, width, height, batch)
+        assert full.checkpointing == "full"
+        assert full.peak + 2 * GIB < trace.peak < 20 * GIB  # more memory than "full", fits a 24 GB card
+        assert sum(trace.flops.values()) < 0.98 * sum(full.flops.values())  # the ResNets are not recomputed
+
+
 # ------------------------------------------------------------------------------------------ the formula itself
 
 
@@ -118,6 +143,23 @@ def test_without_checkpointing_or_mixed_precision_the_estimate_grows():
     fp32 = estimate_phases(_sdxl(), cfg)
     assert fp32.weights == (2_567_463_684 + 817_720_320) * 4 + 83_653_863 * 4
     assert fp32.transient["backward"] > base.transient["backward"]
+
+
+def test_selective_sits_between_full_and_none():
+    cfg = load_preset("kohaku-xl-delta")
+    est = {}
+    for mode in ("full", "selective", "none"):
+        cfg.training.checkpointing = mode
+        est[mode] = estimate_phases(_sdxl(), cfg)
+    assert est["full"].peak + 3 * GIB < est["selective"].peak < est["none"].peak - 20 * GIB
+    # the TEs are checkpointed in both
+    assert est["selective"].transient["te_forward"] == est["full"].transient["te_forward"]
+    assert est["selective"].resident == est["full"].resident == est["none"].resident
+    b1 = estimate_phases(_sdxl(), cfg, batch=1)
+    cfg.training.checkpointing = "selective"
+    # activations scale with the batch
+    assert estimate_phases(_sdxl(), cfg, batch=1).peak < est["selective"].peak
+    assert b1.peak < est["none"].peak
 
 
 def test_estimate_memory_is_the_peak_phase():

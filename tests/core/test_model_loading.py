@@ -201,3 +201,117 @@ def test_pickle_with_code_is_rejected_even_when_allowed(tmp_path):
     torch.save({"x": Evil()}, ckpt)
     with pytest.raises(CheckpointError, match="cannot read pickle checkpoint safely"):
         load_sdxl(ckpt, allow_pickle=True)
+
+
+# -- streamed loading straight into the training dtypes (issue #14.6) ------------------------------------------
+
+
+def _bench_load_rss():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_load_rss.py"
+    spec = importlib.util.spec_from_file_location("bench_load_rss", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return module
+
+
+def _states(comps) -> dict[str, torch.Tensor]:
+    return {f"{c}/{k}": v for c, m in comps.models().items() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", None, "fp16", "bf16"])
+def test_streamed_load_equals_converting_the_whole_file(demo_ckpts, dtype):
+    """Read tensor by tensor, each straight into its dtype: the same tensors, bit for bit, as the whole file read
+    at once, converted to diffusers names and cast afterwards (what the loader did before)."""
+    from trainer_core.models.architectures import layout_for
+    from trainer_core.models.loading import torch_dtype
+    from trainer_core.models.sdxl_layout import adapt_te1_keys
+
+    ours = load_sdxl(demo_ckpts["gamma"], dtype=dtype)
+    comps_sd, extras, _ = layout_for("kxl-tiny").from_sgm(load_file(demo_ckpts["gamma"]))
+    dt = torch_dtype(dtype)
+    for name, model in ours.models().items():
+        ref = comps_sd[name]
+        if name == "text_encoder":
+            ref = adapt_te1_keys(ref, model.state_dict().keys())
+        mine = model.state_dict()
+        assert set(mine) == set(ref), name
+        for k, v in ref.items():
+            want = v.to(dt) if dt is not None else v
+            assert mine[k].dtype == want.dtype and torch.equal(mine[k], want), f"{name}/{k}"
+    assert ours.extras.keys() == extras.keys()
+    assert all(torch.equal(ours.extras[k], v) for k, v in extras.items())  # kept as stored
+
+
+def test_loaded_tensors_own_their_memory(demo_ckpts):
+    """TE2's q/k/v are read in place from one fused tensor: each must still be a tensor of its own (a view of a
+    shared buffer would keep the others alive and cannot be saved to safetensors)."""
+    comps = load_sdxl(demo_ckpts["original"])
+    params = [p for m in comps.models().values() for p in m.parameters()]
+    assert len({p.data_ptr() for p in params}) == len(params)
+    assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in params)
+    assert all(p.is_contiguous() for p in params)
+
+
+def test_per_component_dtypes(demo_ckpts):
+    comps = load_sdxl(demo_ckpts["beta"], dtype={"unet": "fp16", "text_encoder": "bf16", "vae": "fp32"})
+    got = {n: {p.dtype for p in m.parameters()} for n, m in comps.models().items()}
+    # text_encoder_2 is not named: as stored
+    want = {
+        "unet": torch.float16,
+        "text_encoder": torch.bfloat16,
+        "vae": torch.float32,
+        "text_encoder_2": torch.float16,
+    }
+    assert got == {n: {dt} for n, dt in want.items()}
+    with pytest.raises(CheckpointError, match="unknown component.*unte"):
+        load_sdxl(demo_ckpts["beta"], dtype={"unte": "fp16"})
+
+
+@pytest.mark.parametrize("preset", ["tiny-demo", "kohaku-xl-delta"])
+def test_trainer_load_ends_as_the_fp32_load_then_cast_did(demo_ckpts, preset):
+    """The trainer reads the base straight into its training dtypes; after `prepare_for_training` every component
+    holds exactly what the old fp32 load + cast left, in the same dtypes; the tiny model's UNet output is the same
+    bit for bit."""
+    from trainer_core.train.config import load_preset
+    from trainer_core.train.micro_step import prepare_for_training, training_dtypes
+
+    t = load_preset(preset).training
+    new = load_sdxl(demo_ckpts["gamma"], dtype=training_dtypes(t))
+    before = {n: {p.dtype for p in m.parameters()} for n, m in new.models().items()}
+    prepare_for_training(new, t, torch.device("cpu"))
+    old = _bench_load_rss().load_old_way(demo_ckpts["gamma"])
+    prepare_for_training(old, t, torch.device("cpu"))
+    after = {n: {p.dtype for p in m.parameters()} for n, m in new.models().items()}
+    assert before == after == {n: {p.dtype for p in m.parameters()} for n, m in old.models().items()}
+    assert after["vae"] == {torch.float32}
+    assert after["unet"] == {torch.float16 if preset == "kohaku-xl-delta" else torch.float32}
+    a, b = _states(new), _states(old)
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    if preset == "tiny-demo":
+        g = torch.Generator().manual_seed(0)
+        x, ctx = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 77, 80, generator=g)
+        cond = {"text_embeds": torch.randn(1, 48, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
+        with torch.no_grad():
+            outs = [c.unet(x, torch.tensor([500]), encoder_hidden_states=ctx, added_cond_kwargs=cond).sample
+                    for c in (new, old)]  # fmt: skip
+        assert outs[0].dtype == torch.float32 and torch.equal(outs[0], outs[1])
+
+
+def test_a_non_float_weight_is_refused_naming_it(demo_ckpts, tmp_path):
+    sd = load_file(demo_ckpts["original"])
+    key = "model.diffusion_model.out.2.bias"
+    sd[key] = torch.zeros(sd[key].shape, dtype=torch.int32)
+    bad = tmp_path / "int.safetensors"
+    save_file(sd, str(bad))
+    with pytest.raises(CheckpointError, match=r"out\.2\.bias' has dtype I32, expected a float type") as e:
+        load_sdxl(bad)
+    assert "int.safetensors" in str(e.value)

@@ -305,3 +305,182 @@ def test_launch_commands_for_cpu_ddp_and_multi_node(tmp_path):
         assert "ACCELERATE_USE_CPU" not in line
     single, _ = launch_command(LaunchPlan(cfg, processes=1, cpu=True))
     assert "--multi_gpu" not in single
+
+
+# ------------------------------------------------------------------------------------------------ checkpointing
+@pytest.mark.parametrize(
+    ("training", "mode"),
+    [
+        ("gradient_checkpointing = true", "full"),
+        ("gradient_checkpointing = false", "none"),
+        ('checkpointing = "selective"', "selective"),
+        ('checkpointing = "selective"\ngradient_checkpointing = true', "selective"),
+        ("", "full"),
+    ],
+)
+def test_checkpointing_setting_reads_the_old_bool_as_an_alias(tmp_path, training, mode):
+    cfg = tcfg.load_config(_write(tmp_path, f"schema_version = 1\n[training]\n{training}\n"))
+    assert cfg.training.checkpointing == mode
+    assert cfg.training.gradient_checkpointing == (mode != "none")
+    text = cfg.to_toml()
+    assert f'checkpointing = "{mode}"' in text and "gradient_checkpointing" not in text
+    assert tcfg.load_config(_write(tmp_path, text)).training.checkpointing == mode
+
+
+@pytest.mark.parametrize(
+    ("training", "needle"),
+    [
+        (
+            'checkpointing = "some"',
+            "'training.checkpointing' must be one of full, selective, none, got 'some'",
+        ),
+        ('checkpointing = "none"\ngradient_checkpointing = true', "contradicts 'training.checkpointing"),
+        ('checkpointing = "full"\ngradient_checkpointing = false', "gradient_checkpointing = false"),
+        ("gradient_checkpointing = 1", "'training.gradient_checkpointing' must be true or false"),
+    ],
+)
+def test_bad_checkpointing_setting_names_file_and_key(tmp_path, training, needle):
+    path = _write(tmp_path, f"schema_version = 1\n[training]\n{training}\n")
+    with pytest.raises(KxlError) as err:
+        tcfg.load_config(path)
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_resume_fingerprint_of_the_old_bool_is_kept(tmp_path):
+    """A state saved before `checkpointing` existed (its config says gradient_checkpointing = true) still resumes;
+    selective and full are the same math and may be swapped on resume, none could not be before and still cannot."""
+    text = (
+        tcfg.load_preset("kohaku-xl-delta")
+        .to_toml()
+        .replace('checkpointing = "full"', "gradient_checkpointing = true")
+    )
+    assert "gradient_checkpointing = true" in text
+    legacy = tcfg.load_config(_write(tmp_path, text))
+    prints = {}
+    for mode in tcfg.CHECKPOINTING:
+        cfg = tcfg.load_config(_write(tmp_path, text))
+        cfg.training.checkpointing = mode
+        prints[mode] = cfg.resume_fingerprint()
+    assert prints["full"] == prints["selective"] == legacy.resume_fingerprint() != prints["none"]
+    # the hash is the one of the old settings dict, where the bool sat under its own name
+    import hashlib
+    import json
+
+    d = legacy.to_dict()
+    d["dataset"].pop("num_workers")
+    d["training"]["gradient_checkpointing"] = d["training"].pop("checkpointing") != "none"
+    kept = ("epochs", "max_steps", "save_every_n_steps", "keep_states", "sample_every", "sample_prompts",
+            "sample_steps", "save_every_minutes", "max_nonfinite_steps", "data_seed", "ddp_timeout_minutes")  # fmt: skip
+    d["training"] = {k: v for k, v in d["training"].items() if k not in kept}
+    d["model"]["base"], d["dataset"]["path"] = (
+        str(legacy.base_path.resolve()),
+        str(legacy.dataset_path.resolve()),
+    )
+    d.pop("output")
+    assert (
+        legacy.resume_fingerprint() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    )
+
+
+def _tiny_micro_step(mode: str):
+    """One trainer micro-step (micro_step.micro_loss + backward_micro) of the tiny model with LoKr on the UNet and
+    both TEs under `training.checkpointing = mode`: (loss, gradients, forward calls per block kind in the forward,
+    forward calls per block kind during the backward)."""
+    import contextlib
+    from collections import Counter
+
+    import torch
+
+    from trainer_core.models.tiny import build_tiny_components
+    from trainer_core.train.loss import alphas_cumprod
+    from trainer_core.train.micro_step import backward_micro, micro_loss, prepare_for_training
+    from trainer_core.train.networks import create_networks
+    from trainer_core.train.text_encoding import tokenize_captions
+
+    cfg = tcfg.load_preset("tiny-demo")
+    cfg.training.checkpointing = mode
+    comps = build_tiny_components(0)
+    prepare_for_training(comps, cfg.training, torch.device("cpu"))
+    torch.manual_seed(0)
+    models = {"unet": comps.unet, "text_encoder": comps.text_encoder, "text_encoder_2": comps.text_encoder_2}
+    nets = create_networks(models, cfg.network)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        # LoKr w2 starts at zero: give every factor a value so every gradient flows
+        for p in nets.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    calls: Counter = Counter()
+    for m in comps.unet.modules():
+        kind = type(m).__name__
+        if kind in ("BasicTransformerBlock", "ResnetBlock2D"):
+            # a PRE-hook: torch's non-reentrant recompute stops as soon as it has what the backward needs, so a
+            # recomputed block never reaches its forward (post-)hooks
+            m.register_forward_pre_hook(lambda *_, kind=kind: calls.update([kind]))
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    captions = ["1girl, solo, smile, outdoors", "cat, window, sunlight"]
+    ids1 = tokenize_captions(captions, comps.tokenizer, cfg.dataset.max_token_length)
+    ids2 = tokenize_captions(captions, comps.tokenizer_2, cfg.dataset.max_token_length, pad_id=0)
+    time_ids = torch.tensor([[128.0, 128, 0, 0, 128, 128]] * 2)
+    loss = micro_loss(comps, cfg, latents, ids1, ids2, time_ids, g, alphas_cumprod(), torch.device("cpu"),
+                      contextlib.nullcontext)  # fmt: skip
+    forward = Counter(calls)
+    backward_micro(loss, 1)
+    recomputed = calls - forward
+    grads = [p.grad.clone() if p.grad is not None else None for p in nets.parameters()]
+    return float(loss.detach()), grads, forward, recomputed
+
+
+def test_selective_checkpointing_gives_the_same_loss_and_gradients_and_recomputes_only_transformer_blocks():
+    import torch
+
+    none_loss, none_grads, forward, none_re = _tiny_micro_step("none")
+    assert forward["BasicTransformerBlock"] > 0 and forward["ResnetBlock2D"] > 0
+    assert not none_re  # nothing runs twice without checkpointing
+    for mode in ("selective", "full"):
+        loss, grads, fwd, recomputed = _tiny_micro_step(mode)
+        assert fwd == forward
+        assert loss == pytest.approx(none_loss, rel=1e-6)
+        assert len(grads) == len(none_grads) > 0
+        # TE1's last layer feeds nothing (SDXL takes its penultimate hidden states): no gradient in any mode
+        assert [g is None for g in grads] == [g is None for g in none_grads]
+        assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.9 * len(grads)
+        for a, b in zip(grads, none_grads, strict=True):
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        # the backward runs every transformer block's forward again; only "full" also re-runs the ResNet blocks
+        assert recomputed["BasicTransformerBlock"] == forward["BasicTransformerBlock"]
+        # (diffusers runs the mid block's first ResNet outside its checkpoint: "full" re-runs all others)
+        assert recomputed["ResnetBlock2D"] == (forward["ResnetBlock2D"] - 1 if mode == "full" else 0)
+
+
+def test_training_dtypes_are_what_prepare_for_training_leaves():
+    import torch
+
+    from trainer_core.train.micro_step import training_dtypes
+
+    cfg = tcfg.load_preset("kohaku-xl-delta")
+    assert training_dtypes(cfg.training) == {"unet": torch.float16, "text_encoder": torch.float16,
+                                             "text_encoder_2": torch.float16, "vae": torch.float32}  # fmt: skip
+    cfg.training.mixed_precision, cfg.training.vae_dtype = "bf16", "bf16"
+    assert set(training_dtypes(cfg.training).values()) == {torch.bfloat16}
+    assert set(training_dtypes(tcfg.load_preset("tiny-demo").training).values()) == {torch.float32}
+
+
+def test_bf16_is_refused_on_a_gpu_older_than_ampere(monkeypatch):
+    import torch
+
+    from trainer_core.train.micro_step import check_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    t = tcfg.load_preset("kohaku-xl-delta").training
+    check_precision(t, torch.device("cuda"))  # fp16: any GPU
+    t.mixed_precision = "bf16"
+    check_precision(t, torch.device("cpu"))  # CPU autocast is the CPU's business
+    with pytest.raises(
+        KxlError, match=r"needs an NVIDIA Ampere or newer GPU.*Tesla T4, compute capability 7\.5"
+    ):
+        check_precision(t, torch.device("cuda:0"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    check_precision(t, torch.device("cuda:0"))

@@ -11,12 +11,14 @@ Layout (every key optional except `model.base` and `dataset.path`; defaults are 
                  module_factors = { Attention = 4, FeedForward = 2, CLIPAttention = 8, CLIPMLP = 8 }
     [optimizer]  type, unet_lr, text_encoder_lr, betas, weight_decay, max_grad_norm, lr_scheduler, lr_warmup_steps
     [training]   batch_size, gradient_accumulation_steps, epochs, max_steps, seed, mixed_precision, vae_dtype,
-                 gradient_checkpointing, min_snr_gamma, noise_offset, save_every_n_steps, keep_states,
+                 checkpointing, min_snr_gamma, noise_offset, save_every_n_steps, keep_states,
                  sample_every, sample_prompts, sample_steps, save_every_minutes, max_nonfinite_steps, data_seed,
                  ddp_timeout_minutes
     [output]     name, run_dir, tensorboard
 
 Relative paths are resolved against the folder of the TOML file, so a run directory can be moved as a whole.
+`training.gradient_checkpointing = true/false` (the setting before `training.checkpointing`) is still read, as
+"full"/"none"; files are written with `checkpointing`.
 Presets are shipped TOML files in `resources/presets/` (see `load_preset`).
 """
 
@@ -40,6 +42,13 @@ OPTIMIZERS = ("Lion8bit", "Lion", "AdamW", "AdamW8bit")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 VAE_DTYPES = ("fp32", "fp16", "bf16")
+# Activation checkpointing of the UNet (memory_model.py has the cost of each): "full" recomputes every block in the
+# backward, "selective" only the transformer blocks (where most activation bytes are), "none" keeps everything.
+CHECKPOINTING = ("full", "selective", "none")
+LEGACY_CHECKPOINTING_KEY = "gradient_checkpointing"
+# bf16 arithmetic on NVIDIA GPUs starts with Ampere (compute capability 8.0: RTX 30xx, A100); older cards emulate
+# it slowly or refuse it.
+BF16_NOTE = "bf16 needs an NVIDIA Ampere or newer GPU (RTX 30xx/40xx, A100, H100); use fp16 on older cards"
 MAX_DATA_WORKERS = 64
 
 
@@ -107,7 +116,8 @@ class TrainingConfig:
     seed: int = 1337
     mixed_precision: str = "fp16"
     vae_dtype: str = "fp32"  # the SDXL VAE overflows in fp16 (NaN latents)
-    gradient_checkpointing: bool = True
+    # One of CHECKPOINTING; the math is the same for all three, only memory and speed differ.
+    checkpointing: str = "full"
     min_snr_gamma: float = 5.0  # 0 disables
     noise_offset: float = 0.05
     save_every_n_steps: int = 2000  # 0: only at the end
@@ -128,6 +138,15 @@ class TrainingConfig:
     ddp_timeout_minutes: float = (
         30.0  # a rank stuck this long in a collective ends the run instead of hanging
     )
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """The pre-`checkpointing` setting: True unless checkpointing is "none" (code and configs still use it)."""
+        return self.checkpointing != "none"
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        self.checkpointing = "full" if on else "none"
 
 
 @dataclass
@@ -191,6 +210,9 @@ class TrainConfig:
         """
         d = self.to_dict()
         d["dataset"].pop("num_workers", None)  # the batches are the same for any worker count
+        # Hashed as the old bool, so states saved before `checkpointing` existed still resume (and full/selective,
+        # the same math, may be swapped on resume).
+        d["training"][LEGACY_CHECKPOINTING_KEY] = d["training"].pop("checkpointing") != "none"
         d["training"] = {k: v for k, v in d["training"].items()
                          if k not in ("epochs", "max_steps", "save_every_n_steps", "keep_states",
                                       "sample_every", "sample_prompts", "sample_steps", "save_every_minutes",
@@ -255,11 +277,28 @@ def _section(cls: type, name: str, values: dict[str, Any], where: Path | None) -
     fields = {f.name: f for f in dataclasses.fields(cls)}
     defaults = cls()
     kwargs: dict[str, Any] = {}
+    if cls is TrainingConfig:
+        values = _legacy_checkpointing(values, where)
     for key, value in values.items():
         if key not in fields:
             raise KxlError(f"unknown key '{name}.{key}' (known: {', '.join(fields)})", path=where)
         kwargs[key] = _coerce(getattr(defaults, key), value, f"{name}.{key}", where)
     return cls(**kwargs)
+
+
+def _legacy_checkpointing(values: dict[str, Any], where: Path | None) -> dict[str, Any]:
+    """`gradient_checkpointing = true/false` read as `checkpointing = "full"/"none"`; both keys must agree."""
+    if LEGACY_CHECKPOINTING_KEY not in values:
+        return values
+    values = dict(values)
+    on = _coerce(True, values.pop(LEGACY_CHECKPOINTING_KEY), f"training.{LEGACY_CHECKPOINTING_KEY}", where)
+    mode = values.get("checkpointing")
+    if mode is None:
+        values["checkpointing"] = "full" if on else "none"
+    elif isinstance(mode, str) and (mode != "none") != on:
+        raise KxlError(f"'training.{LEGACY_CHECKPOINTING_KEY} = {str(on).lower()}' contradicts 'training."
+                       f"checkpointing = \"{mode}\"'; keep only 'training.checkpointing'", path=where)  # fmt: skip
+    return values
 
 
 def _coerce(default: Any, value: Any, key: str, where: Path | None) -> Any:
@@ -343,10 +382,13 @@ def validate(cfg: TrainConfig) -> None:
     need(t.mixed_precision in MIXED_PRECISION,
          f"'training.mixed_precision' must be one of {', '.join(MIXED_PRECISION)}")  # fmt: skip
     need(t.vae_dtype in VAE_DTYPES, f"'training.vae_dtype' must be one of {', '.join(VAE_DTYPES)}")
+    need(t.checkpointing in CHECKPOINTING,
+         f"'training.checkpointing' must be one of {', '.join(CHECKPOINTING)}, got '{t.checkpointing}'")  # fmt: skip
     need(t.min_snr_gamma >= 0, "'training.min_snr_gamma' must be >= 0 (0 disables)")
     need(t.noise_offset >= 0, "'training.noise_offset' must be >= 0")
     need(t.save_every_n_steps >= 0 and t.sample_every >= 0, "save/sample intervals must be >= 0")
     need(t.keep_states >= 1, "'training.keep_states' must be >= 1")
+    need(t.sample_steps >= 1, f"'training.sample_steps' must be >= 1, got {t.sample_steps}")
     need(t.save_every_minutes >= 0, "'training.save_every_minutes' must be >= 0 (0: save by steps only)")
     need(t.max_nonfinite_steps >= 1, "'training.max_nonfinite_steps' must be >= 1")
     need(

@@ -182,8 +182,8 @@ class Trainer:
             import torch
 
             if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-                return self._fail(f"out of memory at step {self.step + 1}: lower training.batch_size, enable "
-                                  "training.gradient_checkpointing or use fp16/bf16", EXIT_OOM)  # fmt: skip
+                return self._fail(f"out of memory at step {self.step + 1}: lower training.batch_size, set "
+                                  "training.checkpointing = \"full\" or use fp16/bf16", EXIT_OOM)  # fmt: skip
             tb = traceback.format_exc()
             self._log(tb)
             return self._fail(f"{type(exc).__name__}: {exc}", EXIT_ERROR)
@@ -417,14 +417,15 @@ class Trainer:
         self._log(f"moved {len(newer)} newer state(s) to {parked} (resumed from the older {chosen.name})")
 
     def _load_models(self, cfg: TrainConfig) -> None:
-        import torch
-
         from ..models.loading import load_sdxl
         from .loss import alphas_cumprod
-        from .micro_step import prepare_for_training
+        from .micro_step import check_precision, prepare_for_training, training_dtypes
 
-        comps = load_sdxl(cfg.base_path, dtype=torch.float32)
-        prepare_for_training(comps, cfg.training, self.device)  # dtypes, checkpointing, train modes
+        check_precision(cfg.training, self.device)  # before minutes of loading, not after
+        # Streamed straight into the training dtypes and onto the device, one tensor at a time (issue #14.6): an
+        # fp32 copy of the base first would take ~14 GB of host RAM per rank on SDXL.
+        comps = load_sdxl(cfg.base_path, dtype=training_dtypes(cfg.training), device=self.device)
+        prepare_for_training(comps, cfg.training, self.device)  # checkpointing, train modes (dtypes: already)
         self.comps = comps
         self.models = {
             "unet": comps.unet,

@@ -18,7 +18,11 @@ bucket's area being resolution², k = max_token_length / 75 caption chunks):
     UNet forward   U0 + U1·B·MP·h                               h = 2 without mixed precision, else 1
     backward       U0 + D1·B·MP·h                               recompute of one checkpointed block at a time
     optimizer      0                                            Lion8bit's update is in place; grad-norm scalars
-  without gradient checkpointing the forward keeps every layer's activations AND the fused forward's merged weight
+  with training.checkpointing = "full" (above). With "selective" only the UNet's transformer blocks are recomputed
+  (TEs as with "full"): the ResNet blocks keep their activations and the merged weights of their adapted convs:
+    UNet forward   Us·h + U1s·B·MP·h
+    backward       Bs·h + D1s·B·MP·h
+  with "none" the forward keeps every layer's activations AND the fused forward's merged weight
   of every adapted layer (fp16 W + ΔW, saved for dX), and the backward starts at that peak:
     TE forward     (Tm + T1n·B·k)·h
     UNet forward   TE forward + (Um + U1n·B·MP)·h,   backward = UNet forward
@@ -73,6 +77,13 @@ TE_MERGED_NO_GC = 1401.1
 TE_PER_CHUNK_NO_GC = 160.9
 UNET_MERGED_NO_GC = 4953.4
 UNET_PER_MP_NO_GC = 8174.1
+# checkpointing = "selective" (traced at 1024² b1 and b4): Us/Bs = the merged fp16 weights the fused forward saves
+# for the ResNet blocks' adapted convs (no longer recomputed) plus U0's temporaries; U1s/D1s = per megapixel, the
+# ResNet blocks' activations on top of the checkpointed transformer blocks' inputs.
+UNET_CONST_SELECTIVE = 727.9
+UNET_PER_MP_SELECTIVE = 1865.8
+BACKWARD_CONST_SELECTIVE = 727.8
+BACKWARD_PER_MP_SELECTIVE = 1854.9
 
 
 def optimizer_state_bytes(kind: str, sizes: list[int]) -> int:
@@ -144,10 +155,17 @@ def estimate_phases(params: Any, cfg: Any, *, width: int | None = None, height: 
     chunks = max(1, cfg.dataset.max_token_length // 75)
 
     vae = VAE_PER_MP * mp * vae_width * vbytes / 4
-    if t.gradient_checkpointing:
+    mode = t.checkpointing
+    if mode in ("full", "selective"):
         te = (TE_CONST * te_scale + TE_PER_CHUNK * te_width * batch * chunks) if train_te else 0.0
+    if mode == "full":
         unet = UNET_CONST * unet_scale + UNET_PER_MP * unet_width * batch * mp * h
         backward = UNET_CONST * unet_scale + BACKWARD_PER_MP * unet_width * batch * mp * h
+    elif mode == "selective":
+        unet = (UNET_CONST_SELECTIVE * unet_scale + UNET_PER_MP_SELECTIVE * unet_width * batch * mp) * h
+        backward = (
+            BACKWARD_CONST_SELECTIVE * unet_scale + BACKWARD_PER_MP_SELECTIVE * unet_width * batch * mp
+        ) * h
     else:
         te = (
             (TE_MERGED_NO_GC * te_scale + TE_PER_CHUNK_NO_GC * te_width * batch * chunks) * h

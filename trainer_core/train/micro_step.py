@@ -20,27 +20,89 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# UNet modules that keep their activation checkpointing under training.checkpointing = "selective": each
+# Transformer2DModel recomputes its BasicTransformerBlocks (attention + the 4x-wide GEGLU feed-forward, with fp32
+# norm outputs under autocast: most of the activation bytes of a step), while the ResNet blocks, up/down samplers
+# keep their activations, so the backward does not run their convolutions a second time.
+SELECTIVE_UNET_MODULES = ("Transformer2DModel",)
 
-def prepare_for_training(comps: Any, training: Any, device: Any) -> None:
-    """Frozen base on `device` in the training dtype (UNet, TEs: the mixed-precision dtype; VAE: `vae_dtype`),
-    gradient checkpointing on the UNet and both TEs when enabled, train mode (VAE in eval)."""
-    from ..hf_quiet import quiet_hf
+
+def training_dtypes(training: Any) -> dict[str, Any]:
+    """The dtype each component trains in: UNet and TEs in the mixed-precision dtype (fp32 for "no"), the VAE in
+    `vae_dtype`. The loader reads the base straight into these (loading.load_single_file)."""
     from ..models.loading import torch_dtype
     from .loop import weight_dtype_for
 
     wdt = weight_dtype_for(training.mixed_precision)
+    return {"unet": wdt, "text_encoder": wdt, "text_encoder_2": wdt, "vae": torch_dtype(training.vae_dtype)}
+
+
+def check_precision(training: Any, device: Any) -> None:
+    """Refuse bf16 on a CUDA GPU older than Ampere (compute capability 8.0): torch would emulate it, many times
+    slower than fp16, for the whole run."""
+    import torch
+
+    from ..errors import KxlError
+    from .config import BF16_NOTE
+
+    if training.mixed_precision != "bf16" or torch.device(device).type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        name = torch.cuda.get_device_name(device)
+        raise KxlError(f"training.mixed_precision = \"bf16\": {BF16_NOTE} (this one: {name}, compute capability "
+                       f"{major}.{minor})")  # fmt: skip
+
+
+def set_checkpointing(comps: Any, mode: str) -> None:
+    """Activation checkpointing per `training.checkpointing`: "full" = every UNet block and both TEs' layers,
+    "selective" = both TEs' layers and only the UNet's SELECTIVE_UNET_MODULES, "none" = off. Idempotent."""
+    unet, tes = comps.unet, (comps.text_encoder, comps.text_encoder_2)
+    if mode not in ("full", "selective", "none"):
+        raise ValueError(f"unknown checkpointing mode '{mode}'")
+    if mode == "none":
+        unet.disable_gradient_checkpointing()
+    else:
+        unet.enable_gradient_checkpointing()
+    if mode == "selective":
+        for module in unet.modules():
+            if (
+                hasattr(module, "gradient_checkpointing")
+                and type(module).__name__ not in SELECTIVE_UNET_MODULES
+            ):
+                module.gradient_checkpointing = False
+    for te in tes:
+        # With "selective" too: the TEs' layers are cheap to recompute (~1 % of a step's FLOPs) but hold ~3 GiB
+        # of activations at 4 captions x 3 chunks.
+        _te_checkpointing(te, mode != "none")
+
+
+def _te_checkpointing(te: Any, on: bool) -> None:
+    """transformers >= 5.x names it activation checkpointing (the gradient_* spelling warns); older ones do not."""
+    if hasattr(te, "activation_checkpointing_enable"):
+        if on:
+            te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            te.activation_checkpointing_disable()
+    elif on:
+        te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        te.gradient_checkpointing_disable()
+
+
+def prepare_for_training(comps: Any, training: Any, device: Any) -> None:
+    """Frozen base on `device` in the training dtypes (`training_dtypes`; a no-op when loaded in them), activation
+    checkpointing per `training.checkpointing`, train mode (VAE in eval)."""
+    from ..hf_quiet import quiet_hf
+
+    dtypes = training_dtypes(training)
     with quiet_hf():  # diffusers warns about casting with .to(); the frozen base is meant to be cast
-        for name in ("unet", "text_encoder", "text_encoder_2"):
+        for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
             m = getattr(comps, name)
             m.requires_grad_(False)
-            m.to(device, dtype=wdt)
-        comps.vae.requires_grad_(False)
-        comps.vae.to(device, dtype=torch_dtype(training.vae_dtype))
+            m.to(device, dtype=dtypes[name])
     comps.vae.eval()
-    if training.gradient_checkpointing:
-        comps.unet.enable_gradient_checkpointing()
-        for te in (comps.text_encoder, comps.text_encoder_2):
-            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    set_checkpointing(comps, training.checkpointing)
     comps.unet.train()
     comps.text_encoder.train()
     comps.text_encoder_2.train()

@@ -887,7 +887,7 @@ def preflight(cfg: TrainConfig, processes: int = 1, machines: int = 1, run_dir: 
         smallest = min((m for _, m in report.gpus), default=None) if use_gpu else None
         if smallest is not None and est.total > smallest:
             report.add("warning", "memory", f"{text} — more than the {format_gib(smallest)} of the smallest GPU; "
-                       "lower the batch size or enable gradient checkpointing")  # fmt: skip
+                       "lower the batch size or set training.checkpointing = \"full\"")  # fmt: skip
         else:
             report.add("ok", "memory", text)
     # -- disk
