@@ -19,6 +19,8 @@ setup(
             "**/*.png",
             "**/*.svg",
             "**/*.csv",
+            "**/*.xz",  # the packed Danbooru tag list
+            "**/*.safetensors",  # the demo model's weights
         ],
         "kxl_gui": ["**/*.qss", "**/*.svg", "**/*.png"],
     },

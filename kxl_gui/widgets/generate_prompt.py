@@ -4,7 +4,8 @@ Pure Python (no widgets) so the round trip can be tested directly. Text is built
 `count, character, series, artists, special (quality, rating, date), general`, each tag in prompt form
 (`rice shower \\(umamusume\\)`) and `(tag:1.5)` when its emphasis is not 1. Reading text back splits it on
 top-level commas; an item that is not one tag with one weight (BREAK, nested mixed weights, a stray bracket)
-makes the text "not representable" and the chips are left alone while the text stays as typed.
+makes the text "not representable" and the chips are left alone while the text stays as typed. Tags go to the
+field of their vocabulary category; a tag the vocabulary does not know keeps the field it had before the edit.
 """
 
 from __future__ import annotations
@@ -101,10 +102,23 @@ def classify(name: str, vocabulary: TagVocabulary | None) -> str:
     return "general"
 
 
-def fields_from_text(text: str, vocabulary: TagVocabulary | None) -> PromptFields | None:
-    """The chips for a prompt, or None when the text cannot be shown as chips (the text then stays as typed)."""
+def fields_from_text(
+    text: str, vocabulary: TagVocabulary | None, previous: PromptFields | None = None
+) -> PromptFields | None:
+    """The chips for a prompt, or None when the text cannot be shown as chips (the text then stays as typed).
+
+    `previous` is what the chips showed before the edit. A tag the vocabulary does not know has no category to
+    go by, so it stays in the field it was in there (an unknown artist typed in Artists must not become a
+    general tag because the user edited some other part of the text); only tags new to the text, or unknown
+    everywhere, land in General.
+    """
     text, _ = strip_extra_networks(text)
     fields = PromptFields()
+    placed_before: dict[str, str] = {}
+    if previous is not None:
+        for key in CHIP_FIELDS:
+            for chip in previous.chips[key]:
+                placed_before.setdefault(chip.name, key)
     for item in split_top_level(text):
         try:
             parts = parse_prompt_attention(item)
@@ -121,6 +135,8 @@ def fields_from_text(text: str, vocabulary: TagVocabulary | None) -> PromptField
             alias = vocabulary.alias_target(name)
             name = alias.name if alias is not None else name
         place = classify(name, vocabulary)
+        if name in placed_before and (vocabulary is None or name not in vocabulary) and place == "general":
+            place = placed_before[name]
         if place in SPECIAL_CHOICES:
             if fields.special[place] or weight != 1.0:
                 place = "general"  # a second quality tag, or a weighted one, is kept as an ordinary chip

@@ -18,10 +18,10 @@ from __future__ import annotations
 import difflib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -330,6 +330,40 @@ def post_header(conn: sqlite3.Connection, post_id: int) -> tuple[int, int, str] 
     return conn.execute(
         'SELECT rating, fav_count, created_at FROM "post" WHERE id = ?', (post_id,)
     ).fetchone()
+
+
+def post_file_rows(conn: sqlite3.Connection) -> list[tuple[int, Any, Any, Any, bool]]:
+    """`(id, image_width, image_height, file_ext, has_no_file)` of every post, by id, values as stored (callers
+    judge them): what an image shard holds; a post without a file URL has no image."""
+    rows = conn.execute(
+        'SELECT id, image_width, image_height, file_ext, file_url IS NULL FROM "post" ORDER BY id'
+    ).fetchall()
+    return [
+        (int(pid), int(w or 0), int(h or 0), str(ext or ""), bool(no_file))
+        for pid, w, h, ext, no_file in rows
+    ]
+
+
+def tag_table_rows(conn: sqlite3.Connection, batch: int = 20_000) -> tuple[int, Iterator[list[tuple]]]:
+    """(row count, batches of `(id, name, type, popularity)`) of the whole `tag` table, in table order: what a tag
+    vocabulary is built from. Raises DatabaseError when the table or one of those columns is missing."""
+    columns = {row[1] for row in conn.execute('PRAGMA table_info("tag")')}
+    missing = {"name", "type", "popularity"} - columns
+    if missing:
+        raise DatabaseError(
+            f"table 'tag' lacks column(s) {', '.join(sorted(missing))}"
+            if columns
+            else "no 'tag' table: this is not a HakuBooru danbooru2023 DB",
+            path=_db_path(conn),
+        )
+    (total,) = conn.execute('SELECT COUNT(*) FROM "tag"').fetchone()
+    cursor = conn.execute('SELECT id, name, type, popularity FROM "tag"')
+
+    def batches() -> Iterator[list[tuple]]:
+        while rows := cursor.fetchmany(batch):
+            yield rows
+
+    return int(total), batches()
 
 
 def post_ratings(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, int]:

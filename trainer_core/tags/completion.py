@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .popularity import PopularityGuidance, popularity_guidance
+from .string_sort import argsort_strings
 from .text import normalize_tag_name, normalize_tag_query, tag_to_caption_text, tag_to_prompt_text
 from .vocabulary import Tag, TagCategory, TagVocabulary
 
@@ -139,7 +140,8 @@ class TagCompleter:
         self._keys = keys
         self._ranks = ranks
         self._aliases = aliases
-        self._categories = np.array([tags[r].category for r in ranks], dtype=np.int8)
+        # fromiter over a generator, not np.array(list): converting 170k enum members in one C call holds the GIL.
+        self._categories = np.fromiter((tags[r].category for r in ranks), dtype=np.int8, count=len(ranks))
 
         self._exact: dict[str, list[int]] = {}
         for eid, key in enumerate(keys):
@@ -150,19 +152,24 @@ class TagCompleter:
             eids = [eid for eid in range(len(keys)) if tags[ranks[eid]].category == category]
             self._haystacks[category] = _Haystack([keys[e] for e in eids], eids)
 
-        order = sorted(range(len(keys)), key=keys.__getitem__)
+        # Sorted by argsort_strings, which releases the GIL: built in a worker, a plain sort of these ~170k keys
+        # (and ~250k word suffixes) would hold the GIL and freeze the window for 0.1-0.4 s each.
+        order = argsort_strings(keys)
         self._sorted_keys = [keys[e] for e in order]
         self._sorted_eids = np.array(order, dtype=np.int64)
 
-        # Every key suffix that starts a word (follows a separator), for WORD_START by bisect like PREFIX.
-        words: list[tuple[str, int]] = []
+        # Every key suffix that starts a word (follows a separator), for WORD_START by bisect like PREFIX. They
+        # are generated in entry order, so the stable sort keeps equal suffixes in entry order.
+        word_keys: list[str] = []
+        word_eids: list[int] = []
         for eid, key in enumerate(keys):
             for pos in range(1, len(key)):
                 if key[pos - 1] in WORD_SEPARATORS:
-                    words.append((key[pos:], eid))
-        words.sort()
-        self._word_keys = [w for w, _ in words]
-        self._word_eids = np.array([e for _, e in words], dtype=np.int64)
+                    word_keys.append(key[pos:])
+                    word_eids.append(eid)
+        order = argsort_strings(word_keys)
+        self._word_keys = [word_keys[i] for i in order]
+        self._word_eids = np.array(word_eids, dtype=np.int64)[np.array(order, dtype=np.int64)]
         self._alphabet = fuzzy_alphabet(keys)
 
     def __len__(self) -> int:

@@ -15,9 +15,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..danbooru.db_reader import tag_table_rows
 from ..danbooru.schema import DANBOORU_CATEGORY_TO_TAG_TYPE, TagType
 from ..errors import DatabaseError, KxlError
 from ..progress import Progress, ensure_progress
+from .string_sort import argsort_desc_int_then_string
 from .text import normalize_tag_name, normalize_tag_query
 
 # One enum for HakuBooru's `tag.type` numbering, owned by the DB schema module; the vocabulary calls it a category.
@@ -45,7 +47,11 @@ class TagVocabulary:
         for tag in tags:
             # First occurrence wins: sources list tags once, and a duplicate row is the less trustworthy one.
             unique.setdefault(tag.name, tag)
-        self.tags: list[Tag] = sorted(unique.values(), key=lambda t: (-t.count, t.name))
+        # Popularity order, computed where the GIL is released (string_sort): this runs in a worker while the
+        # GUI stays live, and a plain sort of 140k+ tags would hold the GIL for a noticeable pause.
+        values = list(unique.values())
+        order = argsort_desc_int_then_string([t.count for t in values], [t.name for t in values])
+        self.tags: list[Tag] = [values[i] for i in order]
         self._by_key: dict[str, int] = {}
         for rank, tag in enumerate(self.tags):
             self._by_key.setdefault(normalize_tag_name(tag.name), rank)
@@ -98,6 +104,24 @@ class TagVocabulary:
                     yield alias, rank
 
     @classmethod
+    def union(cls, first: Iterable[Tag], *fallbacks: Iterable[Tag]) -> TagVocabulary:
+        """Every tag of `first`, then the tags of each fallback that no earlier source has.
+
+        A tag in several sources keeps the first source's category and count (the workspace's own data describes
+        the user's captions); when that source lists no aliases for it (a metadata DB has none), it takes the
+        aliases of the first later source that does.
+        """
+        merged: dict[str, Tag] = {}
+        for source in (first, *fallbacks):
+            for tag in source:
+                known = merged.get(tag.name)
+                if known is None:
+                    merged[tag.name] = tag
+                elif tag.aliases and not known.aliases:
+                    merged[tag.name] = Tag(known.name, known.category, known.count, tag.aliases)
+        return cls(merged.values())
+
+    @classmethod
     def from_csv(cls, path: str | Path, progress: Progress | None = None) -> TagVocabulary:
         """Read a tagcomplete CSV (no header; a `name,category,...` header row is tolerated)."""
         path = Path(path)
@@ -119,47 +143,42 @@ class TagVocabulary:
     def from_db(cls, path: str | Path, progress: Progress | None = None) -> TagVocabulary:
         """Read the `tag` table of a HakuBooru metadata DB, read-only. Tags with popularity 0 are kept (they are
         still valid names); aliases are not in the DB."""
-        path = Path(path)
-        if not path.is_file():
-            raise DatabaseError("metadata DB not found", path=path)
-        progress = ensure_progress(progress)
-        uri = path.resolve().as_uri() + "?mode=ro"
-        try:
-            conn = sqlite3.connect(uri, uri=True)
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open metadata DB read-only: {exc}", path=path) from None
-        try:
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(tag)")}
-            missing = {"name", "type", "popularity"} - columns
-            if missing:
-                raise DatabaseError(
-                    f"table 'tag' lacks column(s) {', '.join(sorted(missing))}"
-                    if columns
-                    else "no 'tag' table: this is not a HakuBooru danbooru2023 DB",
-                    path=path,
-                )
-            (total,) = conn.execute("SELECT COUNT(*) FROM tag").fetchone()
-            progress.stage("reading tags")
-            tags: list[Tag] = []
-            cursor = conn.execute("SELECT id, name, type, popularity FROM tag")
-            while rows := cursor.fetchmany(20000):
-                for tag_id, name, type_, popularity in rows:
-                    try:
-                        category = TagCategory(type_)
-                    except ValueError:
-                        raise DatabaseError(
-                            f"tag id {tag_id} ({name!r}) has type {type_!r}; expected 0..4", path=path
-                        ) from None
-                    if not isinstance(name, str) or not name.strip():
-                        continue
-                    tags.append(Tag(name, category, int(popularity or 0)))
-                progress.update(len(tags), total)
-                progress.check_cancelled()
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseError(f"cannot read the tag table: {exc}", path=path) from None
-        finally:
-            conn.close()
-        return cls(tags)
+        return cls(read_db_tags(path, progress))
+
+
+def read_db_tags(path: str | Path, progress: Progress | None = None) -> list[Tag]:
+    """The tags of a HakuBooru metadata DB's `tag` table, in table order (see `TagVocabulary.from_db`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatabaseError("metadata DB not found", path=path)
+    progress = ensure_progress(progress)
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open metadata DB read-only: {exc}", path=path) from None
+    try:
+        total, batches = tag_table_rows(conn)
+        progress.stage("reading tags")
+        tags: list[Tag] = []
+        for rows in batches:
+            for tag_id, name, type_, popularity in rows:
+                try:
+                    category = TagCategory(type_)
+                except ValueError:
+                    raise DatabaseError(
+                        f"tag id {tag_id} ({name!r}) has type {type_!r}; expected 0..4", path=path
+                    ) from None
+                if not isinstance(name, str) or not name.strip():
+                    continue
+                tags.append(Tag(name, category, int(popularity or 0)))
+            progress.update(len(tags), total)
+            progress.check_cancelled()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"cannot read the tag table: {exc}", path=path) from None
+    finally:
+        conn.close()
+    return tags
 
 
 def _parse_csv_rows(rows: Iterable[list[str]], source: str, progress: Progress) -> Iterator[Tag]:
