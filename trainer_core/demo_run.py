@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from .atomic import atomic_write_text
 from .errors import KxlError, WorkspaceError
 from .progress import Progress, ensure_progress
 from .workspace import WORKSPACE_FILE, Workspace, load_workspace
+from .workspace_queries import MERGED_BASE_STEM
 
 if TYPE_CHECKING:  # typing only: the dataset modules pull in numpy, which the CLI imports lazily
     from .dataset.filters import PostFilters
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # typing only: the dataset modules pull in numpy, which the C
 DEFAULT_STEPS = 300
 DEFAULT_PROCESSES = 2
 SELECTIONS = ("card", "all")
-MERGED_BASE_NAME = "kohaku-xl-delta-base.safetensors"
+MERGED_BASE_NAME = f"{MERGED_BASE_STEM}.safetensors"
 BAKED_NAME = "kohaku-xl-delta.safetensors"
 RUN_NAME = "demo-run"
 OUTPUT_NAME = "demo-run"
@@ -432,7 +432,7 @@ def _train(ws: Workspace, base: Path, dataset: Path, steps: int, processes: int,
     from .train.events import EVENTS_FILE
     from .train.launch import LaunchPlan, free_port, launch_command
     from .train.runs import EventTail
-    from .train.supervisor import Supervisor, raise_if_failed
+    from .train.supervisor import Supervisor, raise_if_failed, supervise
 
     run_dir = ws.runs_path / RUN_NAME
     cfg = _train_config(base, dataset, steps, resolution)
@@ -458,28 +458,24 @@ def _train(ws: Workspace, base: Path, dataset: Path, steps: int, processes: int,
     tail = EventTail(run_dir / EVENTS_FILE, offset=(run_dir / EVENTS_FILE).stat().st_size
                      if (run_dir / EVENTS_FILE).is_file() else 0)  # fmt: skip
     progress.stage(f"  accelerate launch, {processes} process(es); live events: {run_dir / EVENTS_FILE}")
-    sup = Supervisor(run_dir, argv, env, tie_to_parent=True)
-    proc = sup.start()
+    sup = Supervisor(run_dir, argv, env, tie_to_parent=True, stop_grace_s=STOP_GRACE_S)
+    sup.start()
     last_step = 0
-    try:
-        while True:
-            for e in tail.read():
-                if e.get("type") == "step":
-                    last_step = int(e["step"])
-                    loss = e.get("loss")
-                    label = f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss n/a"
-                    progress.update(last_step, steps, f"step {last_step}/{steps}, {label}")
-            progress.check_cancelled()
-            code = proc.poll()
-            if code is not None:
-                break
-            time.sleep(0.2)
-    except BaseException:  # Ctrl+C or cancel: the trainer runs in its own session, so stop it ourselves
-        sup.stop(grace_s=STOP_GRACE_S)
-        raise
-    for e in tail.read():
-        if e.get("type") == "step":
-            last_step = int(e["step"])
+
+    # between polls: live progress; a cancel raises here and supervise() stops the trainer
+    def follow() -> None:
+        nonlocal last_step
+        for e in tail.read():
+            if e.get("type") == "step":
+                last_step = int(e["step"])
+                loss = e.get("loss")
+                label = f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss n/a"
+                progress.update(last_step, steps, f"step {last_step}/{steps}, {label}")
+        progress.check_cancelled()
+
+    # Ctrl+C or cancel: the trainer runs in its own session, so supervise() stops it (save, then signals) and
+    # re-raises, as any other stage does
+    code = supervise(sup, on_tick=follow, say=progress.stage, reraise_interrupt=True)
     outcome = sup.outcome(code)
     raise_if_failed(outcome)
     if _finished(run_dir) is None:
@@ -491,15 +487,6 @@ def _train(ws: Workspace, base: Path, dataset: Path, steps: int, processes: int,
 
 
 # ------------------------------------------------------------------------------------------------ 6 generate
-
-
-def _post_tags(conn: sqlite3.Connection, post_id: int) -> list[tuple[str, int]]:
-    rows = conn.execute(
-        'SELECT t.name, t.type FROM "posttagrelation" r JOIN "tag" t ON t.id = r.tag_id '
-        "WHERE r.post_id = ? ORDER BY r.id",
-        (post_id,),
-    ).fetchall()
-    return [(str(n), int(t)) for n, t in rows]
 
 
 def card_prompt(tags: list[tuple[str, int]], quality: str | None, rating: int, year: str | None,
@@ -539,7 +526,7 @@ def card_prompt(tags: list[tuple[str, int]], quality: str | None, rating: int, y
 
 def demo_prompts(dataset: Path, db: Path, count: int) -> list[str]:
     """`count` card-style prompts from general-rated posts of the dataset, spread evenly over it (deterministic)."""
-    from .danbooru.db_reader import open_db
+    from .danbooru.db_reader import open_db, post_ratings, post_tag_rows
     from .dataset.stats import MANIFEST_FILE, read_jsonl
 
     records = read_jsonl(dataset / MANIFEST_FILE)
@@ -547,10 +534,7 @@ def demo_prompts(dataset: Path, db: Path, count: int) -> list[str]:
         raise KxlError("the dataset has no images to take prompts from", path=dataset)
     conn = open_db(db)
     try:
-        ratings = dict(conn.execute(
-            'SELECT id, rating FROM "post" WHERE id IN (SELECT value FROM json_each(?))',
-            (json.dumps([int(r["id"]) for r in records]),),
-        ).fetchall())  # fmt: skip
+        ratings = post_ratings(conn, (int(r["id"]) for r in records))
         # General-rated posts only, when there are any: the grid is what a newcomer looks at first.
         records = [r for r in records if ratings.get(int(r["id"])) == 0] or records
         prompts: list[str] = []
@@ -559,7 +543,7 @@ def demo_prompts(dataset: Path, db: Path, count: int) -> list[str]:
             # Start at an evenly spaced post and walk forward to the first one with a count tag.
             for j in range(n):
                 rec = records[(i * n // count + j) % n]
-                text = card_prompt(_post_tags(conn, int(rec["id"])), rec.get("quality"),
+                text = card_prompt(post_tag_rows(conn, int(rec["id"])), rec.get("quality"),
                                    int(ratings.get(int(rec["id"]), 0)), rec.get("year"))  # fmt: skip
                 if text and text not in prompts:
                     prompts.append(text)

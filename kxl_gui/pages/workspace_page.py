@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -44,6 +43,7 @@ from trainer_core.workspace_summary import (
 from ..context import AppContext
 from ..dialogs import show_error
 from ..jobs import Job
+from ..kit.card import Card
 
 PROBLEM_COLOR = QColor("#e8845c")
 CHECKPOINT_COLUMNS = ("Role", "File", "Kind / arch", "dtype", "Tensors", "Size", "Short hash")
@@ -82,45 +82,6 @@ def _check_replaceable_demo(root: Path) -> None:
             path=root,
             hint="move it elsewhere, then recreate the demo",
         )
-
-
-class Card(QFrame):
-    """A titled section with a muted subtitle line, a body, and an inline error label."""
-
-    def __init__(self, title: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("card")
-        # Preferred (not Maximum) vertically: cards sharing a grid row grow to the same height.
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(16, 14, 16, 16)
-        lay.setSpacing(8)
-        self.title = QLabel(title)
-        self.title.setObjectName("cardTitle")
-        self.subtitle = QLabel("")
-        self.subtitle.setObjectName("cardSubtitle")
-        self.subtitle.setWordWrap(True)
-        self.subtitle.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.error = QLabel("")
-        self.error.setObjectName("inlineError")
-        self.error.setWordWrap(True)
-        self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.error.hide()
-        self.body = QVBoxLayout()
-        self.body.setSpacing(6)
-        lay.addWidget(self.title)
-        lay.addWidget(self.subtitle)
-        lay.addWidget(self.error)
-        lay.addLayout(self.body)
-        lay.addStretch(1)
-
-    def set_subtitle(self, text: str) -> None:
-        self.subtitle.setText(text)
-        self.subtitle.setVisible(bool(text))
-
-    def set_error(self, text: str | None) -> None:
-        self.error.setText(text or "")
-        self.error.setVisible(bool(text))
 
 
 def _table(columns: tuple[str, ...], stretch: int = 0) -> QTableWidget:
@@ -448,7 +409,7 @@ class WorkspacePage(QWidget):
         self.refresh_button.setEnabled(False)
         for card in (self.db_card, self.images_card, self.ckpt_card, self.datasets_card, self.runs_card):
             card.set_subtitle("—")
-            card.set_error(None)
+            card.message.show_error(None)
         for table in (self.db_table, self.ckpt_table, self.datasets_table, self.runs_table):
             _fill(table, [])
         for label in (self.images_label, self.images_detail, self.datasets_empty, self.runs_empty):
@@ -467,12 +428,12 @@ class WorkspacePage(QWidget):
 
         db = summary.db
         self.db_card.set_subtitle(_display_path(db.path, root))
-        self.db_card.set_error(db.error)
+        self.db_card.message.show_error(db.error)
         _fill(self.db_table, [[t, f"{n:,}"] for t, n in db.counts.items()], numeric=(1,))
 
         im = summary.images
         self.images_card.set_subtitle(_display_path(im.path, root))
-        self.images_card.set_error(im.error)
+        self.images_card.message.show_error(im.error)
         self.images_label.setVisible(not im.error)
         self.images_detail.setVisible(not im.error)
         if im.error:
@@ -489,14 +450,14 @@ class WorkspacePage(QWidget):
 
         ds_path = _display_path(self.context.workspace.datasets_path, root) if self.context.workspace else ""
         self.datasets_card.set_subtitle(ds_path)
-        self.datasets_card.set_error(summary.datasets_error)
+        self.datasets_card.message.show_error(summary.datasets_error)
         _fill(self.datasets_table, [[d.name, f"{d.image_count:,}", d.layout] for d in summary.datasets], (1,))
         self.datasets_empty.setText("No exported datasets yet.")
         self.datasets_empty.setVisible(not summary.datasets and not summary.datasets_error)
 
         runs_path = _display_path(self.context.workspace.runs_path, root) if self.context.workspace else ""
         self.runs_card.set_subtitle(runs_path)
-        self.runs_card.set_error(summary.runs_error)
+        self.runs_card.message.show_error(summary.runs_error)
         rows = [[r.name, r.state, f"{r.step:,}" if r.step is not None else ""] for r in summary.runs]
         _fill(self.runs_table, rows, numeric=(2,))
         self.runs_empty.setText("No training runs yet.")
@@ -536,7 +497,7 @@ class WorkspacePage(QWidget):
         self.ckpt_card.set_subtitle(
             "" if summary.checkpoints else "None set in workspace.toml [checkpoints]."
         )
-        self.ckpt_card.set_error("\n".join(problems) or None)
+        self.ckpt_card.message.show_error("\n".join(problems) or None)
 
     # ---- short hashes, one file at a time (several 7 GB reads in parallel would only thrash the disk) ------
     def _start_hashes(self) -> None:

@@ -1,107 +1,62 @@
 """Dataset tab: a wizard from the danbooru2023 metadata DB + image shards to a kohya-ready dataset folder.
 
-Source -> Selection -> Captions -> Output -> Run -> Summary. Every DB read (validation, live match counts, caption
-preview) and the export itself run as `Job`s; the widgets only collect options and show results. The options are
-turned into the same `BuildOptions` the CLI builds, so the wizard and `kxl dataset build` write identical folders.
+Source -> Selection -> Captions -> Output -> Run -> Summary. What the user chose lives in a `DatasetForm`
+(kxl_gui/state/dataset_form.py), bound to the page widgets (tabs/dataset_wizard_pages.py); the export request is
+`form.to_engine()`, the same `BuildOptions` the CLI builds, so the wizard and `kxl dataset build` write identical
+folders. Every DB read (source check, live match counts, caption preview) is a `LatestRequest`: only the newest
+answer reaches the screen. The export itself is a `Job`.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QFrame,
-    QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
-    QLineEdit,
-    QListWidget,
     QMessageBox,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
     QStackedWidget,
-    QTableWidget,
-    QTableWidgetItem,
-    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
 
 from trainer_core.dataset.export import LOCK_FILE as BUILD_LOCK_FILE
-from trainer_core.dataset.export import BuildOptions, build_dataset, partial_build_info
-from trainer_core.dataset.filters import PostFilters, split_tags
-from trainer_core.dataset.selection import PRESETS, IdRange, SelectionPlan
+from trainer_core.dataset.export import BuildResult, build_dataset, partial_build_info
+from trainer_core.dataset.selection import PRESETS
 from trainer_core.dataset.stats import is_finished_dataset
 from trainer_core.errors import KxlError
-from trainer_core.progress import Progress, ProgressEvent, format_duration
+from trainer_core.progress import Progress
+from trainer_core.workspace import Workspace
 
 from ..context import AppContext
 from ..jobs import Job
+from ..kit.form_binding import FormBinding
+from ..kit.inline_message import InlineMessage
+from ..kit.latest_request import LatestRequest
+from ..state.dataset_form import CUSTOM_PRESET, DatasetForm
+from ..widgets.dataset_charts import preload as preload_charts
+from .dataset_wizard_pages import (
+    STEPS,
+    CaptionsPage,
+    OutputPage,
+    RunPage,
+    SelectionPage,
+    SourcePage,
+    SummaryPage,
+)
 
 TAB_TITLE = "Dataset"
 TAB_ORDER = 10
 
-STEPS = ("Source", "Selection", "Captions", "Output", "Run", "Summary")
-KIND_COLOURS = {  # caption kinds (trainer_core.dataset.captions.KIND_*) -> text colour
-    0: "#f2c15e",  # special (1girl ...)
-    1: "#7fc8a9",  # character
-    2: "#c89cf2",  # copyright
-    3: "#f28b82",  # artist
-    4: "#e6e2da",  # general
-    5: "#8fb8f2",  # meta
-    10: "#a9a59c",  # year / rating / quality
-}
-KIND_NAMES = {
-    0: "special",
-    1: "character",
-    2: "copyright",
-    3: "artist",
-    4: "general",
-    5: "meta",
-    10: "year/rating/quality",
-}
-PIXEL_BUDGETS = (
-    ("keep size", None),
-    ("1024 × 1024 area", 1024 * 1024),
-    ("1536 × 1536 area", 1536 * 1536),
-    ("2048 × 2048 area", 2048 * 2048),
-)
-RATINGS = ("general", "sensitive", "questionable", "explicit")
-
-
-def _card(title: str) -> tuple[QFrame, QVBoxLayout]:
-    frame = QFrame()
-    frame.setObjectName("card")
-    lay = QVBoxLayout(frame)
-    lay.setContentsMargins(16, 12, 16, 14)
-    label = QLabel(title)
-    label.setObjectName("cardTitle")
-    lay.addWidget(label)
-    return frame, lay
-
-
-def _path_row(edit: QLineEdit, on_browse) -> QWidget:
-    row = QWidget()
-    lay = QHBoxLayout(row)
-    lay.setContentsMargins(0, 0, 0, 0)
-    lay.addWidget(edit, 1)
-    button = QPushButton("Browse…")
-    button.clicked.connect(on_browse)
-    lay.addWidget(button)
-    return row
-
-
-def _fmt_count(n: int | None) -> str:
-    return "all" if n is None else f"{n:,}"
+SOURCE, SELECTION, CAPTIONS, OUTPUT, RUN, SUMMARY = range(len(STEPS))
+SOURCE_FIELDS = {"db", "images"}
+OUTPUT_FIELDS = {"out", "repeats", "name"}
+ESTIMATE_DELAY_MS = 300  # a count per pause in typing, not per key
+SOURCE_CHECK_DELAY_MS = 400
+PREVIEW_POSTS = 20
 
 
 class DatasetTab(QWidget):
@@ -110,21 +65,31 @@ class DatasetTab(QWidget):
     def __init__(self, context: AppContext) -> None:
         super().__init__()
         self.context = context
+        self.form = DatasetForm()
         self.job: Job | None = None
-        self._aux_jobs: list[Job] = []
-        self.result = None
-        self._estimate_generation = 0
-        self._preview_generation = 0
+        self.result: BuildResult | None = None
+        self._build_layout()
+        self._source_check = LatestRequest("Check dataset source", self, SOURCE_CHECK_DELAY_MS)
+        self._count = LatestRequest("Count matching posts", self, ESTIMATE_DELAY_MS)
+        self._preview = LatestRequest("Caption preview", self)
+        self._bind()
+        self.context.workspace_changed.connect(self.use_workspace)
+        if context.workspace is not None:
+            self.use_workspace(context.workspace)
+        self.set_step(SOURCE)
 
+    # ---- layout ---------------------------------------------------------------------------------------------
+    def _build_layout(self) -> None:
         root = QHBoxLayout(self)
         root.setContentsMargins(16, 16, 16, 12)
         steps = QVBoxLayout()
-        self.step_labels: list[QLabel] = []
         heading = QLabel("Dataset")
         heading.setObjectName("pageTitle")
         steps.addWidget(heading)
+        self.step_labels: list[QLabel] = []
         for i, name in enumerate(STEPS):
             label = QLabel(f"{i + 1}. {name}")
+            label.setObjectName("wizardStep")
             label.setMinimumWidth(130)
             self.step_labels.append(label)
             steps.addWidget(label)
@@ -133,379 +98,194 @@ class DatasetTab(QWidget):
 
         right = QVBoxLayout()
         self.stack = QStackedWidget()
+        self.source, self.selection, self.captions = SourcePage(), SelectionPage(), CaptionsPage()
+        self.output, self.run, self.summary = OutputPage(), RunPage(), SummaryPage()
+        for page in (self.source, self.selection, self.captions, self.output, self.run, self.summary):
+            self.stack.addWidget(page)
         right.addWidget(self.stack, 1)
-        self.error_label = QLabel()
-        self.error_label.setObjectName("inlineError")
-        self.error_label.setWordWrap(True)
-        self.error_label.hide()
+        self.error_label = InlineMessage()  # why Next or Start did not go on, or why a count failed
         right.addWidget(self.error_label)
         nav = QHBoxLayout()
         nav.addStretch(1)
         self.back_button = QPushButton("Back")
         self.next_button = QPushButton("Next")
         self.next_button.setObjectName("primaryButton")
-        self.back_button.clicked.connect(self.go_back)
-        self.next_button.clicked.connect(self.go_next)
         nav.addWidget(self.back_button)
         nav.addWidget(self.next_button)
         right.addLayout(nav)
         root.addLayout(right, 1)
 
-        self._estimate_timer = QTimer(self)
-        self._estimate_timer.setSingleShot(True)
-        self._estimate_timer.setInterval(300)
-        self._estimate_timer.timeout.connect(self.refresh_estimate)
-        for build in (
-            self._build_source,
-            self._build_selection,
-            self._build_captions,
-            self._build_output,
-            self._build_run,
-            self._build_summary,
+        # The widgets tests, the screenshot script and the hand-offs reach by name.
+        self.source_info = self.source.source_info
+        self.db_edit, self.images_edit = self.source.db_row.edit, self.source.images_row.edit
+        s = self.selection
+        self.preset_combo, self.seed_spin, self.range_table = s.preset_combo, s.seed_spin, s.range_table
+        self.estimate_label, self.rating_boxes = s.estimate_label, s.rating_boxes
+        self.tags_any, self.tags_all, self.tags_none = s.tags_any, s.tags_all, s.tags_none
+        self.preview, self.quality_combo = self.captions.preview, self.captions.quality_combo
+        self.out_edit, self.output_note = self.output.out_row.edit, self.output.output_note
+        self.start_button, self.progress = self.run.start_button, self.run.progress
+        self.cancel_button = self.progress.cancel_button
+        self.progress_bar, self.rate_label = self.progress.progress_bar, self.progress.status_label
+        self.missing_list = self.summary.missing_list
+        self.open_tags_button, self.train_button = self.summary.open_tags_button, self.summary.train_button
+        self.open_button = self.summary.open_button
+
+    def _bind(self) -> None:
+        b = self.binding = FormBinding(self.form, self)
+        b.path(self.source.db_row, "db")
+        b.path(self.source.images_row, "images")
+        s = self.selection
+        for name in PRESETS:
+            s.preset_combo.addItem(name, name)
+        s.preset_combo.addItem(CUSTOM_PRESET, CUSTOM_PRESET)
+        # "custom" is what the ranges are when they match no preset: shown, never chosen.
+        s.preset_combo.model().item(s.preset_combo.count() - 1).setEnabled(False)
+        b.bind(
+            "preset",
+            s.preset_combo.currentData,
+            lambda name: s.preset_combo.setCurrentIndex(s.preset_combo.findData(name)),
+            s.preset_combo.activated,
+            store=lambda form, name: form.apply_preset(name),
+        )
+        b.spin(s.seed_spin, "seed")
+        for box, name in (
+            (s.skip_deleted, "skip_deleted"),
+            (s.skip_banned, "skip_banned"),
+            (s.images_only, "images_only"),
         ):
-            self.stack.addWidget(build())
-        self.context.workspace_changed.connect(self.use_workspace)
-        if context.workspace is not None:
-            self.use_workspace(context.workspace)
-        self.set_step(0)
+            b.check(box, name)
+        for i, box in enumerate(s.rating_boxes):
+            b.bind("ratings", box.isChecked, box.setChecked, box.toggled, get=lambda form, i=i: form.ratings[i],
+                   store=lambda form, on, i=i: form.ratings.__setitem__(i, on))  # fmt: skip
+        b.spin(s.min_score, "min_score")
+        b.spin(s.min_fav, "min_fav")
+        for edit, name in ((s.tags_any, "tags_any"), (s.tags_all, "tags_all"), (s.tags_none, "tags_none")):
+            b.line(edit, name)
+        b.combo_data(self.captions.quality_combo, "quality")
+        o = self.output
+        b.path(o.out_row, "out")
+        b.spin(o.repeats_spin, "repeats")
+        b.line(o.name_edit, "name")
+        b.combo_data(o.format_combo, "image_format")
+        b.combo_data(o.budget_combo, "max_pixels")
+        b.spin(o.workers_spin, "workers")
+        s.range_table.set_rows([r.cells() for r in self.form.ranges])
+        s.range_table.cell_edited.connect(self._range_cell_edited)
+        b.edited.connect(self._on_edited)
 
-    # ---- pages ----------------------------------------------------------------------------------------------
-    def _build_source(self) -> QWidget:
-        page, lay = _card("Source: metadata DB and images")
-        intro = QLabel(
-            "HakuBooru's danbooru2023.db and the danbooru2023 image shards (data-NXYZ.tar), "
-            "or a folder of <id>.<ext> files. Defaults to the open workspace."
-        )
-        intro.setObjectName("muted")
-        intro.setWordWrap(True)
-        lay.addWidget(intro)
-        form = QFormLayout()
-        self.db_edit = QLineEdit()
-        self.images_edit = QLineEdit()
-        form.addRow("Metadata DB", _path_row(self.db_edit, self._browse_db))
-        form.addRow("Images", _path_row(self.images_edit, self._browse_images))
-        lay.addLayout(form)
-        buttons = QHBoxLayout()
-        self.workspace_button = QPushButton("Use workspace")
-        self.workspace_button.clicked.connect(lambda: self.use_workspace(self.context.workspace))
-        self.check_button = QPushButton("Check source")
-        self.check_button.clicked.connect(self.check_source)
-        buttons.addWidget(self.workspace_button)
-        buttons.addWidget(self.check_button)
-        buttons.addStretch(1)
-        lay.addLayout(buttons)
-        self.source_info = QLabel("Not checked yet.")
-        self.source_info.setObjectName("muted")
-        self.source_info.setWordWrap(True)
-        self.source_info.setTextFormat(Qt.TextFormat.RichText)
-        lay.addWidget(self.source_info)
-        lay.addStretch(1)
-        return page
-
-    def _build_selection(self) -> QWidget:
-        page, lay = _card("Selection: id ranges, seed and filters")
-        top = QHBoxLayout()
-        top.addWidget(QLabel("Preset"))
-        self.preset_combo = QComboBox()
-        self.preset_combo.addItems(["kohaku-xl-delta", "all", "custom"])
-        self.preset_combo.currentTextChanged.connect(self._apply_preset)
-        top.addWidget(self.preset_combo)
-        top.addSpacing(16)
-        top.addWidget(QLabel("Seed"))
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
-        self.seed_spin.setValue(1)
-        self.seed_spin.valueChanged.connect(self.schedule_estimate)
-        top.addWidget(self.seed_spin)
-        top.addStretch(1)
-        lay.addLayout(top)
-
-        self.range_table = QTableWidget(0, 4)
-        self.range_table.setHorizontalHeaderLabels(
-            ["Start id", "End id (exclusive, empty = no end)", "Count (empty = all)", "Matching / selected"]
-        )
-        self.range_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.range_table.verticalHeader().setVisible(False)
-        self.range_table.setMinimumHeight(130)
-        self.range_table.setMaximumHeight(200)
-        self.range_table.itemChanged.connect(self._range_edited)
-        lay.addWidget(self.range_table)
-        rbuttons = QHBoxLayout()
-        add = QPushButton("Add range")
-        add.clicked.connect(lambda: self._add_range_row(IdRange(0, None, None)))
-        remove = QPushButton("Remove range")
-        remove.clicked.connect(self._remove_range_row)
-        rbuttons.addWidget(add)
-        rbuttons.addWidget(remove)
-        rbuttons.addStretch(1)
-        lay.addLayout(rbuttons)
-
-        grid = QGridLayout()
-        self.skip_deleted = QCheckBox("Skip deleted posts")
-        self.skip_banned = QCheckBox("Skip banned / gold-only (no file URL)")
-        self.images_only = QCheckBox("Images only (no gif, mp4, webm, zip, swf)")
-        for i, box in enumerate((self.skip_deleted, self.skip_banned, self.images_only)):
-            box.setChecked(True)
-            box.toggled.connect(self.schedule_estimate)
-            grid.addWidget(box, 0, i)
-        self.rating_boxes = []
-        rating_row = QHBoxLayout()
-        rating_row.addWidget(QLabel("Ratings"))
-        for name in RATINGS:
-            box = QCheckBox(name)
-            box.setChecked(True)
-            box.toggled.connect(self.schedule_estimate)
-            self.rating_boxes.append(box)
-            rating_row.addWidget(box)
-        rating_row.addStretch(1)
-        grid.addLayout(rating_row, 1, 0, 1, 3)
-        self.min_score = QSpinBox()
-        self.min_fav = QSpinBox()
-        for spin in (self.min_score, self.min_fav):
-            spin.setRange(-1, 1_000_000)
-            spin.setValue(-1)
-            spin.setSpecialValueText("off")
-            spin.valueChanged.connect(self.schedule_estimate)
-        form = QFormLayout()
-        form.addRow("Minimum score", self.min_score)
-        form.addRow("Minimum favourites", self.min_fav)
-        grid.addLayout(form, 2, 0)
-        tag_form = QFormLayout()
-        self.tags_any = QLineEdit()
-        self.tags_all = QLineEdit()
-        self.tags_none = QLineEdit()
-        for edit, label in (
-            (self.tags_any, "Any of tags"),
-            (self.tags_all, "All of tags"),
-            (self.tags_none, "None of tags"),
-        ):
-            edit.setPlaceholderText("comma-separated, e.g. 1girl, long_hair")
-            edit.textChanged.connect(self.schedule_estimate)
-            tag_form.addRow(label, edit)
-        grid.addLayout(tag_form, 2, 1, 1, 2)
-        lay.addLayout(grid)
-        self.estimate_label = QLabel("")
-        self.estimate_label.setObjectName("bigFigure")
-        lay.addWidget(self.estimate_label)
-        lay.addStretch(1)
-        self._apply_preset("kohaku-xl-delta")
-        return page
-
-    def _build_captions(self) -> QWidget:
-        page, lay = _card("Captions: HakuBooru format")
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Quality tags"))
-        self.quality_combo = QComboBox()
-        self.quality_combo.addItem("card: P95/85/75/50/25/10, none above id 7.0M", "card")
-        self.quality_combo.addItem("hakubooru: P90/75/60/45/30/10, none above id 7.5M", "hakubooru")
-        self.quality_combo.addItem("db: card cut points computed from this DB", "db")
-        self.quality_combo.currentIndexChanged.connect(self.refresh_preview)
-        row.addWidget(self.quality_combo)
-        row.addStretch(1)
-        lay.addLayout(row)
-        legend = " ".join(
-            f'<span style="color:{KIND_COLOURS[k]}">■ {n}</span>' for k, n in KIND_NAMES.items()
-        )
-        legend_label = QLabel(legend)
-        legend_label.setTextFormat(Qt.TextFormat.RichText)
-        lay.addWidget(legend_label)
-        self.preview = QTextBrowser()
-        self.preview.setOpenLinks(False)
-        lay.addWidget(self.preview, 1)
-        return page
-
-    def _build_output(self) -> QWidget:
-        page, lay = _card("Output: kohya folder layout")
-        form = QFormLayout()
-        self.out_edit = QLineEdit()
-        self.out_edit.textChanged.connect(self._update_output_note)
-        form.addRow("Dataset folder", _path_row(self.out_edit, self._browse_out))
-        self.repeats_spin = QSpinBox()
-        self.repeats_spin.setRange(1, 1000)
-        self.repeats_spin.setValue(1)
-        self.name_edit = QLineEdit("kxl")
-        self.repeats_spin.valueChanged.connect(self._update_output_note)
-        self.name_edit.textChanged.connect(self._update_output_note)
-        form.addRow("Repeats", self.repeats_spin)
-        form.addRow("Name", self.name_edit)
-        self.format_combo = QComboBox()
-        self.format_combo.addItem("copy the shard bytes (no re-encode)", "copy")
-        for fmt in ("webp", "png", "jpg"):
-            self.format_combo.addItem(f"re-encode as {fmt}", fmt)
-        form.addRow("Images", self.format_combo)
-        self.budget_combo = QComboBox()
-        for label, value in PIXEL_BUDGETS:
-            self.budget_combo.addItem(label, value)
-        form.addRow("Pixel budget", self.budget_combo)
-        self.workers_spin = QSpinBox()
-        self.workers_spin.setRange(1, 64)
-        self.workers_spin.setValue(4)
-        form.addRow("Shards in parallel", self.workers_spin)
-        lay.addLayout(form)
-        self.output_note = QLabel("")
-        self.output_note.setObjectName("muted")
-        self.output_note.setWordWrap(True)
-        lay.addWidget(self.output_note)
-        lay.addStretch(1)
-        return page
-
-    def _build_run(self) -> QWidget:
-        page, lay = _card("Run")
-        self.run_summary = QLabel("")
-        self.run_summary.setWordWrap(True)
-        lay.addWidget(self.run_summary)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setTextVisible(False)  # the line below says done / total, rate and ETA
-        lay.addWidget(self.progress_bar)
-        self.rate_label = QLabel("")
-        self.rate_label.setObjectName("muted")
-        lay.addWidget(self.rate_label)
-        buttons = QHBoxLayout()
-        self.start_button = QPushButton("Start export")
-        self.start_button.setObjectName("primaryButton")
+        self.source.workspace_button.clicked.connect(self.use_current_workspace)
+        self.source.check_button.clicked.connect(self.check_source)
+        s.add_range_button.clicked.connect(self.add_range)
+        s.remove_range_button.clicked.connect(self.remove_range)
+        self.back_button.clicked.connect(self.go_back)
+        self.next_button.clicked.connect(self.go_next)
         self.start_button.clicked.connect(self.start_build)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel_build)
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addStretch(1)
-        lay.addLayout(buttons)
-        lay.addStretch(1)
-        return page
-
-    def _build_summary(self) -> QWidget:
-        page, lay = _card("Summary")
-        self.summary_label = QLabel("No dataset built yet.")
-        self.summary_label.setWordWrap(True)
-        lay.addWidget(self.summary_label)
-        self.charts_box = QHBoxLayout()
-        lay.addLayout(self.charts_box, 1)
-        self.charts: list[QWidget] = []
-        lower = QHBoxLayout()
-        missing_box = QVBoxLayout()
-        missing_title = QLabel("Skipped posts (missing or corrupt images)")
-        missing_title.setObjectName("muted")
-        missing_box.addWidget(missing_title)
-        self.missing_list = QListWidget()
-        self.missing_list.setMaximumHeight(140)
-        missing_box.addWidget(self.missing_list)
-        lower.addLayout(missing_box, 1)
-        hand_offs = QVBoxLayout()
-        hand_offs.addStretch(1)
-        # What a user does next with the folder: look at its captions, train on it, or see the files.
-        self.open_tags_button = QPushButton("Open in Tags")
-        self.open_tags_button.setObjectName("primaryButton")
-        self.open_tags_button.setToolTip("Browse the captions and tags of this dataset in the Tags tab")
         self.open_tags_button.clicked.connect(self.open_in_tags)
-        self.train_button = QPushButton("Use for training")
-        self.train_button.setToolTip("Set this dataset as the Train tab's dataset")
         self.train_button.clicked.connect(self.use_for_training)
-        self.open_button = QPushButton("Open dataset folder")
-        self.open_button.clicked.connect(self._open_folder)
-        for button in (self.open_tags_button, self.train_button, self.open_button):
-            button.setEnabled(False)  # until a build finished
-            hand_offs.addWidget(button)
-        lower.addLayout(hand_offs)
-        lay.addLayout(lower)
-        self.build_finished.connect(self._hand_off_built)
-        return page
+        self.open_button.clicked.connect(self.open_folder)
+
+    # ---- form changes ---------------------------------------------------------------------------------------
+    def _range_cell_edited(self, row: int, column: int, text: str) -> None:
+        self.form.set_range_cell(row, column, text)
+        self._on_edited("ranges")
+
+    def add_range(self) -> None:
+        self.form.add_range()
+        self._on_edited("ranges")
+
+    def remove_range(self) -> None:
+        self.form.remove_range(self.range_table.selected_row())
+        self._on_edited("ranges")
+
+    def _on_edited(self, name: str) -> None:
+        """The form changed (a field the user edited, or a preset): show it, then refresh what depends on it."""
+        self.binding.push()
+        self.range_table.set_rows([r.cells() for r in self.form.ranges])
+        if name in SOURCE_FIELDS:
+            self._submit_source_check(SOURCE_CHECK_DELAY_MS)
+        if name in OUTPUT_FIELDS:
+            self._update_output_note()
+        if name == "quality" and self.stack.currentIndex() == CAPTIONS:
+            self.refresh_preview()
+        if name not in SOURCE_FIELDS | OUTPUT_FIELDS | {"quality", "image_format", "max_pixels", "workers"}:
+            self.schedule_estimate()
+        if self.stack.currentIndex() == RUN:
+            self._update_run_summary()
 
     # ---- navigation -----------------------------------------------------------------------------------------
     def set_step(self, index: int) -> None:
         self.stack.setCurrentIndex(index)
         for i, label in enumerate(self.step_labels):
-            colour = "#f2c15e" if i == index else ("#e6e2da" if i < index else "#6b6862")
-            weight = "600" if i == index else "400"
-            label.setStyleSheet(f"color: {colour}; font-weight: {weight}; padding: 6px 0;")
-        self.back_button.setEnabled(index > 0 and not self._running())
-        self.next_button.setVisible(index < len(STEPS) - 1)
-        self.next_button.setEnabled(not self._running() and (index != 4 or self.result is not None))
-        self._clear_error()
-        if index == 1:
+            label.setProperty("state", "current" if i == index else ("done" if i < index else "todo"))
+            label.style().unpolish(label)
+            label.style().polish(label)
+        self._update_nav()
+        self.error_label.clear_message()
+        if index == SELECTION:
             self.schedule_estimate()
-        elif index == 2:
+        elif index == CAPTIONS:
             self.refresh_preview()
-        elif index == 3:
+        elif index == OUTPUT:
             self._update_output_note()
-        elif index == 4:
+        elif index == RUN:
             self._update_run_summary()
+
+    def _update_nav(self) -> None:
+        index, running = self.stack.currentIndex(), self.running
+        self.back_button.setEnabled(index > 0 and not running)
+        self.next_button.setVisible(index < SUMMARY)
+        self.next_button.setEnabled(not running and (index != RUN or self.result is not None))
 
     def go_next(self) -> None:
         index = self.stack.currentIndex()
         try:
-            if index == 0:
-                self._source_paths()
-            elif index == 1:
-                self.selection_plan()
-                self.post_filters()
-            elif index == 3:
-                self.build_options()
+            if index == SOURCE:
+                self.form.source_paths()
+            elif index == SELECTION:
+                self.form.selection_plan()
+                self.form.post_filters()
+            elif index == OUTPUT:
+                self.form.to_engine()
         except KxlError as exc:
-            self._show_error(str(exc))
+            self.error_label.show_error(str(exc))
             return
-        self.set_step(min(index + 1, len(STEPS) - 1))
+        self.set_step(min(index + 1, SUMMARY))
 
     def go_back(self) -> None:
         self.set_step(max(0, self.stack.currentIndex() - 1))
 
-    def _running(self) -> bool:
+    @property
+    def charts(self) -> list[QWidget]:
+        return self.summary.charts
+
+    @property
+    def running(self) -> bool:
         return self.job is not None and self.job.is_running
 
-    def _show_error(self, text: str) -> None:
-        self.error_label.setText(text)
-        self.error_label.show()
-
-    def _clear_error(self) -> None:
-        self.error_label.hide()
-
     # ---- source ---------------------------------------------------------------------------------------------
-    def use_workspace(self, ws) -> None:
+    def use_workspace(self, ws: Workspace | None) -> None:
         if ws is None:
             return
-        if ws.db_path is not None:
-            self.db_edit.setText(str(ws.db_path))
-        if ws.images_path is not None:
-            self.images_edit.setText(str(ws.images_path))
-        self.out_edit.setText(str(ws.datasets_path / "kohaku-xl-delta"))
+        self.form.use_workspace(ws.db_path, ws.images_path, ws.datasets_path)
+        self.binding.push()
         self.check_source()
+        self.schedule_estimate()
 
-    def _browse_db(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Metadata DB", self.db_edit.text(), "SQLite DB (*.db);;All (*)"
-        )
-        if path:
-            self.db_edit.setText(path)
-            self.check_source()
-
-    def _browse_images(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Images folder", self.images_edit.text())
-        if path:
-            self.images_edit.setText(path)
-            self.check_source()
-
-    def _browse_out(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Dataset folder", self.out_edit.text())
-        if path:
-            self.out_edit.setText(path)
-
-    def _source_paths(self) -> tuple[Path, Path]:
-        db, images = self.db_edit.text().strip(), self.images_edit.text().strip()
-        if not db:
-            raise KxlError("choose the metadata DB (danbooru2023.db)")
-        if not images:
-            raise KxlError("choose the images folder (data-NXYZ.tar shards or <id>.<ext> files)")
-        return Path(db).expanduser(), Path(images).expanduser()
+    def use_current_workspace(self) -> None:
+        self.use_workspace(self.context.workspace)
 
     def check_source(self) -> None:
+        """The Check button's handler: check the DB's schema and images now (typing checks after a pause)."""
+        self._submit_source_check(0)
+
+    def _submit_source_check(self, delay_ms: int) -> None:
         try:
-            db, images = self._source_paths()
+            db, images = self.form.source_paths()
         except KxlError as exc:
-            self.source_info.setText(html.escape(str(exc)))
+            self._source_check.cancel()
+            self.source.show_problem(str(exc))
             return
-        self.source_info.setText("Checking…")
 
         def work(progress: Progress):
             from trainer_core.danbooru.schema import table_counts
@@ -514,129 +294,25 @@ class DatasetTab(QWidget):
 
             return table_counts(db), open_image_source(images).describe(), describe_cache_state(db)
 
-        def done(result) -> None:
-            counts, images_text, cache_text = result
-            rows = "".join(
-                f"<tr><td>{t}</td><td align='right'>&nbsp;&nbsp;{n:,}</td></tr>" for t, n in counts.items()
-            )
-            self.source_info.setText(
-                f"<span style='color:#7fc8a9'>✔ HakuBooru schema OK</span><table>{rows}</table>"
-                f"Images: {html.escape(images_text)}<br>{html.escape(cache_text)}"
-            )
-
-        self._run_aux(
-            work,
-            done,
-            lambda msg: self.source_info.setText(f"<span style='color:#f2b59b'>{html.escape(msg)}</span>"),
-            "Check dataset source",
-        )
-
-    def _run_aux(self, fn, on_ok, on_fail, name: str) -> Job:
-        job = Job(fn, name=name, parent=self)
-        job.succeeded.connect(on_ok)
-        job.failed.connect(on_fail)
-        job.finished.connect(lambda: self._aux_jobs.remove(job) if job in self._aux_jobs else None)
-        self._aux_jobs.append(job)
-        job.start()
-        return job
+        self.source_info.setText("Checking…")
+        self._source_check.submit(work, lambda result: self.source.show_checked(*result),
+                                  self.source.show_problem, delay_ms=delay_ms)  # fmt: skip
 
     # ---- selection ------------------------------------------------------------------------------------------
-    def _apply_preset(self, name: str) -> None:
-        if name not in PRESETS:
-            return
-        plan = PRESETS[name]
-        self.range_table.blockSignals(True)
-        self.range_table.setRowCount(0)
-        self.range_table.blockSignals(False)
-        for r in plan.ranges:
-            self._add_range_row(r, keep_preset=True)
-        self.seed_spin.setValue(plan.seed)
-        self.schedule_estimate()
-
-    def _add_range_row(self, r: IdRange, keep_preset: bool = False) -> None:
-        self.range_table.blockSignals(True)
-        row = self.range_table.rowCount()
-        self.range_table.insertRow(row)
-        values = (
-            str(r.start),
-            "" if r.stop is None else str(r.stop),
-            "" if r.count is None else str(r.count),
-        )
-        for col, text in enumerate(values):
-            self.range_table.setItem(row, col, QTableWidgetItem(text))
-        info = QTableWidgetItem("")
-        info.setFlags(info.flags() & ~Qt.ItemFlag.ItemIsEditable)
-        self.range_table.setItem(row, 3, info)
-        self.range_table.blockSignals(False)
-        if not keep_preset:
-            self._range_edited()
-
-    def _remove_range_row(self) -> None:
-        row = self.range_table.currentRow()
-        if row < 0:
-            row = self.range_table.rowCount() - 1
-        if row >= 0:
-            self.range_table.removeRow(row)
-            self._range_edited()
-
-    def _range_edited(self, item=None) -> None:
-        if item is not None and item.column() == 3:
-            return
-        if self.preset_combo.currentText() != "custom":
-            self.preset_combo.blockSignals(True)
-            self.preset_combo.setCurrentText("custom")
-            self.preset_combo.blockSignals(False)
-        self.schedule_estimate()
-
-    def selection_plan(self) -> SelectionPlan:
-        ranges = []
-        for row in range(self.range_table.rowCount()):
-            cells = [
-                (
-                    self.range_table.item(row, c).text().strip().replace(",", "").replace("_", "")
-                    if self.range_table.item(row, c)
-                    else ""
-                )
-                for c in range(3)
-            ]
-            try:
-                start = int(cells[0] or 0)
-                stop = int(cells[1]) if cells[1] else None
-                count = None if cells[2] in ("", "all") else int(cells[2])
-            except ValueError:
-                raise KxlError(f"range row {row + 1}: start, end and count must be whole numbers") from None
-            ranges.append(IdRange(start, stop, count))
-        preset = self.preset_combo.currentText()
-        if preset in PRESETS and tuple(ranges) == PRESETS[preset].ranges:
-            return SelectionPlan(tuple(ranges), self.seed_spin.value(), preset)
-        return SelectionPlan(tuple(ranges), self.seed_spin.value())
-
-    def post_filters(self) -> PostFilters:
-        ratings = tuple(i for i, box in enumerate(self.rating_boxes) if box.isChecked())
-        return PostFilters(
-            skip_deleted=self.skip_deleted.isChecked(),
-            skip_banned=self.skip_banned.isChecked(),
-            images_only=self.images_only.isChecked(),
-            ratings=None if len(ratings) == 4 else ratings,
-            min_score=None if self.min_score.value() < 0 else self.min_score.value(),
-            min_fav_count=None if self.min_fav.value() < 0 else self.min_fav.value(),
-            tags_any=split_tags(self.tags_any.text()),
-            tags_all=split_tags(self.tags_all.text()),
-            tags_none=split_tags(self.tags_none.text()),
-        )
-
     def schedule_estimate(self) -> None:
-        self._estimate_timer.start()
-
-    def refresh_estimate(self) -> None:
+        """Count the posts the selection matches, a moment after the last edit."""
+        self.range_table.clear_counts()  # counts of edited ranges would be stale
         try:
-            db, _ = self._source_paths()
-            plan, filters = self.selection_plan(), self.post_filters()
+            db, _ = self.form.source_paths()
+            plan, filters = self.form.selection_plan(), self.form.post_filters()
         except KxlError as exc:
-            self.estimate_label.setText(html.escape(str(exc).splitlines()[0]))
+            self._count.cancel()
+            self.estimate_label.setText("")
+            if self.stack.currentIndex() == SELECTION:
+                self.error_label.show_error(str(exc).splitlines()[0])
             return
-        self._estimate_generation += 1
-        generation = self._estimate_generation
+        if self.stack.currentIndex() == SELECTION:
+            self.error_label.clear_message()
         self.estimate_label.setText("Counting…")
 
         def work(progress: Progress):
@@ -651,92 +327,42 @@ class DatasetTab(QWidget):
             finally:
                 conn.close()
 
-        def done(results) -> None:
-            if generation != self._estimate_generation:
-                return
-            total = 0
-            for row, res in enumerate(results):
-                item = self.range_table.item(row, 3)
-                if item is not None:
-                    item.setText(f"{res.matching:,} / {res.selected:,}")
-                total += res.selected
-            self.estimate_label.setText(f"{total:,} posts will be selected")
+        self._count.submit(work, self._show_counts, self._count_failed)
 
-        def failed(msg: str) -> None:
-            if generation == self._estimate_generation:
-                self.estimate_label.setText("")
-                self._show_error(msg)
+    def _show_counts(self, results) -> None:
+        self.range_table.set_counts([f"{r.matching:,} / {r.selected:,}" for r in results])
+        self.estimate_label.setText(f"{sum(r.selected for r in results):,} posts will be selected")
 
-        self._clear_error()
-        self._run_aux(work, done, failed, "Count matching posts")
+    def _count_failed(self, message: str) -> None:
+        self.estimate_label.setText("")
+        if self.stack.currentIndex() == SELECTION:
+            self.error_label.show_error(message)
 
     # ---- captions -------------------------------------------------------------------------------------------
     def refresh_preview(self) -> None:
         try:
-            db, _ = self._source_paths()
-            plan, filters = self.selection_plan(), self.post_filters()
+            db, _ = self.form.source_paths()
+            plan, filters = self.form.selection_plan(), self.form.post_filters()
         except KxlError as exc:
+            self._preview.cancel()
             self.preview.setPlainText(str(exc))
             return
-        quality = self.quality_combo.currentData()
-        self._preview_generation += 1
-        generation = self._preview_generation
-        self.preview.setPlainText("Loading 20 captions from the DB…")
+        quality = self.form.quality
+        self.preview.setPlainText(f"Loading {PREVIEW_POSTS} captions from the DB…")
 
         def work(progress: Progress):
             from trainer_core.dataset.preview import preview_captions
 
-            return preview_captions(db, plan, filters, quality, 20)
+            return preview_captions(db, plan, filters, quality, PREVIEW_POSTS)
 
-        def done(items) -> None:
-            if generation != self._preview_generation:
-                return
-            blocks = []
-            for item in items:
-
-                def span(parts):
-                    return ", ".join(
-                        f'<span style="color:{KIND_COLOURS.get(k, "#e6e2da")}">{html.escape(t)}</span>'
-                        for t, k in parts
-                    )
-
-                keep = span(item.keep)
-                blocks.append(
-                    f'<p style="margin:0 0 8px 0"><span style="color:#6b6862">#{item.post_id}</span> '
-                    f'{keep}, <b style="color:#e0a33a">|||</b>{span(item.rest)}</p>'
-                )
-            self.preview.setHtml("".join(blocks) or "<i>No post matches the selection.</i>")
-
-        self._run_aux(work, done, lambda msg: self.preview.setPlainText(msg), "Caption preview")
+        self._preview.submit(work, self.captions.show_captions, self.preview.setPlainText)
 
     # ---- output ---------------------------------------------------------------------------------------------
-    def build_options(self) -> BuildOptions:
-        db, images = self._source_paths()
-        out = self.out_edit.text().strip()
-        if not out:
-            raise KxlError("choose the dataset folder")
-        opts = BuildOptions(
-            db=db,
-            images=images,
-            out=Path(out).expanduser(),
-            plan=self.selection_plan(),
-            filters=self.post_filters(),
-            quality=self.quality_combo.currentData(),
-            repeats=self.repeats_spin.value(),
-            name=self.name_edit.text().strip(),
-            image_format=self.format_combo.currentData(),
-            max_pixels=self.budget_combo.currentData(),
-        )
-        opts.validate()
-        return opts
-
     def _update_output_note(self) -> None:
-        out = self.out_edit.text().strip()
-        sub = f"{self.repeats_spin.value()}_{self.name_edit.text().strip() or '?'}"
-        note = (f"Writes {sub}/<id>.<ext> + <id>.txt, manifest.jsonl, skipped.jsonl, kxl-dataset.toml and "
-                "sd-scripts-dataset.toml.")  # fmt: skip
-        if out:
-            path = Path(out).expanduser()
+        note = (f"Writes {self.form.subfolder()}/<id>.<ext> + <id>.txt, manifest.jsonl, skipped.jsonl, "
+                "kxl-dataset.toml and sd-scripts-dataset.toml.")  # fmt: skip
+        path = self.form.out_path()
+        if path is not None:
             if partial_build_info(path) is not None:
                 note += "\nThis folder holds an interrupted build: you will be offered to resume it."
             elif is_finished_dataset(path):
@@ -748,25 +374,26 @@ class DatasetTab(QWidget):
     # ---- run ------------------------------------------------------------------------------------------------
     def _update_run_summary(self) -> None:
         try:
-            opts = self.build_options()
+            opts = self.form.to_engine()
         except KxlError as exc:
-            self.run_summary.setText(str(exc))
+            self.run.run_summary.setText(str(exc))
             self.start_button.setEnabled(False)
             return
-        self.start_button.setEnabled(not self._running())
+        self.start_button.setEnabled(not self.running)
         plan = ", ".join(r.label() for r in opts.plan.ranges)
-        self.run_summary.setText(
-            f"Ranges {plan}; seed {opts.plan.seed}; quality {opts.quality}; images {opts.image_format}"
-            f"{'' if opts.max_pixels is None else f' (≤ {opts.max_pixels:,} px)'}\n→ {opts.out / opts.subfolder}"
+        budget = "" if opts.max_pixels is None else f" (≤ {opts.max_pixels:,} px)"
+        self.run.run_summary.setText(
+            f"Ranges {plan}; seed {opts.plan.seed}; quality {opts.quality}; images {opts.image_format}{budget}"
+            f"\n→ {opts.out / opts.subfolder}"
         )
 
     def start_build(self) -> None:
         """The Start button's handler. It takes no arguments on purpose: `clicked` passes Qt's `checked` flag to
         any parameter a slot has, which once landed in `on_partial` and made every real click fail."""
         try:
-            opts = self.build_options()
+            opts = self.form.to_engine()
         except KxlError as exc:
-            self._show_error(str(exc))
+            self.error_label.show_error(str(exc))
             return
         on_partial = "error"
         if partial_build_info(opts.out) is not None:
@@ -774,26 +401,26 @@ class DatasetTab(QWidget):
             if choice is None:
                 return
             on_partial = choice
-        self._clear_error()
+        self.error_label.clear_message()
         self.result = None
-        self.progress_bar.setValue(0)
-        self.rate_label.setText("Starting…")
-        workers = self.workers_spin.value()
-        self.job = Job(
-            lambda progress: build_dataset(opts, workers=workers, on_partial=on_partial, progress=progress),
-            name="Dataset export",
-            parent=self,
-        )
-        self.job.progress.connect(self._on_progress)
+        workers = self.form.workers
+
+        def work(progress: Progress) -> BuildResult:
+            result = build_dataset(opts, workers=workers, on_partial=on_partial, progress=progress)
+            preload_charts()  # the summary's charts need pyqtgraph: imported here, not on the GUI thread
+            return result
+
+        self.job = Job(work, name="Dataset export", parent=self)
+        self.progress.bind(self.job)
         self.job.succeeded.connect(self._on_built)
         self.job.failed.connect(self._on_build_failed)
-        self.job.cancelled.connect(self._on_cancelled)
+        self.job.cancelled.connect(
+            lambda: self.progress.set_status("Cancelled. Start again to resume where it stopped.")
+        )
         self.job.finished.connect(self._on_build_finished)
         self.start_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.back_button.setEnabled(False)
-        self.next_button.setEnabled(False)
         self.job.start()
+        self._update_nav()
 
     def _ask_resume(self, out: Path) -> str | None:
         box = QMessageBox(self)
@@ -810,83 +437,27 @@ class DatasetTab(QWidget):
         return None
 
     def cancel_build(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-            self.rate_label.setText("Cancelling…")
+        self.progress.cancel()
 
-    def _on_progress(self, ev: ProgressEvent) -> None:
-        if ev.total:
-            self.progress_bar.setValue(int(1000 * min(1.0, ev.done / ev.total)))
-            parts = [ev.message, f"{ev.done:,.0f} / {ev.total:,.0f} posts"]
-            if ev.rate:
-                parts.append(f"{ev.rate:,.1f} posts/s")
-            if ev.eta_s is not None and ev.done < ev.total:
-                parts.append(f"ETA {format_duration(ev.eta_s)}")
-            self.rate_label.setText("  ·  ".join(parts))
-        else:
-            self.rate_label.setText(ev.message)
-
-    def _on_built(self, result) -> None:
+    def _on_built(self, result: BuildResult) -> None:
         self.result = result
-        self.progress_bar.setValue(1000)
         s = result.summary
-        self.rate_label.setText(f"Done: {s.written:,} written, {s.missing:,} missing, {s.corrupt:,} corrupt.")
-        self.show_summary(result)
+        self.progress.set_done(f"Done: {s.written:,} written, {s.missing:,} missing, {s.corrupt:,} corrupt.")
+        self.summary.show_result(result)
         self.context.show_status(f"Dataset written to {result.out}")
+        self.context.announce_dataset(Path(result.out))
         self.build_finished.emit(result)
-        self.set_step(5)
+        self.set_step(SUMMARY)
 
-    def _on_build_failed(self, msg: str) -> None:
-        self._show_error(msg)
-        self.rate_label.setText("Failed.")
-
-    def _on_cancelled(self) -> None:
-        self.rate_label.setText("Cancelled. Start again to resume where it stopped.")
+    def _on_build_failed(self, message: str) -> None:
+        self.error_label.show_error(message)
+        self.progress.set_status("Failed.")
 
     def _on_build_finished(self) -> None:
-        self.cancel_button.setEnabled(False)
         self.start_button.setEnabled(True)
-        self.back_button.setEnabled(True)
-        self.next_button.setEnabled(self.result is not None)
-
-    # ---- summary --------------------------------------------------------------------------------------------
-    def show_summary(self, result) -> None:
-        from kxl_gui.widgets.dataset_charts import CountChart
-
-        s = result.summary
-        self.summary_label.setText(
-            f"<b>{s.written:,}</b> images written of {s.selected:,} selected · {s.missing:,} missing · "
-            f"{s.corrupt:,} corrupt · {s.bytes_written / 2**20:,.1f} MiB<br>"
-            f"<span style='color:#8f8b83'>{html.escape(str(result.out))}</span>"
-        )
-        for chart in self.charts:
-            self.charts_box.removeWidget(chart)
-            chart.deleteLater()
-        self.charts = [
-            CountChart("Rating", s.per_rating),
-            CountChart("Quality", s.per_quality),
-            CountChart("Year", s.per_year),
-        ]
-        for chart, stretch in zip(self.charts, (3, 5, 4), strict=True):  # quality has the most bars
-            self.charts_box.addWidget(chart, stretch)
-        self.missing_list.clear()
-        for pid in s.missing_ids[:1000]:
-            self.missing_list.addItem(f"{pid}: image not found in the shards")
-        for item in s.corrupt_items[:1000]:
-            self.missing_list.addItem(f"{item['id']}: {item['reason']} ({item['shard']})")
-        for err in s.shard_errors:
-            self.missing_list.addItem(f"{err['shard']}: {err['reason']}")
-
-    def _open_folder(self) -> None:
-        if self.result is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.result.out)))
+        self._update_nav()
 
     # ---- hand-offs to the other tabs (AppContext requests; see kxl_gui/context.py) ---------------------------
-    def _hand_off_built(self, result) -> None:
-        for button in (self.open_tags_button, self.train_button, self.open_button):
-            button.setEnabled(True)
-        self.context.announce_dataset(Path(result.out))
-
     def open_in_tags(self) -> None:
         """Show the dataset just built in the Tags tab (handled there as "tags.open_dataset")."""
         if self.result is not None:
@@ -896,6 +467,10 @@ class DatasetTab(QWidget):
         """Make the dataset just built the Train tab's dataset ("train.set_dataset")."""
         if self.result is not None:
             self.context.request("train.set_dataset", Path(self.result.out), switch_to="Train")
+
+    def open_folder(self) -> None:
+        if self.result is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.result.out)))
 
 
 def create_tab(context: AppContext) -> QWidget:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -28,39 +27,57 @@ from trainer_core.progress import Progress
 from trainer_core.workspace_summary import format_bytes
 
 from ..jobs import Job
+from ..kit.path_row import open_path_dialog
 
 HASH_PENDING = "hashing…"
 KIND_TEXT = {"sdxl-single-file": "single-file", "diffusers-folder": "diffusers folder", "lokr": "LoKr"}
 
 
+class HashRequest:
+    """One file to hash; `cancel()` when its answer is no longer wanted (the picker's path changed)."""
+
+    def __init__(self, path: Path, done: Callable[[str | None, str | None], None]) -> None:
+        self.path = path
+        self.done = done
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class HashQueue(QObject):
-    """Short hashes, one file at a time: several 7 GB reads in parallel would only thrash the disk."""
+    """Short hashes, one file at a time: several 7 GB reads in parallel would only thrash the disk. A cancelled
+    request still waiting is skipped (no 7 GB read for a file the user has already replaced); one being hashed
+    finishes (hashing has no cancel point) but its answer is dropped."""
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._queue: list[tuple[Path, Callable[[str | None, str | None], None]]] = []
+        self._queue: list[HashRequest] = []
         self._job: Job | None = None
 
-    def request(self, path: Path, done: Callable[[str | None, str | None], None]) -> None:
-        """`done(hash, error)` is called on the GUI thread."""
-        self._queue.append((path, done))
+    def request(self, path: Path, done: Callable[[str | None, str | None], None]) -> HashRequest:
+        """`done(hash, error)` is called on the GUI thread, unless the returned request was cancelled."""
+        req = HashRequest(path, done)
+        self._queue.append(req)
         if self._job is None:
             self._next()
+        return req
 
     def _next(self) -> None:
+        self._queue = [r for r in self._queue if not r.cancelled]
         if not self._queue:
             self._job = None
             return
-        path, done = self._queue.pop(0)
+        req = self._queue.pop(0)
 
         def compute(_p: Progress) -> str:
             from trainer_core.hashing import short_hash
 
-            return short_hash(path)
+            return short_hash(req.path)
 
-        job = Job(compute, name=f"hash {path.name}", parent=self)
-        job.succeeded.connect(lambda h: done(str(h), None))
-        job.failed.connect(lambda msg: done(None, msg))
+        job = Job(compute, name=f"hash {req.path.name}", parent=self)
+        job.succeeded.connect(lambda h: None if req.cancelled else req.done(str(h), None))
+        job.failed.connect(lambda msg: None if req.cancelled else req.done(None, msg))
         job.finished.connect(self._next)
         self._job = job
         job.start()
@@ -88,7 +105,7 @@ class ModelPicker(QWidget):
         self.info: CheckpointInfo | None = None
         self.problem: str | None = None
         self.short_hash: str | None = None
-        self._generation = 0
+        self._hash_request: HashRequest | None = None
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -145,23 +162,20 @@ class ModelPicker(QWidget):
             self.set_path(new)
 
     def choose_file(self) -> None:
+        """Browse for a .safetensors file (the Browse button's handler, or its menu's first entry)."""
         start = str(self._path.parent) if self._path else ""
-        name, _ = QFileDialog.getOpenFileName(
-            self, f"Choose {self.role}", start, "Safetensors (*.safetensors)"
-        )
-        if name:
-            self.set_path(name)
+        open_path_dialog(self, "open_file", f"Choose {self.role}", start, self.set_path,
+                         "Safetensors (*.safetensors)")  # fmt: skip
 
     def choose_folder(self) -> None:
         start = str(self._path.parent) if self._path else ""
-        folder = QFileDialog.getExistingDirectory(self, f"Choose {self.role} (diffusers folder)", start)
-        if folder:
-            self.set_path(folder)
+        open_path_dialog(self, "folder", f"Choose {self.role} (diffusers folder)", start, self.set_path)
 
     # ---- description --------------------------------------------------------------------------------------
     def _describe(self) -> None:
-        self._generation += 1
-        gen = self._generation
+        if self._hash_request is not None:
+            self._hash_request.cancel()  # the hash of the file shown before is no longer wanted
+            self._hash_request = None
         self.info, self.problem, self.short_hash = None, None, None
         if self._path is None:
             self._render()
@@ -177,7 +191,7 @@ class ModelPicker(QWidget):
             self.problem = self._problem_of(info)
             if self.problem is None and self._path.is_file():
                 self.short_hash = HASH_PENDING
-                self._hashes.request(self._path, lambda h, err: self._hashed(gen, h, err))
+                self._hash_request = self._hashes.request(self._path, self._hashed)
         self._render()
 
     def _problem_of(self, info: CheckpointInfo) -> str | None:
@@ -187,9 +201,8 @@ class ModelPicker(QWidget):
             return f"{info.path}: is a LoKr, not a checkpoint (bake it in the LoKr section)"
         return f"{info.path}: {info.problem}" if info.problem else None
 
-    def _hashed(self, gen: int, value: str | None, error: str | None) -> None:
-        if gen != self._generation:
-            return
+    def _hashed(self, value: str | None, error: str | None) -> None:
+        self._hash_request = None
         self.short_hash = value or "—"
         self._render()
         if error:

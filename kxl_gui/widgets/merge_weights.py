@@ -2,6 +2,8 @@
 
 The slider covers the usual range (0..1 for a weight) while the spin box accepts more (negative or > 1 weights
 are legitimate in add-difference style merges), so the spin box is the source of truth and the slider clamps.
+Each side writes the other only when the other does not already show its value, so the pair settles without a
+guard flag, and a slider held at its end by a spin value beyond it never drags that value back.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from PySide6.QtWidgets import (
 
 from trainer_core.merge.blocks import BLOCKS
 
+from ..state.merge_form import BLOCK_SHAPES
+
 SLIDER_STEPS = 1000
 
 
 class WeightSlider(QWidget):
-    """A weight: slider over [minimum, maximum] + spin box over [spin_min, spin_max]. Emits `value_changed`."""
+    """A weight: slider over [minimum, maximum] + spin box over [spin_min, spin_max]. Emits `value_changed` on
+    every change (the user's and `set_value`'s: listeners compare with their form and ignore an echo)."""
 
     value_changed = Signal(float)
 
@@ -43,7 +48,6 @@ class WeightSlider(QWidget):
     ) -> None:
         super().__init__(parent)
         self._min, self._max = minimum, maximum
-        self._syncing = False
         orientation = Qt.Orientation.Vertical if vertical else Qt.Orientation.Horizontal
         self.slider = QSlider(orientation)
         self.slider.setRange(0, SLIDER_STEPS)
@@ -74,65 +78,35 @@ class WeightSlider(QWidget):
         lay.setSpacing(6)
         self.slider.valueChanged.connect(self._from_slider)
         self.spin.valueChanged.connect(self._from_spin)
-        self.set_value(value)
+        self.spin.setValue(value)
+        self.slider.setValue(self._to_steps(self.spin.value()))  # also when `value` was the spin's default
 
     def value(self) -> float:
         return round(self.spin.value(), self.spin.decimals())
 
     def set_value(self, value: float) -> None:
-        """Set without emitting `value_changed` (programmatic updates: presets, linked weights)."""
-        self._syncing = True
-        try:
-            self.spin.setValue(value)
-            self.slider.setValue(self._to_steps(self.spin.value()))
-        finally:
-            self._syncing = False
+        self.spin.setValue(value)
 
     def _to_steps(self, value: float) -> int:
         frac = (value - self._min) / (self._max - self._min)
         return round(min(1.0, max(0.0, frac)) * SLIDER_STEPS)
 
     def _from_slider(self, steps: int) -> None:
-        if self._syncing:
-            return
-        self._syncing = True
-        try:
+        if steps != self._to_steps(self.spin.value()):  # the user moved the slider
             self.spin.setValue(self._min + (self._max - self._min) * steps / SLIDER_STEPS)
-        finally:
-            self._syncing = False
-        self.value_changed.emit(self.value())
 
     def _from_spin(self, value: float) -> None:
-        if self._syncing:
-            return
-        self._syncing = True
-        try:
-            self.slider.setValue(self._to_steps(value))
-        finally:
-            self._syncing = False
+        steps = self._to_steps(value)
+        if self.slider.value() != steps:
+            self.slider.setValue(steps)
         self.value_changed.emit(self.value())
-
-
-# Block-weight shapes users reach for first (supermerger's MBW presets follow the same idea): each maps a block
-# index in BLOCKS to a fraction of the global weight.
-def _ramp(i: int, rising: bool) -> float:
-    frac = i / (len(BLOCKS) - 1)
-    return frac if rising else 1.0 - frac
-
-
-BLOCK_PRESETS = {
-    "Flat (global weight)": lambda i, w: w,
-    "IN blocks only": lambda i, w: w if BLOCKS[i].startswith("IN") else 0.0,
-    "MID + OUT blocks only": lambda i, w: w if BLOCKS[i] == "MID" or BLOCKS[i].startswith("OUT") else 0.0,
-    "Ramp up (BASE → OUT08)": lambda i, w: round(w * _ramp(i, True), 3),
-    "Ramp down (BASE → OUT08)": lambda i, w: round(w * _ramp(i, False), 3),
-}
 
 
 class BlockWeightsPanel(QWidget):
     """20 vertical sliders, BASE, IN00–IN08, MID, OUT00–OUT08, each the weight that block gets."""
 
-    changed = Signal()
+    changed = Signal()  # a slider moved (the user's change or set_values)
+    shape_requested = Signal(str)  # Apply: the shape name (the form computes the weights, BLOCK_SHAPES)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -144,7 +118,7 @@ class BlockWeightsPanel(QWidget):
         self.caption = QLabel("Weight of B per block (A gets 1 − B)")
         self.caption.setObjectName("muted")
         self.preset_combo = QComboBox()
-        self.preset_combo.addItems(list(BLOCK_PRESETS))
+        self.preset_combo.addItems(list(BLOCK_SHAPES))
         self.apply_button = QPushButton("Apply")
         self.apply_button.setToolTip("Set every block from the chosen shape and the global weight")
         top.addWidget(self.caption, 1)
@@ -172,8 +146,7 @@ class BlockWeightsPanel(QWidget):
             self.sliders[name] = slider
             col += 1
         outer.addLayout(grid)
-        self._global = 0.5
-        self.apply_button.clicked.connect(lambda: self.apply_preset(self.preset_combo.currentText()))
+        self.apply_button.clicked.connect(self.request_shape)
 
     def set_caption(self, text: str) -> None:
         self.caption.setText(text)
@@ -183,21 +156,16 @@ class BlockWeightsPanel(QWidget):
 
     def set_values(self, values: dict[str, float]) -> None:
         for name, v in values.items():
-            self.sliders[name].set_value(v)
-        self.changed.emit()
+            if self.sliders[name].value() != v:
+                self.sliders[name].set_value(v)
 
-    def set_global_weight(self, weight: float) -> None:
-        """The weight presets scale; the tab keeps it in step with the main slider."""
-        self._global = weight
-
-    def apply_preset(self, name: str) -> None:
-        shape = BLOCK_PRESETS[name]
-        self.set_values({block: shape(i, self._global) for i, block in enumerate(BLOCKS)})
+    def request_shape(self) -> None:
+        """The Apply button's handler (no parameters: `clicked` would pass its `checked` flag)."""
+        self.shape_requested.emit(self.preset_combo.currentText())
 
 
 def _separator() -> QFrame:
     line = QFrame()
     line.setFrameShape(QFrame.Shape.VLine)
-    line.setObjectName("blockSeparator")
-    line.setStyleSheet("color: #3a3e45;")
+    line.setObjectName("blockSeparator")  # coloured by resources/style/app.qss
     return line

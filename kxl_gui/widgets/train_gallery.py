@@ -1,49 +1,21 @@
 """Sample images made during training, one row per step (newest first), thumbnails decoded off the GUI thread.
 
-A 1024² PNG takes tens of milliseconds to decode, so the gallery never decodes on the GUI thread: a daemon thread
-reads and scales each image into a QImage (safe outside the GUI thread) and a queued signal hands it back.
+A 1024² PNG takes tens of milliseconds to decode, so the gallery never decodes on the GUI thread: the app's one
+`ThumbnailLoader` (thumbnail_loader.py) decodes and scales each sample, keyed by its path, in a worker.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QImage, QImageReader, QPixmap
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
+from .thumbnail_loader import ThumbnailLoader
+
 THUMB = 168
-
-
-class ThumbnailLoader(QObject):
-    loaded = Signal(str, QImage)
-    _relay = Signal(str, QImage)
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._relay.connect(self.loaded, Qt.ConnectionType.QueuedConnection)
-        self._thread = threading.Thread(target=self._work, name="kxl-train-thumbs", daemon=True)
-        self._thread.start()
-
-    def request(self, path: str) -> None:
-        self._queue.put(path)
-
-    def _work(self) -> None:
-        while True:
-            path = self._queue.get()
-            reader = QImageReader(path)
-            size = reader.size()
-            if size.isValid() and max(size.width(), size.height()) > THUMB:
-                reader.setScaledSize(size.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio))
-            image = reader.read()
-            try:
-                self._relay.emit(path, image)
-            except RuntimeError:  # the gallery was destroyed: nobody is listening any more
-                return
 
 
 class _Thumb(QLabel):
@@ -65,8 +37,9 @@ class _Thumb(QLabel):
 class SampleGallery(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.loader = ThumbnailLoader(self)
-        self.loader.loaded.connect(self._on_loaded)
+        self.loader = ThumbnailLoader(size=THUMB, workers=1, parent=self)
+        self.loader.set_source(Path)  # a sample's key is its path
+        self.loader.ready.connect(self._on_loaded)
         self._thumbs: dict[str, _Thumb] = {}
         self._rows: dict[int, QWidget] = {}
         self._count = 0
@@ -92,6 +65,7 @@ class SampleGallery(QWidget):
             row.deleteLater()
         self._rows.clear()
         self._thumbs.clear()
+        self.loader.set_source(Path)  # a resumed run may write new pictures under the same names
         self._count = 0
         self.empty.show()
 
@@ -128,19 +102,22 @@ class SampleGallery(QWidget):
         strip.insertWidget(strip.count() - 1, thumb)
         self._thumbs[thumb.path] = thumb
         self._count += 1
-        if Path(thumb.path).is_file():
+        if self.loader.pixmap(thumb.path) is not None:
+            thumb.setPixmap(self.loader.pixmap(thumb.path))
+        elif Path(thumb.path).is_file():
             self.loader.request(thumb.path)
         else:
             thumb.setText("missing")
 
-    def _on_loaded(self, path: str, image: QImage) -> None:
-        thumb = self._thumbs.get(path)
+    def _on_loaded(self, path: object) -> None:
+        thumb = self._thumbs.get(str(path))
+        pixmap = self.loader.pixmap(path)
         if thumb is None:
             return
-        if image.isNull():
+        if pixmap is None:
             thumb.setText("unreadable")
         else:
-            thumb.setPixmap(QPixmap.fromImage(image))
+            thumb.setPixmap(pixmap)
 
     def steps(self) -> list[int]:
         return sorted(self._rows, reverse=True)

@@ -1,17 +1,15 @@
 """Every training option as a form, grouped by TOML section, with a search box that finds any of them.
 
-The form is generated from the config dataclasses (trainer_core.train.config), so a new option shows up without
-GUI work; `HELP` adds a sentence per key. Each row's tooltip names its TOML key ("training.batch_size"), which is
-also what the search matches besides the label and help text. Values go back through `config_from_dict`, so
-the GUI and the CLI reject the same bad input with the same message.
+The rows are generated from the form state's fields (kxl_gui.state.train_form.SETTING_FIELDS, themselves from
+the config dataclasses), so a new option shows up without GUI work; `HELP` adds a sentence per key. Each row's
+tooltip names its TOML key ("training.batch_size"), which is also what the search matches besides the label and
+help text. Every editor is bound to its key of the form's `SettingValues` (kxl_gui.kit.FormBinding): the widgets
+hold no state of their own, and the form's `to_engine()` rejects bad input with the CLI's messages.
 
 Paths (model.base, dataset.path, output.run_dir) are edited in the Run card, not here.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -27,18 +25,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from trainer_core.errors import KxlError
-from trainer_core.train.config import (
-    MIXED_PRECISION,
-    OPTIMIZERS,
-    SCHEDULERS,
-    SECTIONS,
-    VAE_DTYPES,
-    TrainConfig,
-    config_from_dict,
-)
+from trainer_core.train.config import BF16_NOTE
 
-SKIPPED = {"model.base", "dataset.path", "output.run_dir"}
+from ..kit.form_binding import FormBinding
+from ..state.train_form import SETTING_FIELDS, SettingField, SettingValues, prompt_lines
+
 GROUPS = (
     ("training", "Training"),
     ("optimizer", "Optimizer"),
@@ -47,33 +38,6 @@ GROUPS = (
     ("model", "Model"),
     ("output", "Output"),
 )
-CHOICES = {
-    "optimizer.type": OPTIMIZERS,
-    "optimizer.lr_scheduler": SCHEDULERS,
-    "training.mixed_precision": MIXED_PRECISION,
-    "training.vae_dtype": VAE_DTYPES,
-    "network.algo": ("lokr",),
-}
-# (minimum, step) of whole-number options, matching trainer_core.train.config.validate(), so a spin box cannot
-# hold a value the engine refuses (typing or stepping below stops at the minimum); other ints start at 0.
-INT_RANGES = {
-    "dataset.resolution": (64, 64),
-    "dataset.min_bucket_reso": (1, 64),
-    "dataset.max_bucket_reso": (1, 64),
-    "dataset.bucket_step": (32, 32),
-    "dataset.max_token_length": (75, 75),
-    "network.dim": (1, 1),
-    "network.conv_dim": (1, 1),
-    "network.factor": (-1, 1),  # -1: balanced
-    "training.batch_size": (1, 1),
-    "training.gradient_accumulation_steps": (1, 1),
-    "training.keep_states": (1, 1),
-    "training.sample_steps": (1, 1),
-    "training.max_nonfinite_steps": (1, 1),
-    "dataset.num_workers": (-1, 1),  # -1: automatic
-}
-INT_MAXIMUMS = {"dataset.max_token_length": 225, "dataset.num_workers": 64}
-INT_MAX = 1_000_000_000
 HELP = {
     "model.v_prediction": "Train with v-prediction targets (only for v-pred base models).",
     "dataset.resolution": "Bucket area target: buckets hold about resolution² pixels.",
@@ -119,9 +83,11 @@ HELP = {
     "training.epochs": "Passes over the dataset (used when max_steps is 0).",
     "training.max_steps": "Stop after this many optimizer steps (0: run whole epochs).",
     "training.seed": "Seed of the data order, noise and LoKr initialisation.",
-    "training.mixed_precision": "Weights and compute precision (CPU: use 'no').",
+    "training.mixed_precision": f"Weights and compute precision (CPU: use 'no'); {BF16_NOTE}.",
     "training.vae_dtype": "VAE precision (fp32 avoids NaN latents with the SDXL VAE).",
-    "training.gradient_checkpointing": "Recompute activations in backward: much less memory, ~25% slower.",
+    "training.checkpointing": "Recompute activations in backward. full: least memory; selective: only the UNet's "
+    "transformer blocks (+4.4 GiB at 1024² batch 4, ~3% less compute, for 24 GB cards); none: ~50 GiB at the "
+    "card's settings.",
     "training.min_snr_gamma": "Min-SNR loss weighting gamma (0 disables).",
     "training.noise_offset": "Offset noise strength.",
     "training.save_every_n_steps": "Save the LoKr and a resumable state every N steps (0: only at the end).",
@@ -137,21 +103,18 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize().replace("Lr", "LR").replace("lr", "LR").replace("Te ", "TE ")
 
 
-def _format_float(value: float) -> str:
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") and "e" not in text else text
-
-
 class SettingsForm(QWidget):
-    changed = Signal()
+    """The settings panel over `values`; `edited(key)` after the user changed an option."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    edited = Signal(str)
+
+    def __init__(self, values: SettingValues, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._cfg = TrainConfig()
+        self.binding = FormBinding(values, self)
+        self.binding.edited.connect(self.edited)
         self.editors: dict[str, QWidget] = {}
         self.rows: dict[str, tuple[QLabel, QWidget]] = {}
         self.groups: dict[str, tuple[QFrame, QFormLayout]] = {}
-        self._loading = False
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(8)
@@ -178,116 +141,48 @@ class SettingsForm(QWidget):
             box.addLayout(form)
             lay.addWidget(frame)
             self.groups[section] = (frame, form)
-            for f in dataclasses.fields(SECTIONS[section]):
-                key = f"{section}.{f.name}"
-                if key in SKIPPED:
-                    continue
-                default = getattr(SECTIONS[section](), f.name)
-                editor = self._make_editor(key, default)
-                label = QLabel(_label(f.name))
-                tip = f"<b>{key}</b><br>{HELP.get(key, '')}"
+            for field in (f for f in SETTING_FIELDS if f.section == section):
+                editor = self._make_editor(field)
+                label = QLabel(_label(field.name))
+                tip = f"<b>{field.key}</b><br>{HELP.get(field.key, '')}"
                 label.setToolTip(tip)
                 editor.setToolTip(tip)
                 form.addRow(label, editor)
-                self.editors[key] = editor
-                self.rows[key] = (label, editor)
-        self.set_config(self._cfg)
+                self.editors[field.key] = editor
+                self.rows[field.key] = (label, editor)
 
     # ---- editors ------------------------------------------------------------------------------------------
-    def _make_editor(self, key: str, default: Any) -> QWidget:
-        if key in CHOICES:
+    def _make_editor(self, field: SettingField) -> QWidget:
+        key, bind = field.key, self.binding
+        if field.kind == "choice":
             w = QComboBox()
-            w.addItems(list(CHOICES[key]))
-            w.currentIndexChanged.connect(self._emit_changed)
-        elif isinstance(default, bool):
+            w.addItems(list(field.choices))
+            bind.bind(key, w.currentText, lambda v, w=w: w.setCurrentIndex(max(0, w.findText(str(v)))),
+                      w.currentIndexChanged)  # fmt: skip
+        elif field.kind == "bool":
             w = QCheckBox()
-            w.toggled.connect(self._emit_changed)
-        elif isinstance(default, int):
+            bind.check(w, key)
+        elif field.kind == "int":
             w = QSpinBox()
-            low, step = INT_RANGES.get(key, (0, 1))
-            w.setRange(low, INT_MAXIMUMS.get(key, INT_MAX))
-            w.setSingleStep(step)
+            w.setRange(field.minimum, field.maximum)
+            w.setSingleStep(field.step)
             w.setGroupSeparatorShown(True)
-            w.valueChanged.connect(self._emit_changed)
-        elif key == "training.sample_prompts":
+            bind.spin(w, key)
+        elif field.kind == "lines":
             w = QPlainTextEdit()
             w.setPlaceholderText("one prompt per line")
             w.setFixedHeight(70)
-            w.textChanged.connect(self._emit_changed)
+            bind.bind(key, lambda w=w: prompt_lines(w.toPlainText()), lambda v, w=w: w.setPlainText("\n".join(v)),
+                      w.textChanged)  # fmt: skip
         else:
             w = QLineEdit()
-            w.textChanged.connect(self._emit_changed)
+            bind.line(w, key)
         w.setObjectName(f"setting:{key}")
         return w
 
-    def _emit_changed(self, *_args: object) -> None:
-        if not self._loading:
-            self.changed.emit()
-
-    def set_config(self, cfg: TrainConfig) -> None:
-        self._cfg = cfg
-        data = cfg.to_dict()
-        self._loading = True
-        try:
-            for key, w in self.editors.items():
-                section, name = key.split(".", 1)
-                value = data[section][name]
-                if isinstance(w, QComboBox):
-                    i = w.findText(str(value))
-                    w.setCurrentIndex(max(0, i))
-                elif isinstance(w, QCheckBox):
-                    w.setChecked(bool(value))
-                elif isinstance(w, QSpinBox):
-                    w.setValue(int(value))
-                elif isinstance(w, QPlainTextEdit):
-                    w.setPlainText("\n".join(value))
-                elif isinstance(value, dict):
-                    w.setText(", ".join(f"{k}={v}" for k, v in value.items()))
-                elif isinstance(value, list):
-                    w.setText(", ".join(_format_float(v) for v in value))
-                elif isinstance(value, float):
-                    w.setText(_format_float(value))
-                else:
-                    w.setText(str(value))
-        finally:
-            self._loading = False
-        self.changed.emit()
-
-    def _value(self, key: str, default: Any) -> Any:
-        w = self.editors[key]
-        if isinstance(w, QComboBox):
-            return w.currentText()
-        if isinstance(w, QCheckBox):
-            return w.isChecked()
-        if isinstance(w, QSpinBox):
-            return w.value()
-        if isinstance(w, QPlainTextEdit):
-            return [line.strip() for line in w.toPlainText().splitlines() if line.strip()]
-        text = w.text().strip()
-        try:
-            if isinstance(default, dict):
-                out = {}
-                for part in filter(None, (p.strip() for p in text.split(","))):
-                    name, _, number = part.partition("=")
-                    out[name.strip()] = int(number)
-                return out
-            if isinstance(default, list):
-                return [float(p) for p in text.replace(" ", "").split(",") if p]
-            if isinstance(default, float):
-                return float(text)
-        except ValueError:
-            kind = {dict: "Name=number pairs separated by commas", list: "numbers separated by commas"}
-            raise KxlError(f"'{key}' must be {kind.get(type(default), 'a number')}, got {text!r}") from None
-        return text
-
-    def config(self, base: TrainConfig | None = None) -> TrainConfig:
-        """The validated config these widgets describe; paths come from `base` (default: the last set_config)."""
-        base = base or self._cfg
-        data = base.to_dict()
-        for key in self.editors:
-            section, name = key.split(".", 1)
-            data[section][name] = self._value(key, data[section][name])
-        return config_from_dict(data)
+    def show_values(self) -> None:
+        """Show the bound values after they changed in code (a preset, a loaded file, a run's config)."""
+        self.binding.push()
 
     def set_read_only(self, read_only: bool) -> None:
         """Show the values without letting them change (a live run's settings); the search still works."""

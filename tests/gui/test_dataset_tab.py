@@ -44,20 +44,19 @@ def tree(folder):
     }
 
 
-def test_source_defaults_to_workspace_and_shows_counts(tab, demo_ws):
+def test_source_defaults_to_workspace_and_shows_counts(tab, qtbot, demo_ws):
     assert tab.db_edit.text() == str(demo_ws.db_path)
     assert tab.images_edit.text() == str(demo_ws.images_path)
     assert "posttagrelation" in tab.source_info.text() and "120" in tab.source_info.text()
-    tab.db_edit.setText(str(demo_ws.root / "nope.db"))
-    tab.check_source()
-    import time
-
-    from PySide6.QtCore import QCoreApplication
-
-    end = time.monotonic() + 10
-    while "not found" not in tab.source_info.text() and time.monotonic() < end:
-        QCoreApplication.processEvents()
-    assert "metadata DB not found" in tab.source_info.text()
+    tab.show()
+    qtbot.waitExposed(tab)
+    type_into(tab.db_edit, str(demo_ws.root / "nope.db"))
+    click(tab.source.check_button)
+    qtbot.waitUntil(lambda: "metadata DB not found" in tab.source_info.text(), timeout=10_000)
+    assert tab.form.db == str(demo_ws.root / "nope.db")
+    click(tab.source.workspace_button)  # back to the workspace's DB
+    qtbot.waitUntil(lambda: "schema OK" in tab.source_info.text(), timeout=10_000)
+    assert tab.db_edit.text() == str(demo_ws.db_path)
 
 
 def test_source_shows_the_column_cache_state_and_the_estimate_uses_it(
@@ -71,9 +70,11 @@ def test_source_shows_the_column_cache_state_and_the_estimate_uses_it(
     tab.check_source()
     qtbot.waitUntil(lambda: "Column cache: ready" in tab.source_info.text(), timeout=10_000)
     # the live count read from the cache (tags filter included) equals the SQL path's
-    tab.set_step(1)
-    tab.tags_none.setText("solo")
-    plan, filters = tab.selection_plan(), tab.post_filters()
+    tab.show()
+    qtbot.waitExposed(tab)
+    click(tab.next_button)
+    type_into(tab.tags_none, "solo")
+    plan, filters = tab.form.selection_plan(), tab.form.post_filters()
     assert cache.filter_mask(filters, open_db(demo_ws.db_path), demo_ws.db_path) is not None
     expected = len(select_posts(open_db(demo_ws.db_path), plan, filters))
     qtbot.waitUntil(
@@ -82,19 +83,22 @@ def test_source_shows_the_column_cache_state_and_the_estimate_uses_it(
 
 
 def test_selection_estimate_matches_engine(tab, qtbot, demo_ws):
-    tab.set_step(1)
+    tab.show()
+    qtbot.waitExposed(tab)
+    click(tab.next_button)
     assert tab.preset_combo.currentText() == "kohaku-xl-delta" and tab.range_table.rowCount() == 3
-    tab.rating_boxes[3].setChecked(False)  # no explicit posts
-    plan, filters = tab.selection_plan(), tab.post_filters()
+    click(tab.rating_boxes[3])  # no explicit posts
+    plan, filters = tab.form.selection_plan(), tab.form.post_filters()
     assert filters.ratings == (0, 1, 2) and plan.preset == "kohaku-xl-delta"
     expected = len(select_posts(open_db(demo_ws.db_path), plan, filters))
     qtbot.waitUntil(
         lambda: tab.estimate_label.text() == f"{expected:,} posts will be selected", timeout=10_000
     )
-    tab.tags_all.setText("long_hari")
+    type_into(tab.tags_all, "long_hari")
     qtbot.waitUntil(lambda: "did you mean" in tab.error_label.text(), timeout=10_000)
+    assert tab.error_label.level == "error" and tab.estimate_label.text() == ""  # not in the count label
     tab.range_table.item(0, 2).setText("5")
-    assert tab.preset_combo.currentText() == "custom" and tab.selection_plan().ranges[0].count == 5
+    assert tab.preset_combo.currentText() == "custom" and tab.form.selection_plan().ranges[0].count == 5
 
 
 def test_caption_preview_shows_real_captions(tab, qtbot):
@@ -118,7 +122,8 @@ def test_wizard_export_by_clicks_equals_cli_and_resumes(tab, qtbot, demo_ws, tmp
     with qtbot.waitSignal(tab.build_finished, timeout=60_000):
         click(tab.start_button)
     assert not tab.error_label.isVisible(), tab.error_label.text()
-    assert tab.stack.currentIndex() == 5 and len(tab.charts) == 3
+    assert tab.stack.currentIndex() == 5
+    qtbot.waitUntil(lambda: len(tab.charts) == 3, timeout=5_000)
     assert tab.missing_list.count() == tab.result.summary.missing + tab.result.summary.corrupt >= 1
     assert (
         kxl_main(

@@ -354,6 +354,7 @@ app = QApplication([])
 from stall_watch import StallWatch
 from user_input import click
 import kxl_gui.tabs.generate as generate_tab
+from kxl_gui.tabs.generate_jobs import engine_is_warm
 from kxl_gui.context import AppContext
 from kxl_gui.settings import AppSettings
 from trainer_core.workspace import load_workspace
@@ -377,7 +378,7 @@ wait(lambda: tab.windowHandle() is not None and tab.windowHandle().isExposed())
 from_paint = StallWatch().start()
 # the user reads the tab and writes a prompt; meanwhile the tab warms the engine up
 wait(lambda: tab.tokenizer is not None and tab.model_path() is not None)
-wait(lambda: getattr(generate_tab, "_engine_warm", True))
+wait(engine_is_warm)
 press = StallWatch().start()
 tab.prompt_edit.setFocus()
 QTest.keyClicks(tab.prompt_edit, "1girl, solo, long hair")

@@ -18,6 +18,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest  # noqa: E402
 from PySide6.QtCore import QThread  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from user_input import answer_next_dialog, click  # noqa: E402
 
 from kxl_gui import app as gui_app  # noqa: E402
 from kxl_gui.context import AppContext  # noqa: E402
@@ -103,7 +104,7 @@ def test_page_shows_db_counts_shards_and_checkpoints(qtbot, window, settings, ma
     ]
     expected_hash = hashlib.sha256((root / "models" / "gamma.safetensors").read_bytes()).hexdigest()[:10]
     assert rows[0][6] == expected_hash
-    assert page.ckpt_card.error.isHidden()
+    assert page.ckpt_card.message.isHidden()
     assert page.name_label.text() == "ws"
     assert window.windowTitle().startswith("ws — ")
     assert settings.last_workspace == root.resolve()
@@ -151,8 +152,8 @@ def test_truncated_checkpoint_and_broken_db_are_shown_inline(qtbot, window, make
     with qtbot.waitSignal(page.hashes_done, timeout=10_000):
         open_and_wait(qtbot, page, root)
 
-    problem = page.ckpt_card.error.text()
-    assert not page.ckpt_card.error.isHidden()
+    problem = page.ckpt_card.message.text()
+    assert not page.ckpt_card.message.isHidden()
     assert problem.startswith("beta: ")
     assert str(root / "models" / "beta.safetensors") in problem and "truncated" in problem
     rows = table_rows(page.ckpt_table)
@@ -160,7 +161,7 @@ def test_truncated_checkpoint_and_broken_db_are_shown_inline(qtbot, window, make
     assert len(rows[0][6]) == 10  # the healthy checkpoint still got its hash
     assert page.ckpt_table.item(1, 1).toolTip() == page.summary.checkpoints[1].error
 
-    db_error = page.db_card.error.text()
+    db_error = page.db_card.message.text()
     assert "danbooru.db" in db_error and "table 'post' is missing" in db_error
     assert page.db_table.rowCount() == 0
     assert error_dialogs() == []  # problems inside a workspace are shown in place, not as dialogs
@@ -228,12 +229,37 @@ def test_demo_creation_can_be_cancelled(qtbot, window, monkeypatch, tmp_path):
     job = page.create_demo(replace=False)
     qtbot.waitUntil(lambda: page.progress_bar.maximum() == 1000)  # a determinate progress event arrived
     with qtbot.waitSignal(job.cancelled, timeout=10_000):
-        page.cancel_button.click()
+        click(page.cancel_button)
         gate.set()
     qtbot.waitUntil(lambda: page.progress_box.isHidden())
     assert window.context.workspace is None
     assert window.statusBar().currentMessage() == "Demo creation cancelled"
     assert error_dialogs() == []
+
+
+def test_header_buttons_refresh_open_folder_and_recreate_the_demo(
+    qtbot, window, make_workspace, monkeypatch, tmp_path, opened_urls
+):
+    root = make_workspace(posts=3)
+    page = window.workspace_page
+    open_and_wait(qtbot, page, root)
+    with qtbot.waitSignal(page.summary_shown, timeout=10_000):
+        click(page.refresh_button)
+    click(page.folder_button)
+    assert [Path(u.toLocalFile()) for u in opened_urls.urls] == [window.context.workspace.root]
+
+    monkeypatch.setenv("KXL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setitem(sys.modules, "trainer_core.demo", _fake_demo_module())
+    Workspace(root=tmp_path / "data" / "demo-workspace", name="demo", kind="demo").save()
+    asked: list[str] = []
+    answer_next_dialog("No", asked)
+    click(page.demo_button)
+    assert "Rebuild the demo workspace?" in asked[0]
+    assert window.context.workspace.name == "ws"  # "No" changes nothing
+    answer_next_dialog("Yes")
+    with qtbot.waitSignal(page.summary_shown, timeout=10_000):
+        click(page.demo_button)
+    assert window.context.workspace.kind == "demo"
 
 
 def test_recreate_refuses_a_non_demo_workspace_in_the_demo_folder(qtbot, window, monkeypatch, tmp_path):

@@ -10,6 +10,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from user_input import click  # noqa: E402
 
 from kxl_gui.context import AppContext  # noqa: E402
 from kxl_gui.settings import AppSettings  # noqa: E402
@@ -126,11 +127,11 @@ def test_run_writes_the_same_tensors_as_the_engine(qtbot, tab, context, demo, tm
     assert all(from_gui[k].equal(from_engine[k]) for k in from_gui)
 
     with qtbot.waitSignal(context.requested, check_params_cb=lambda a, p: (a, p) == ("train.set_base", out)):
-        tab.use_base_button.click()
+        click(tab.use_base_button)
     with qtbot.waitSignal(
         context.requested, check_params_cb=lambda a, p: (a, p) == ("generate.set_model", out)
     ):
-        tab.open_generate_button.click()
+        click(tab.open_generate_button)
 
 
 def test_cancel_leaves_no_file(qtbot, tab, tmp_path):
@@ -202,7 +203,7 @@ def test_missing_keys_offer_take_from_a(qtbot, tab, demo, tmp_path):
     outcome = wait_plan(qtbot, tab)
     assert "lacks 1 tensor" in outcome.error and outcome.fixable_missing == 1
     assert tab.take_a_button.isVisible() and not tab.run_button.isEnabled()
-    tab.take_a_button.click()
+    click(tab.take_a_button)
     outcome = wait_plan(qtbot, tab)
     assert outcome.error is None and outcome.plan.taken_from_a == [gone]
     assert "copied from A" in tab.warnings_label.text() and tab.run_button.isEnabled()
@@ -235,6 +236,8 @@ def test_add_difference_recipe_from_the_widgets(qtbot, tab, demo):
 
 
 def test_output_path_defaults_to_a_free_name(tmp_path):
+    from kxl_gui.tabs.merge_plan import unique_output
+
     (tmp_path / "x.safetensors").write_bytes(b"")
-    assert merge_tab._unique(tmp_path, "x") == tmp_path / "x-2.safetensors"
-    assert merge_tab._unique(tmp_path, "y") == Path(tmp_path / "y.safetensors")
+    assert unique_output(tmp_path, "x") == tmp_path / "x-2.safetensors"
+    assert unique_output(tmp_path, "y") == Path(tmp_path / "y.safetensors")

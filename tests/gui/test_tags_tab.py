@@ -337,7 +337,7 @@ def test_statistics_never_write_the_index_from_a_worker(qtbot, tmp_path, workspa
     assert widget.stats_view.stats.buckets[(896, 1152)] == 2
 
     # the worker's function itself returns sizes and leaves the index alone
-    from kxl_gui.tabs.tags import read_missing_sizes
+    from kxl_gui.tabs.tags_jobs import read_missing_sizes
     from trainer_core.progress import Progress
 
     fresh = open_dataset(workspace.datasets_path / "my_set")
@@ -413,3 +413,60 @@ def test_search_then_bulk_edit_then_undo_keeps_the_window_responsive(qtbot, tmp_
     print(watch.report())
     assert widget.bulk.result_label.text() == 'undid remove "long hair": 134 file(s) restored'
     assert watch.worst_blocked_ms <= STALL_BOUND_MS, watch.report()
+
+
+# ---- buttons reached by real clicks: Open dataset…, Cancel of a running edit ---------------------------------------
+def test_open_button_and_cancel_of_a_running_bulk_edit(qtbot, tab, workspace, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    import kxl_gui.tabs.tags_bulk_controller as controller
+
+    other = tmp_path / "picked" / "1_x"
+    other.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(other / "1.png")
+    (other / "1.txt").write_text("1girl, |||solo", encoding="utf-8")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(other.parent))
+    with qtbot.waitSignal(tab.dataset_loaded, timeout=20000):
+        click(tab.open_button)
+    assert tab.index.root == other.parent
+
+    started = threading.Event()
+
+    def slow_edit(_index, _edit, _entries, progress):  # an edit that runs until cancelled
+        started.set()
+        while True:
+            progress.check_cancelled()
+            threading.Event().wait(0.01)
+
+    monkeypatch.setattr(controller, "edit_dataset", slow_edit)
+    tab.side.setCurrentWidget(tab.bulk)
+    click(tab.bulk.scope_buttons["all"])
+    type_into(tab.bulk.tag_edit, "solo")
+    qtbot.waitUntil(lambda: tab.bulk.apply_button.isEnabled(), timeout=5000)
+    click(tab.bulk.apply_button)
+    qtbot.waitUntil(started.is_set, timeout=5000)
+    qtbot.waitUntil(tab.bulk.cancel_button.isVisible, timeout=5000)
+    with qtbot.waitSignal(tab.bulk_edit_finished, timeout=20000) as finished:
+        click(tab.bulk.cancel_button)
+    assert finished.args == ["cancelled"]
+    assert tab.bulk.result_label.text().startswith("Cancelled: the captions already written stay edited")
+    assert (other / "1.txt").read_text(encoding="utf-8") == "1girl, |||solo"
+
+
+# ---- the one thumbnail loader also serves the Train tab's samples --------------------------------------------------
+def test_sample_gallery_thumbnails_come_from_the_shared_loader(qtbot, tmp_path):
+    from kxl_gui.widgets.train_gallery import THUMB, SampleGallery
+
+    good, bad = tmp_path / "s10.png", tmp_path / "bad.png"
+    Image.new("RGB", (512, 256), (200, 30, 30)).save(good)
+    bad.write_bytes(b"not a png")
+    gallery = SampleGallery()
+    qtbot.addWidget(gallery)
+    gallery.set_samples([{"path": str(good), "step": 10}, {"path": str(bad), "step": 10},
+                         {"path": str(tmp_path / "gone.png"), "step": 20}])  # fmt: skip
+    thumbs = gallery._thumbs
+    qtbot.waitUntil(lambda: thumbs[str(good)].pixmap() is not None and not thumbs[str(good)].pixmap().isNull()
+                    and thumbs[str(bad)].text() == "unreadable", timeout=10000)  # fmt: skip
+    assert (thumbs[str(good)].pixmap().width(), thumbs[str(good)].pixmap().height()) == (THUMB, THUMB // 2)
+    assert thumbs[str(tmp_path / "gone.png")].text() == "missing"
+    assert gallery.steps() == [20, 10] and gallery.sample_count() == 3

@@ -22,13 +22,14 @@ import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
-from user_input import click  # noqa: E402
+from user_input import click, type_into  # noqa: E402
 
 from kxl_gui.context import AppContext  # noqa: E402
 from kxl_gui.settings import AppSettings  # noqa: E402
 from kxl_gui.tabs import train as train_tab  # noqa: E402
 from kxl_gui.tabs.train import TrainTab  # noqa: E402
 from trainer_core.atomic import atomic_write_text  # noqa: E402
+from trainer_core.train import supervisor  # noqa: E402
 from trainer_core.train.config import TrainConfig, load_preset  # noqa: E402
 from trainer_core.train.events import read_events  # noqa: E402
 from trainer_core.train.runs import group_members  # noqa: E402
@@ -74,13 +75,13 @@ def set_setting(tab: TrainTab, key: str, value) -> None:
         w.setValue(value)
     elif hasattr(w, "setChecked"):
         w.setChecked(value)
-    else:
-        w.setText(str(value))
+    else:  # text fields follow what the user types (the tab must be shown)
+        type_into(w, str(value))
 
 
 def wait_preflight(qtbot, tab: TrainTab):
     with qtbot.waitSignal(tab.preflight_done, timeout=20_000) as blocker:
-        tab._preflight_timer.start(0)
+        tab.check_now()
     return blocker.args[0]
 
 
@@ -127,7 +128,7 @@ def test_defaults_come_from_the_workspace_and_requests(qtbot, context, workspace
 
 
 def test_settings_search_tooltips_and_toml_round_trip(qtbot, context, tmp_path):
-    tab = make_tab(qtbot, context)
+    tab = show(qtbot, make_tab(qtbot, context))
     assert tab.settings.filter("warmup") == 1
     assert tab.settings.visible_keys() == ["optimizer.lr_warmup_steps"]
     assert "optimizer.lr_warmup_steps" in tab.settings.editors["optimizer.lr_warmup_steps"].toolTip()
@@ -192,13 +193,13 @@ def write_finished_run(run_dir: Path, steps: int) -> None:
 def test_reattach_reads_a_backlog_in_slices_and_redraws_one_slot_per_tick(
     qtbot, context, tmp_path, monkeypatch
 ):
-    from kxl_gui.widgets import train_process
+    from kxl_gui.widgets import train_run_monitor
 
     run_dir = tmp_path / "runs" / "old-run"
     run_dir.mkdir(parents=True)
     write_finished_run(run_dir, 1500)
-    monkeypatch.setattr(train_process, "READ_BUDGET_S", 0.0)  # one slice per event-loop turn
-    monkeypatch.setattr(train_process, "READ_SLICE", 8 * 1024)
+    monkeypatch.setattr(train_run_monitor, "READ_BUDGET_S", 0.0)  # one slice per event-loop turn
+    monkeypatch.setattr(train_run_monitor, "READ_SLICE", 8 * 1024)
     tab = make_tab(qtbot, context)
     tab.show()
     monitor = tab.attach(run_dir)
@@ -405,11 +406,13 @@ def test_resume_sits_next_to_stop_and_only_a_stopped_run_can_be_resumed(
     state = write_ended_run(stopped, run_config(tmp_path, gradient_accumulation_steps=3), 12, "stopped")
     started: list[list[str]] = []
 
-    def fake_start(argv, env, run_dir):  # the launcher that Resume starts: a process that waits to be stopped
+    def fake_start(
+        argv, env, run_dir, preexec_fn=None
+    ):  # what Resume starts: a process that waits to be stopped
         started.append(list(argv))
         return subprocess.Popen(["sleep", "60"], start_new_session=True)
 
-    monkeypatch.setattr(train_tab, "start_trainer", fake_start)
+    monkeypatch.setattr(supervisor, "start_trainer", fake_start)
     tab = show(qtbot, make_tab(qtbot, ctx))
     layout = tab.live_card.body
     row = next(layout.itemAt(i).layout() for i in range(layout.count())

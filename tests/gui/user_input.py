@@ -6,10 +6,12 @@ flag of `clicked`) and what the user can actually reach (hidden or disabled butt
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPoint, QPointF, Qt, QTimer
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QPoint, QPointF, Qt, QTimer, QUrl, Slot
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QAbstractButton, QApplication, QLineEdit, QMessageBox, QWidget
+from PySide6.QtWidgets import QAbstractButton, QApplication, QFileDialog, QLineEdit, QMessageBox, QWidget
 
 
 def click(button: QAbstractButton) -> None:
@@ -60,3 +62,44 @@ def answer_next_dialog(button_text: str, seen: list[str] | None = None, timeout_
             QTimer.singleShot(20, poll)
 
     QTimer.singleShot(20, poll)
+
+
+def file_dialog_of(qtbot, owner: QWidget) -> QFileDialog:
+    """The file dialog `owner` just opened, focused as a window manager would focus a new dialog (offscreen
+    there is none; without focus the dialog overwrites a typed path with the file its list selects)."""
+    qtbot.waitUntil(lambda: any(d.isVisible() for d in owner.findChildren(QFileDialog)), timeout=5_000)
+    dialog = next(d for d in owner.findChildren(QFileDialog) if d.isVisible())
+    dialog.activateWindow()
+    return dialog
+
+
+def paste_into(edit: QLineEdit, text: str) -> None:
+    """Replace the field's text by pasting `text` (Ctrl+A, Ctrl+V), as a user enters a long path. Typed key by
+    key in one burst, 80 characters would each re-run the file dialog's completion before the next paints."""
+    QApplication.clipboard().setText(text)
+    QTest.keyClick(edit, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    QTest.keyClick(edit, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert edit.text() == text
+
+
+def answer_file_dialog(qtbot, owner: QWidget, path: Path) -> None:
+    """Paste `path` into the file dialog `owner` just opened and press Enter, as a user would."""
+    dialog = file_dialog_of(qtbot, owner)
+    edit = dialog.findChild(QLineEdit, "fileNameEdit")
+    edit.setFocus()
+    qtbot.waitUntil(edit.hasFocus, timeout=5_000)
+    paste_into(edit, str(path))
+    QTest.keyClick(edit, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=5_000)
+
+
+class OpenedUrls(QObject):
+    """Receives what the app asks the desktop to open (instead of starting a file manager in a test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[QUrl] = []
+
+    @Slot(QUrl)
+    def open(self, url: QUrl) -> None:
+        self.urls.append(url)

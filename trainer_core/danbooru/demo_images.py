@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 from ..atomic import atomic_path
 from ..errors import DatabaseError
 from ..progress import Progress, ensure_progress
+from .db_reader import post_file_rows, post_tag_rows
 from .schema import open_metadata_db
 
 RGB = tuple[int, int, int]
@@ -503,9 +504,7 @@ def write_demo_shards(
     conn = open_metadata_db(db_path)
     stats = ShardStats()
     try:
-        rows = conn.execute(
-            'SELECT id, image_width, image_height, file_ext, file_url IS NULL FROM "post" ORDER BY id'
-        ).fetchall()
+        rows = post_file_rows(conn)
         stats.n_posts = len(rows)
         eligible: list[tuple[int, int, int]] = []
         for post_id, w, h, ext, no_file in rows:
@@ -537,14 +536,7 @@ def write_demo_shards(
                 with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
                     for post_id, w, h in shards[name]:  # already sorted by id
                         progress.check_cancelled()
-                        tags = [
-                            r[0]
-                            for r in conn.execute(
-                                'SELECT t.name FROM "posttagrelation" r JOIN "tag" t ON t.id = r.tag_id '
-                                "WHERE r.post_id = ? ORDER BY r.id",
-                                (post_id,),
-                            )
-                        ]
+                        tags = [name for name, _ in post_tag_rows(conn, post_id)]
                         sw, sh = scaled_size(w, h, max_side)
                         data = encode_webp(render_post_image(tags, sw, sh, _post_image_seed(seed, post_id)))
                         tar.addfile(*_member(f"{post_id}.webp", data))

@@ -1,4 +1,5 @@
-"""One run under watch: tails its events.jsonl, owns the launcher process when this GUI started it, and stops it.
+"""The Train tab's run controller: a thin Qt adapter over the engine's trainer supervisor
+(trainer_core.train.supervisor.Supervisor) that also folds the run's events.jsonl into a `RunSeries`.
 
 Everything happens in short timer ticks on the GUI thread, none of which waits:
 - events are read in slices bounded by a time budget per event-loop turn (READ_BUDGET_S); while more is waiting,
@@ -6,14 +7,12 @@ Everything happens in short timer ticks on the GUI thread, none of which waits:
   about a second of ~10 ms turns, with paints and input handled in between. The reading stays on the GUI thread on
   purpose: parsing is Python work that holds the GIL, so a worker thread would only move the same pauses around
   (and make each GUI-side Python call wait for the GIL), not remove them;
-- the launcher (started in its own session by `trainer_core.train.runs.start_trainer`) is `poll()`ed, which also
-  reaps it, so no zombie is left;
-- a run this GUI did not start (CLI, an earlier GUI) is followed through its files, and its processes are checked
-  (pid + start time) once a second.
-Handshake: after a launch, the first new event must arrive within `handshake_timeout_s`; if the launcher dies
-before that, or the time passes, the state says why with the exit code and the log's tail.
-Stop escalates: command file (the trainer saves and exits at the end of its step) -> SIGTERM to the whole process
-group after `stop_grace_s` -> SIGKILL after `term_grace_s` more.
+- process work is the supervisor's non-blocking steps: `ended()` (polls, and so reaps, a launcher this GUI
+  started; looks a followed run's processes up once a second), `check_handshake()` (a stat of events.jsonl) and
+  `tick()` (the stop escalation: stop file + SIGTERM to the ranks, SIGTERM to the group after `stop_grace_s`,
+  SIGKILL after `term_grace_s` more). Each is a few milliseconds at most.
+The supervisor is created without `tie_to_parent`: a run launched here survives the window closing, and the next
+window reattaches to it from the runs list.
 """
 
 from __future__ import annotations
@@ -21,23 +20,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from trainer_core.errors import KxlError
 from trainer_core.train.events import EVENTS_FILE, read_run_info, request_command
-from trainer_core.train.runs import (
-    EventTail,
-    RunSeries,
-    group_members,
-    mark_run,
-    reconcile_run,
-    run_log_tail,
-    run_process_group,
-    signal_group,
-    trainer_alive,
-)
+from trainer_core.train.runs import EventTail, RunSeries, mark_run, reconcile_run, run_log_tail
+from trainer_core.train.supervisor import Supervisor
 
 ACTIVE = ("launching", "running", "stopping")
 TICK_MS = 120
@@ -45,7 +33,6 @@ READ_BUDGET_S = 0.008  # per event-loop turn; a slice may run over by the time o
 READ_SLICE = 32 * 1024  # ~120 events
 # a backlog this big (~4000 events) is a reattach: more than a live run writes between two ticks at 10k events/s
 FAR_BEHIND_BYTES = 1 << 20
-PROCESS_CHECK_S = 1.0
 
 
 class RunMonitor(QObject):
@@ -53,29 +40,17 @@ class RunMonitor(QObject):
     state_changed = Signal(str, str)  # state, detail
     ended = Signal(str)  # final state: finished | stopped | failed
 
-    def __init__(self, run_dir: str | Path, proc: subprocess.Popen | None = None, *,
-                 handshake_timeout_s: float = 120.0, stop_grace_s: float = 90.0, term_grace_s: float = 20.0,
-                 parent: QObject | None = None) -> None:  # fmt: skip
+    def __init__(self, supervisor: Supervisor, parent: QObject | None = None) -> None:
+        """Watch `supervisor`'s run: one it just started (`start()` called), or one it follows."""
         super().__init__(parent)
-        self.run_dir = Path(run_dir)
-        self.proc = proc
-        self.handshake_timeout_s = handshake_timeout_s
-        self.stop_grace_s = stop_grace_s
-        self.term_grace_s = term_grace_s
+        self.supervisor = supervisor
+        self.run_dir = supervisor.run_dir
         self.series = RunSeries()
         self.tail = EventTail(self.run_dir / EVENTS_FILE)
-        self.state = "launching" if proc is not None else "running"
+        self.state = "launching" if supervisor.proc is not None else "running"
         self.detail = ""
         self.exit_code: int | None = None
         self.log_tail: list[str] = []
-        self.pgid: int | None = proc.pid if proc is not None else None
-        self.started = time.monotonic()
-        self.launch_offset = self.tail.size() if proc is not None else 0
-        self.handshake = proc is None
-        self.handshake_late = False
-        self._stop_phase = 0
-        self._stop_deadline = 0.0
-        self._last_process_check = 0.0
         self._exit_seen = False
         self._verdict_due = False  # the launcher is gone; the outcome is decided once the backlog is read
         self._resets_seen = 0
@@ -86,7 +61,7 @@ class RunMonitor(QObject):
         self._more.setSingleShot(True)
         self._more.setInterval(0)
         self._more.timeout.connect(self._read_more)
-        if proc is None:
+        if supervisor.proc is None:
             summary = reconcile_run(self.run_dir)
             self.exit_code = summary.exit_code
             if summary.state in ("finished", "stopped", "failed"):
@@ -94,8 +69,6 @@ class RunMonitor(QObject):
                 self.detail = summary.message
                 self.log_tail = summary.log_tail
                 self._exit_seen = True
-            else:
-                self.pgid = run_process_group(self.run_dir)
         self.timer.start()
 
     # ---- state --------------------------------------------------------------------------------------------
@@ -104,8 +77,18 @@ class RunMonitor(QObject):
         return self.state in ACTIVE
 
     @property
+    def proc(self) -> subprocess.Popen | None:
+        """The launcher this window started (None for a followed run or after detach)."""
+        return self.supervisor.proc
+
+    @property
     def owns_process(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.supervisor.owns_process
+
+    @property
+    def handshake(self) -> bool:
+        """The trainer has reported since the launch (before that, only a signal can stop it)."""
+        return self.supervisor.handshake
 
     @property
     def catching_up(self) -> bool:
@@ -131,27 +114,21 @@ class RunMonitor(QObject):
             if not self.tail.pending and not self._verdict_due and self.timer.isActive():
                 self.timer.stop()
             return
+        sup = self.supervisor
         now = time.monotonic()
-        if not self.handshake and self.tail.offset > self.launch_offset:
-            self.handshake = True
-            if self.state == "launching":
-                self._set_state("running", "")
-        if self.proc is not None:
-            code = self.proc.poll()
-            if code is not None:
-                self._on_exit(code)
-                return
-        elif now - self._last_process_check >= PROCESS_CHECK_S:
-            self._last_process_check = now
-            if not trainer_alive(self.run_dir):
-                self._on_exit(None)
-                return
-        if not self.handshake and not self.handshake_late and now - self.started > self.handshake_timeout_s:
-            self.handshake_late = True
+        late = sup.check_handshake(now)
+        if sup.handshake and self.state == "launching":
+            self._set_state("running", "")
+        if sup.ended(now):
+            self._on_exit(sup.exit_code)
+            return
+        if late:
             self.log_tail = run_log_tail(self.run_dir)
-            self._set_state("launching", f"No event from the trainer after {self.handshake_timeout_s:.0f} s; "
+            self._set_state("launching", f"No event from the trainer after {sup.handshake_s:.0f} s; "
                             "it is still starting or stuck. Last log lines are shown below.")  # fmt: skip
-        self._escalate_stop(now)
+        note = sup.tick(now)
+        if note:
+            self._set_state("stopping", note)
 
     def _read_more(self) -> None:
         self._read_events()
@@ -183,12 +160,7 @@ class RunMonitor(QObject):
         self._exit_seen = True
         self._verdict_due = True
         self.exit_code = code
-        stragglers = group_members(self.pgid) if self.pgid else []
-        if stragglers:  # a dead launcher cannot clean up its ranks any more
-            try:
-                signal_group(self.pgid, signal.SIGKILL)
-            except KxlError:
-                pass
+        self.supervisor.reap_stragglers()  # a dead launcher cannot clean up its ranks any more
         self._read_events()
         self._conclude()
 
@@ -224,7 +196,6 @@ class RunMonitor(QObject):
         self._finish("failed", message)
 
     def _finish(self, state: str, detail: str) -> None:
-        self._stop_phase = 0
         self._set_state(state, detail)
         self.ended.emit(state)
 
@@ -235,55 +206,20 @@ class RunMonitor(QObject):
             request_command(self.run_dir, name)
 
     def stop(self) -> None:
-        if not self.active or self._stop_phase:
+        """Stop button: the supervisor asks the trainer to save and end (or signals it before its handshake) and
+        escalates from the timer if it does not."""
+        if not self.active or self.state == "stopping":
             return
-        now = time.monotonic()
-        if not self.handshake:
-            # The trainer clears old command files when it starts, so before its first event only a signal works.
-            self._terminate(now)
-            return
-        request_command(self.run_dir, "stop")
-        self._stop_phase = 1
-        self._stop_deadline = now + self.stop_grace_s
-        self._set_state("stopping", "Asked the trainer to save and stop at the end of its current step…")
-
-    def _terminate(self, now: float) -> None:
-        self._stop_phase = 2
-        self._stop_deadline = now + self.term_grace_s
-        try:
-            sent = signal_group(self.pgid, signal.SIGTERM)
-        except KxlError as exc:
-            self._set_state("stopping", str(exc))
-            return
-        self._set_state("stopping", f"SIGTERM sent to process group {self.pgid}…" if sent
-                        else "SIGTERM: the process group is already gone")  # fmt: skip
-
-    def _escalate_stop(self, now: float) -> None:
-        if not self._stop_phase or now < self._stop_deadline:
-            return
-        if self._stop_phase == 1:
-            self._terminate(now)
-        elif self._stop_phase == 2:
-            self._stop_phase = 3
-            try:
-                signal_group(self.pgid, signal.SIGKILL)
-            except KxlError as exc:
-                self._set_state("stopping", str(exc))
-                return
-            self._set_state("stopping", f"No exit after SIGTERM: SIGKILL sent to process group {self.pgid}")
+        self._set_state("stopping", self.supervisor.request_stop())
 
     def kill(self) -> None:
         """Immediate SIGKILL of the whole group (the runs list's "kill process group")."""
-        if self.pgid:
-            try:
-                signal_group(self.pgid, signal.SIGKILL)
-            except KxlError as exc:
-                self._set_state(self.state, str(exc))
-                return
-            self._stop_phase = 3
+        note = self.supervisor.kill()
+        if note:
+            self._set_state(self.state, note)
 
     def detach(self) -> None:
         """Stop watching without touching the processes (the run goes on; reattach later from the runs list)."""
         self.timer.stop()
         self._more.stop()
-        self.proc = None
+        self.supervisor.proc = None
