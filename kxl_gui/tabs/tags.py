@@ -383,10 +383,10 @@ class TagsTab(QWidget):
         if entry == self.current_entry:
             return
         self.image_page.show_entry(self.index, entry, self.vocabulary)
-        path = self.index.image_path(entry)
+        index = self.index
         self._submit(
             self.picture,
-            lambda p: load_preview(path, p),
+            lambda p: load_preview(index, entry, p),
             lambda result: self._preview_loaded(entry, result),
             lambda message: self._preview_failed(entry, message),
             show_progress=False,

@@ -30,12 +30,12 @@ from ..widgets.tags_stats import stat_rows
 PREVIEW_MAX_SIDE = 768
 
 
-def load_preview(path: Path, progress: Progress) -> tuple[QImage, tuple[int, int]]:
-    from PIL import Image
-
+def load_preview(index: DatasetIndex, entry: int, progress: Progress) -> tuple[QImage, tuple[int, int]]:
+    """The entry's picture scaled for the image page (from its file, or its shard in a referenced dataset)."""
+    path = index.image_path(entry)
     progress.check_cancelled()
     try:
-        with Image.open(path) as img:
+        with index.open_image(entry) as img:
             original = img.size
             img.draft("RGB", (PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
             img.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
@@ -130,7 +130,7 @@ def read_missing_sizes(
     if todo:
         progress.stage(f"reading {len(todo):,} image sizes")
     for done, i in enumerate(todo, 1):
-        size = read_image_header_size(index.image_path(i))
+        size = read_image_header_size(index.image_path(i), index.refs.get(i))
         if isinstance(size, str):
             sizes[i] = (-1, -1)  # remembered as unreadable: never retried
             problems.append(DatasetProblem(index.entries[i].image, size))

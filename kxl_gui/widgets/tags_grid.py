@@ -54,7 +54,7 @@ class DatasetGridModel(QAbstractListModel):
         if index is None:
             self.loader.set_source(None)
         else:
-            self.loader.set_source(index.image_path, _size_setter(index))
+            self.loader.set_source(_picture_source(index), _size_setter(index))
         self.endResetModel()
 
     def set_rows(self, rows: np.ndarray) -> None:
@@ -100,6 +100,11 @@ class DatasetGridModel(QAbstractListModel):
         if row >= 0:
             idx = self.index(row)
             self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
+
+
+def _picture_source(index: DatasetIndex):
+    """Where an entry's picture comes from: its file, or its shard for a referenced dataset."""
+    return lambda i: (lambda: index.open_image(i)) if i in index.refs else index.image_path(i)
 
 
 def _size_setter(index: DatasetIndex) -> Callable[[int, tuple[int, int]], None]:

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
@@ -61,7 +62,7 @@ class ThumbnailLoader(QObject):
 
     def set_source(
         self,
-        path_of: Callable[[Hashable], Path] | None,
+        path_of: Callable[[Hashable], Path | Callable[[], Any]] | None,
         on_size: Callable[[Hashable, tuple[int, int]], None] | None = None,
     ) -> None:
         """Where the picture of a key is (`path_of(key)`), and who wants the original sizes decoding finds.
@@ -140,13 +141,16 @@ class ThumbnailLoader(QObject):
         self.ready.emit(entry)
 
 
-def decode_thumbnail(path: Path, size: int) -> tuple[QImage | None, tuple[int, int] | str]:
-    """(thumbnail, original size) or (None, error text). Runs in worker threads: PIL + QImage only (QImage,
+def decode_thumbnail(
+    source: Path | Callable[[], Any], size: int
+) -> tuple[QImage | None, tuple[int, int] | str]:
+    """(thumbnail, original size) or (None, error text). `source` is a file, or a function opening the picture
+    (a referenced dataset's image lives inside a shard). Runs in worker threads: PIL + QImage only (QImage,
     unlike QPixmap, may be built outside the GUI thread)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with source() if callable(source) else Image.open(source) as img:
             original = img.size
             img.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale directly
             img.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)

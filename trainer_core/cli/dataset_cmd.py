@@ -1,4 +1,4 @@
-"""`kxl dataset captions|build|stats|index`: HakuBooru-style captions and kohya-ready datasets from danbooru2023."""
+"""`kxl dataset captions|build|materialize|stats|index`: HakuBooru-style captions and kohya-ready datasets from danbooru2023."""
 
 from __future__ import annotations
 
@@ -140,6 +140,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-pixels", type=int, help="re-encode images larger than this area, e.g. 4194304 (2048x2048)"
     )
     o.add_argument("--verify-images", action="store_true", help="fully decode every image (slower)")
+    o.add_argument(
+        "--image-mode",
+        choices=("copy", "reference"),
+        default="copy",
+        help="copy: write every image into the dataset (default; what sd-scripts needs); reference: write no "
+        "image, only where each one is inside its shard (our trainer reads it from there; see "
+        "`kxl dataset materialize`)",
+    )
     o.add_argument("--workers", type=int, default=4, help="shards read in parallel (default 4)")
     o.add_argument(
         "--restart", action="store_true", help="discard an interrupted build in --out instead of resuming"
@@ -157,6 +165,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     idx.add_argument("--db", type=Path, required=True, help="danbooru2023.db (HakuBooru schema)")
     idx.add_argument("--status", action="store_true", help="only say whether a current cache exists")
     idx.set_defaults(func=run_index)
+
+    mat = ds_sub.add_parser(
+        "materialize",
+        help="turn a referenced dataset into a kohya folder of image files (the same as a copy build)",
+    )
+    mat.add_argument("dataset", type=Path, help="a dataset built with --image-mode reference")
+    mat.add_argument("--out", type=Path, required=True, help="new (or empty) folder for the copy")
+    mat.set_defaults(func=run_materialize)
 
     st = ds_sub.add_parser("stats", help="print the summary of a built dataset")
     st.add_argument("dir", type=Path)
@@ -198,6 +214,7 @@ def build_options_from_args(args: argparse.Namespace):
         image_format=args.image_format,
         max_pixels=args.max_pixels,
         verify_images=args.verify_images,
+        image_mode=getattr(args, "image_mode", "copy"),
     )
 
 
@@ -217,6 +234,15 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"resumed an interrupted build ({result.resumed_buckets} bucket(s) were already done)")
     print(f"dataset: {result.out}")
     print(format_summary(result.summary))
+    return 0
+
+
+def run_materialize(args: argparse.Namespace) -> int:
+    from ..dataset.image_refs import materialize_dataset
+    from ..progress import text_progress
+
+    n = materialize_dataset(args.dataset, args.out, progress=text_progress(unit="images"))
+    print(f"{n:,} images -> {args.out}")
     return 0
 
 

@@ -4,6 +4,7 @@ Layout written into the output folder:
     <repeats>_<name>/<id>.<ext>   image: the shard bytes unchanged (default) or re-encoded
     <repeats>_<name>/<id>.txt     caption, UTF-8, one line, no newline (captions.py)
     manifest.jsonl                one record per written image, ordered by id
+    shards.json                   reference builds only: each referenced shard's size and mtime (image_refs.py)
     skipped.jsonl                 selected posts without an image (missing / corrupt), ordered by id
     sd-scripts-dataset.toml       a kohya-ss/sd-scripts `--dataset_config` for this folder (sd_scripts_config.py)
     kxl-dataset.toml              how it was built + the summary; written last: its presence means "complete"
@@ -23,6 +24,13 @@ before it looks at the folder until it has finished or stopped, so a second buil
 this process or another, stops with "dataset build is already running (pid N)" before touching anything. A
 lock left by a killed build names a dead process and is taken over. The lock is not part of the dataset: a
 finished folder holds none, and the folder checks below ignore it.
+
+Image modes: `copy` (default) writes every image; `reference` writes no image at all: each manifest record
+gets `"ref": {"shard", "offset", "size", "fp"}` (image_refs.py), found from the tar headers alone (plus
+the first and last 16 KiB of each image for its fingerprint and, where those do not settle it, enough of the
+image to read its size), and the trainer reads the bytes out of the shards. Every other output (captions,
+manifest fields, skipped.jsonl, summary) is the same as a copy build's, so `kxl dataset materialize` turns it
+into a copy build byte for byte.
 
 Ctrl+C (KeyboardInterrupt in the thread that runs the build) and a cancel both stop the export the same way:
 queued buckets never start, running ones stop at their next tar member (their marks are not written, so a
@@ -56,8 +64,27 @@ from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionBuilder, CaptionChunk, Q
 from .column_cache import ColumnCache, column_cache_for
 from .durable import MarkWriter, write_new_file
 from .filters import PostFilters
-from .image_header import image_size
-from .images import BUCKETS, Hit, ImageSource, ShardReadError, open_image_source, read_folder_file, scan_tar
+from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size
+from .image_refs import (
+    FP_EDGE,
+    SHARDS_FILE,
+    ShardInfo,
+    fingerprint_parts,
+    pread_exact,
+    shards_file_text,
+    tail_start,
+)
+from .images import (
+    BUCKETS,
+    Hit,
+    ImageSource,
+    MemberRef,
+    ShardReadError,
+    open_image_source,
+    read_folder_file,
+    scan_tar,
+    scan_tar_refs,
+)
 from .sd_scripts_config import write_sd_scripts_config
 from .selection import SelectionPlan, select_posts
 from .stats import (
@@ -77,6 +104,10 @@ LOCK_FILE = ".kxl-build.lock"  # the running build's lock (module docstring); ne
 OPTIONS_FILE = "options.toml"  # in BUILD_DIR: the options of the unfinished build, written before any export
 _RESUME_HINT = "free some space and run the same build again: it resumes"
 IMAGE_FORMATS = ("copy", "webp", "png", "jpg")
+IMAGE_MODES = (
+    "copy",
+    "reference",
+)  # write the images, or reference them inside the shards (module docstring)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,63}")
 _FORMAT_EXT = {"webp": "webp", "png": "png", "jpg": "jpg", "jpeg": "jpg"}
 _PIL_FORMAT = {"webp": "WEBP", "png": "PNG", "jpg": "JPEG"}
@@ -99,6 +130,7 @@ class BuildOptions:
     image_format: str = "copy"  # copy = the shard bytes unchanged
     max_pixels: int | None = None  # re-encode images with a larger area down to this many pixels
     verify_images: bool = False  # decode every image fully (slow) instead of reading its header
+    image_mode: str = "copy"  # copy | reference
 
     def validate(self) -> None:
         if self.repeats < 1:
@@ -109,6 +141,13 @@ class BuildOptions:
             raise KxlError(f"image format {self.image_format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
         if self.max_pixels is not None and self.max_pixels < 64 * 64:
             raise KxlError(f"pixel budget {self.max_pixels} is too small (at least 4096)")
+        if self.image_mode not in IMAGE_MODES:
+            raise KxlError(f"image mode {self.image_mode!r}: choose one of {', '.join(IMAGE_MODES)}")
+        if self.image_mode == "reference" and (self.image_format != "copy" or self.max_pixels is not None):
+            raise KxlError(
+                "a reference build points at the shard bytes as they are: it cannot re-encode or resize",
+                hint="drop --image-format/--max-pixels, or use --image-mode copy",
+            )
 
     @property
     def subfolder(self) -> str:
@@ -125,6 +164,10 @@ class BuildOptions:
         }
         if self.max_pixels is not None:
             output["max_pixels"] = self.max_pixels
+        if (
+            self.image_mode != "copy"
+        ):  # absent for copy builds: their stored options (resume) stay as they were
+            output["image_mode"] = self.image_mode
         return {
             "schema_version": 1,
             "created_by": f"kohaku-xl-workbench {__version__}",
@@ -168,7 +211,7 @@ def partial_build_info(out: str | Path) -> dict | None:
 
 def _discard_partial(out: Path, subfolder: str) -> None:
     """Remove what a build writes before it finishes (the lock stays: it is the caller's)."""
-    for rel in (BUILD_DIR, subfolder, MANIFEST_FILE, SKIPPED_FILE, SD_SCRIPTS_FILE):
+    for rel in (BUILD_DIR, subfolder, MANIFEST_FILE, SKIPPED_FILE, SD_SCRIPTS_FILE, SHARDS_FILE):
         target = out / rel
         if target.is_dir():
             shutil.rmtree(target)
@@ -313,6 +356,33 @@ def _prepare_image(hit: Hit, opts: BuildOptions) -> tuple[bytes, str, int, int]:
         return buf.getvalue(), fmt, width, height
 
 
+class _MemberFile:
+    """A tar member (or a whole file) as a read-only file object for image_header's WebP view: reads are preads."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self.fd, self.offset, self.size, self.pos = fd, offset, size, 0
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def read(self, n: int) -> bytes:
+        n = max(0, min(n, self.size - self.pos))
+        data = pread_exact(self.fd, n, self.offset + self.pos)
+        self.pos += len(data)
+        return data
+
+
+def _member_size(m: MemberRef, head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the member's header bytes the way image_header.image_file_size reads a file, or None
+    when that does not settle it (the caller then decodes it like a copy build would)."""
+    found = image_size(head)
+    if found is None and len(head) < m.size and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        found = _webp(_FileView(_MemberFile(m.fd, m.offset, m.size), head, m.size))
+        if found is not None and not (found[1] > 0 and found[2] > 0 and found[1] * found[2] <= MAX_PIXELS):
+            found = None
+    return (found[1], found[2]) if found is not None else None
+
+
 _OBJECT_REPR_RE = re.compile(r"<[^<>]*? at 0x[0-9A-Fa-f]+>")
 
 
@@ -368,6 +438,8 @@ class _Builder:
         self.metas: dict[int, dict] | None = None  # captions computed up front (small builds)
         self.marks: MarkWriter | None = None
         self.cache: ColumnCache | None = None  # the DB's column cache, when the build uses one
+        self.reference = opts.image_mode == "reference"
+        self.shard_stats: dict[str, ShardInfo] = {}  # reference builds: each shard as it was when read
 
     def _thread_state(self):
         state = getattr(self.local, "state", None)
@@ -432,6 +504,100 @@ class _Builder:
             "bytes": len(data),
         }
 
+    def write_ref(self, m: MemberRef, path: Path, meta: dict, written: list[str] | None = None) -> dict:
+        """Reference build: write the caption, measure and fingerprint the member in place; its record."""
+        member = f"{m.post_id}.{m.ext}"
+        if m.available < m.size:  # what reading it would raise in a copy build (tarfile's message)
+            return {"id": m.post_id, "status": "corrupt", "reason": "unreadable tar member (unexpected end of data)",
+                    "shard": m.origin}  # fmt: skip
+        shard = os.path.abspath(path)  # as given, made absolute: no symlink resolved (multi-node mounts)
+        if shard not in self.shard_stats:
+            st = os.fstat(m.fd)
+            with self.lock:
+                self.shard_stats.setdefault(shard, ShardInfo(shard, st.st_size, st.st_mtime_ns))
+        try:
+            head = pread_exact(m.fd, min(m.size, HEAD_BYTES), m.offset)
+            start = tail_start(m.size)
+            if m.size <= start:
+                tail = b""
+            elif m.size <= len(head):
+                tail = head[start:]
+            else:
+                tail = pread_exact(m.fd, m.size - start, m.offset + start)
+            fp = fingerprint_parts(m.size, head[:FP_EDGE], tail)
+            size = None if self.opts.verify_images else _member_size(m, head)
+            data = pread_exact(m.fd, m.size, m.offset) if size is None else None
+        except OSError as exc:
+            return {"id": m.post_id, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
+                    "shard": m.origin}  # fmt: skip
+        if size is not None:
+            width, height = size
+            ext = "jpg" if m.ext == "jpeg" else m.ext
+        else:
+            try:
+                _data, ext, width, height = _prepare_image(Hit(m.post_id, data, m.ext, m.origin), self.opts)
+            except Exception as exc:  # noqa: BLE001 - as in write_hit: every Pillow error means "corrupt"
+                return {
+                    "id": m.post_id,
+                    "status": "corrupt",
+                    "shard": m.origin,
+                    "reason": _stable_reason(f"not a readable image ({type(exc).__name__}: {exc})", member),
+                }
+        caption_path = f"{self.sub_prefix}{m.post_id}.txt"
+        write_new_file(caption_path, meta["caption"].encode("utf-8"))
+        if written is not None:
+            written.append(caption_path)
+        return {
+            "id": m.post_id,
+            "file": f"{self.opts.subfolder}/{m.post_id}.{ext}",
+            "caption": meta["caption"],
+            "rating": meta["rating"],
+            "quality": meta["quality"],
+            "year": meta["year"],
+            "width": width,
+            "height": height,
+            "shard": m.origin,
+            "bytes": m.size,
+            "ref": {"shard": shard, "offset": m.offset, "size": m.size, "fp": fp},
+        }
+
+    def _folder_ref(self, pid: int, meta: dict, written: list[str]) -> dict | None:
+        """Reference build from a folder of loose files: the file itself, from offset 0."""
+        name = self.src.files.get(pid)
+        if name is None:
+            return None
+        path = self.src.root / name
+        ext = name.rsplit(".", 1)[-1].lower()
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            return {
+                "id": pid,
+                "status": "corrupt",
+                "reason": f"unreadable file ({exc.strerror})",
+                "shard": name,
+            }
+        try:
+            size = os.fstat(fd).st_size
+            return self.write_ref(MemberRef(pid, ext, name, fd, 0, size, size), path, meta, written)
+        finally:
+            os.close(fd)
+
+    def _scan_shard(self, shard: Path, wanted: set[int], metas: dict[int, dict], records: dict[int, dict],
+                    written: list[str] | None) -> None:  # fmt: skip
+        scan = scan_tar_refs if self.reference else scan_tar
+        for item in scan(shard, self.src.origin(shard), wanted, self.progress.check_cancelled):
+            if isinstance(item, ShardReadError):
+                with self.lock:
+                    self.shard_errors[item.origin] = item.message
+                continue
+            if isinstance(item, MemberRef):
+                records[item.post_id] = self.write_ref(item, shard, metas[item.post_id], written)
+            else:
+                records[item.post_id] = self.write_hit(item, metas[item.post_id], written)
+            if written is not None:
+                self.advance(1)
+
     def run_bucket(self, bucket: int, ids: np.ndarray) -> None:
         metas = self.captions(ids)
         wanted = set(metas)
@@ -442,12 +608,14 @@ class _Builder:
             for shard in self.src.candidates(bucket):
                 if not wanted:
                     break
-                for item in scan_tar(shard, self.src.origin(shard), wanted, check):
-                    if isinstance(item, ShardReadError):
-                        with self.lock:
-                            self.shard_errors[item.origin] = item.message
-                        continue
-                    records[item.post_id] = self.write_hit(item, metas[item.post_id], written)
+                self._scan_shard(shard, wanted, metas, records, written)
+        elif self.reference:
+            for pid in sorted(wanted):
+                check()
+                rec = self._folder_ref(pid, metas[pid], written)
+                if rec is not None:
+                    wanted.discard(pid)
+                    records[pid] = rec
                     self.advance(1)
         else:
             for pid in sorted(wanted):
@@ -472,11 +640,7 @@ class _Builder:
         for tar_path in self.src.updates:
             if not wanted:
                 break
-            for item in scan_tar(tar_path, self.src.origin(tar_path), wanted, self.progress.check_cancelled):
-                if isinstance(item, ShardReadError):
-                    self.shard_errors[item.origin] = item.message
-                    continue
-                found[item.post_id] = self.write_hit(item, missing[item.post_id])
+            self._scan_shard(tar_path, wanted, missing, found, None)
         self.advance(len(missing))
         return found
 
@@ -598,12 +762,36 @@ def _build_owned(
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in skipped)
     atomic_write_text_checked(out / SKIPPED_FILE, "".join(lines), _RESUME_HINT)
     write_sd_scripts_config(out, SD_SCRIPTS_FILE, opts.subfolder, opts.repeats, _RESUME_HINT)
+    if builder.reference:
+        _write_shards_file(out, opts.images, written, builder.shard_stats)
     info = dict(wanted_options)
     info["summary"] = summary.to_toml_dict()
     atomic_write_text_checked(out / DATASET_FILE, tomli_w.dumps(info), _RESUME_HINT)
     shutil.rmtree(build_dir, ignore_errors=True)
     progress.update(builder.total, builder.total)
     return BuildResult(out, summary, skipped_buckets)
+
+
+def _write_shards_file(out: Path, images: Path, written: list[dict], seen: dict[str, ShardInfo]) -> None:
+    """shards.json: every referenced shard's size and mtime. Shards of buckets done before a resume were not seen
+    by this process and are stat'ed now; a shard that changed while this build read it stops the build."""
+    posts: dict[str, int] = {}
+    for r in written:
+        shard = r["ref"]["shard"]
+        posts[shard] = posts.get(shard, 0) + 1
+    infos: dict[str, ShardInfo] = {}
+    for shard in posts:
+        try:
+            st = os.stat(shard)
+        except OSError as exc:
+            raise KxlError(f"image shard vanished during the build ({exc.strerror})", path=shard) from None
+        now = ShardInfo(shard, st.st_size, st.st_mtime_ns)
+        if shard in seen and seen[shard] != now:
+            raise KxlError("image shard changed while the build read it", path=shard,
+                           hint="run the build again with --restart once the shards are stable")  # fmt: skip
+        infos[shard] = now
+    atomic_write_text_checked(out / SHARDS_FILE, shards_file_text(Path(os.path.abspath(images)), infos, posts),
+                              _RESUME_HINT)  # fmt: skip
 
 
 def _export_buckets(builder: _Builder, remaining: list[tuple[int, np.ndarray]], workers: int) -> None:

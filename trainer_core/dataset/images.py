@@ -119,13 +119,22 @@ def parse_member_name(name: str) -> tuple[int, str] | None:
     return int(m.group(1)), m.group(2).lower()
 
 
-def scan_tar(
-    path: Path, origin: str, wanted: set[int], check_cancelled=None
-) -> Iterator[Hit | ShardReadError]:
-    """Yield a Hit for each wanted id found in `path` (and remove it from `wanted`); ShardReadError if unreadable.
+@dataclass
+class MemberRef:
+    """A wanted member found by `scan_tar_refs`: where its bytes are, none of them read yet."""
 
-    Reads the tar once, front to back; only the data of wanted members is read.
-    """
+    post_id: int
+    ext: str
+    origin: str
+    fd: int  # the open shard (valid until the scan moves on); read with os.pread
+    offset: int
+    size: int
+    available: int  # bytes of the member that are actually in the file (less when the shard is truncated)
+
+
+def _wanted_members(path: Path, origin: str, wanted: set[int], check_cancelled=None):
+    """(tar, member, post_id, ext) for each wanted id in `path`, removed from `wanted`; ShardReadError if unreadable.
+    Only headers are read: tarfile seeks over the data of members it is not asked for."""
     try:
         tar = tarfile.open(path, "r:")
     except (OSError, tarfile.TarError) as exc:
@@ -147,20 +156,51 @@ def scan_tar(
             parsed = parse_member_name(member.name)
             if parsed is None or parsed[0] not in wanted:
                 continue
-            post_id, ext = parsed
-            wanted.discard(post_id)
-            try:
-                fh = tar.extractfile(member)
-                data = fh.read() if fh is not None else b""
-            except (OSError, tarfile.TarError) as exc:
-                yield Hit(post_id, None, ext, origin, f"unreadable tar member ({exc})")
-                continue
-            if len(data) != member.size:
-                yield Hit(
-                    post_id, None, ext, origin, f"truncated tar member ({len(data)} of {member.size} bytes)"
-                )
-                continue
-            yield Hit(post_id, data, ext, origin)
+            wanted.discard(parsed[0])
+            yield tar, member, parsed[0], parsed[1]
+
+
+def scan_tar(
+    path: Path, origin: str, wanted: set[int], check_cancelled=None
+) -> Iterator[Hit | ShardReadError]:
+    """Yield a Hit for each wanted id found in `path` (and remove it from `wanted`); ShardReadError if unreadable.
+
+    Reads the tar once, front to back; only the data of wanted members is read.
+    """
+    for item in _wanted_members(path, origin, wanted, check_cancelled):
+        if isinstance(item, ShardReadError):
+            yield item
+            return
+        tar, member, post_id, ext = item
+        try:
+            fh = tar.extractfile(member)
+            data = fh.read() if fh is not None else b""
+        except (OSError, tarfile.TarError) as exc:
+            yield Hit(post_id, None, ext, origin, f"unreadable tar member ({exc})")
+            continue
+        if len(data) != member.size:
+            yield Hit(
+                post_id, None, ext, origin, f"truncated tar member ({len(data)} of {member.size} bytes)"
+            )
+            continue
+        yield Hit(post_id, data, ext, origin)
+
+
+def scan_tar_refs(
+    path: Path, origin: str, wanted: set[int], check_cancelled=None
+) -> Iterator[MemberRef | ShardReadError]:
+    """Like `scan_tar`, but yields where each wanted member's bytes are instead of the bytes (reference builds)."""
+    file_size = None
+    for item in _wanted_members(path, origin, wanted, check_cancelled):
+        if isinstance(item, ShardReadError):
+            yield item
+            return
+        tar, member, post_id, ext = item
+        fd = tar.fileobj.fileno()
+        if file_size is None:
+            file_size = os.fstat(fd).st_size
+        available = max(0, min(member.size, file_size - member.offset_data))
+        yield MemberRef(post_id, ext, origin, fd, member.offset_data, member.size, available)
 
 
 def read_folder_file(src: ImageSource, post_id: int) -> Hit | None:

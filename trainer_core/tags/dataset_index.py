@@ -5,6 +5,8 @@ Layouts understood (first match wins):
    builder writes), optionally with the builder's `<root>/manifest.jsonl`;
 2. a single kohya image folder picked directly (`.../10_name`), or any plain folder of images + `.txt` files
    (repeats 1);
+   A *referenced* dataset (dataset/image_refs.py: `shards.json`, no image files) is a kohya folder whose images
+   are the manifest's `ref` records with a caption file there; `open_image(i)` reads them out of their shards.
 3. a manifest-only folder: `manifest.jsonl` lines name each image with a `file` path relative to the root.
 The `.txt` file is the truth for captions (it is what the trainer reads); the manifest supplies width, height,
 rating, quality and year, and its caption is used only for an image that has no `.txt`.
@@ -25,9 +27,17 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..dataset.image_refs import (
+    ImageRef,
+    is_reference_dataset,
+    open_ref_image,
+    read_shards_file,
+    ref_from_record,
+)
 from ..errors import KxlError
 from ..progress import Progress, ensure_progress
 from .caption_processing import KEEP_TOKENS_SEPARATOR
@@ -104,6 +114,7 @@ class DatasetIndex:
         self.layout = layout  # "kohya" | "folder" | "manifest"
         self.entries = entries
         self.problems = problems
+        self.refs: dict[int, ImageRef] = {}  # entry index -> where its bytes are (referenced datasets)
         self._problem_lock = threading.Lock()
         self._build_tag_index()
 
@@ -189,11 +200,19 @@ class DatasetIndex:
     def caption_path(self, i: int) -> Path:
         return self.image_path(i).with_suffix(CAPTION_SUFFIX)
 
+    def open_image(self, i: int) -> Any:
+        """The entry's image as a PIL image (the caller closes it), from its file or, in a referenced dataset,
+        from its shard. OSError / KxlError (naming the file or shard) when it cannot be read."""
+        from PIL import Image
+
+        ref = self.refs.get(i)
+        return open_ref_image(ref) if ref is not None else Image.open(self.image_path(i))
+
     def image_size(self, i: int) -> tuple[int, int] | None:
         """(width, height), reading the image header on first use; None (and a problem) if it cannot be read."""
         entry = self.entries[i]
         if entry.size is None:
-            size = read_image_header_size(self.image_path(i))
+            size = read_image_header_size(self.image_path(i), self.refs.get(i))
             if isinstance(size, str):
                 self.add_problem(entry.image, size)
                 entry.width = entry.height = -1  # remembered as unreadable: never retried
@@ -219,13 +238,16 @@ class DatasetIndex:
             self.problems.append(DatasetProblem(path, message))
 
 
-def read_image_header_size(path: Path) -> tuple[int, int] | str:
-    """Size from the image header only (PIL reads no pixels for this); an error message if it is not an image."""
+def read_image_header_size(path: Path, ref: ImageRef | None = None) -> tuple[int, int] | str:
+    """Size from the image header only (PIL reads no pixels for this); an error message if it is not an image.
+    `ref`: the image is inside a shard (referenced dataset)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with open_ref_image(ref) if ref is not None else Image.open(path) as img:
             return img.size
+    except KxlError as exc:
+        return str(exc)
     except FileNotFoundError:
         return "image file is missing"
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -256,6 +278,20 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
         folders = [("", int(match.group(1)) if match else 1)]
         layout = "folder"
 
+    shards = {}
+    if is_reference_dataset(root):
+        try:
+            shards = read_shards_file(root)
+        except KxlError as exc:
+            problems.append(DatasetProblem(MANIFEST_FILE, str(exc)))
+    refs: dict[str, ImageRef] = {}  # image path relative to the root -> its reference
+    if shards:
+        for record in manifest.values():
+            ref = ref_from_record(record, shards)
+            if ref is not None and isinstance(record.get("file"), str):
+                refs[record["file"].replace("\\", "/")] = ref
+
+    referenced: set[str] = set()  # entries whose image is a reference, not a file
     entries: list[DatasetEntry] = []
     caption_files: list[bool] = []
     for rel, repeats in folders:
@@ -268,6 +304,18 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
                 images.append(e.name)
             elif suffix == CAPTION_SUFFIX:
                 txts.add(e.name)
+        if refs:  # referenced images are listed where their caption is (a real file of the same name wins)
+            prefix = f"{rel}/" if rel else ""
+            have = set(images)
+            for txt in txts:
+                stem = txt[: -len(CAPTION_SUFFIX)]
+                record = manifest.get(stem)
+                file = record.get("file") if record is not None else None
+                if isinstance(file, str) and file.replace("\\", "/") in refs:
+                    name = file.replace("\\", "/").rsplit("/", 1)[-1]
+                    if file.replace("\\", "/") == prefix + name and name not in have:
+                        images.append(name)
+                        referenced.add(prefix + name)
         if repeats == 0:
             problems.append(DatasetProblem(rel, "repeats is 0: the trainer skips this folder"))
         for name in sorted(images, key=_file_order):
@@ -310,7 +358,12 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
             progress.check_cancelled()
     progress.update(total, total)
     progress.stage("indexing tags")
-    return DatasetIndex(root, layout, entries, problems)
+    index = DatasetIndex(root, layout, entries, problems)
+    if refs:
+        for i, entry in enumerate(entries):
+            if entry.image in referenced:
+                index.refs[i] = refs[entry.image]
+    return index
 
 
 def _read_caption(root: Path, entry: DatasetEntry, problems: list[DatasetProblem]) -> str:

@@ -1,6 +1,8 @@
 """The kohya dataset folder, bucket batches, image preprocessing and SDXL size conditioning (specs/training.md §2-§3).
 
-Layout: `<dataset>/<repeats>_<name>/<image>.<ext>` with `<image>.txt` (first line = caption). Each image appears
+Layout: `<dataset>/<repeats>_<name>/<image>.<ext>` with `<image>.txt` (first line = caption). In a referenced
+dataset (dataset/image_refs.py) the image files are not there: an item's `ref` says where its bytes are inside a
+tar shard, and `load_pixels` reads them from there; everything else is the same. Each image appears
 `repeats` times per epoch; every appearance is an *entry* with its own index, so repeats get different caption
 shuffles.
 
@@ -22,9 +24,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..buckets import BucketAssignment, assign_bucket_no_upscale, crop_box, make_buckets
+from ..dataset.image_refs import ImageRef, open_ref_image
 from ..errors import KxlError
 from ..tags.caption_processing import CaptionProcessing, process_caption
-from ..buckets import BucketAssignment, assign_bucket_no_upscale, crop_box, make_buckets
 from .config import DatasetConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -38,6 +41,7 @@ class ImageItem:
     repeats: int
     subset: str  # the folder name, e.g. "1_anime"
     size: tuple[int, int]  # (width, height) of the file
+    ref: ImageRef | None = None  # referenced dataset: the bytes are here, `path` is only the image's name
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,7 @@ def load_pixels(item: ImageItem, assignment: BucketAssignment, rng: random.Rando
     from PIL import Image
 
     try:
-        with Image.open(item.path) as im:
+        with open_ref_image(item.ref) if item.ref is not None else Image.open(item.path) as im:
             im = im.convert("RGB")
             rw, rh = assignment.resized
             if (rw, rh) != im.size:

@@ -30,6 +30,12 @@ and GiB of Python objects at 3.67 M images). Now:
   dataset) scans itself and must arrive at the same content digest, else the run stops instead of training two
   ranks on different data. A rank-0 error reaches every rank, so none waits for the DDP timeout.
 
+**Referenced datasets** (dataset/image_refs.py: a `shards.json` beside the manifest, captions but no image files):
+an image's name, size and place in its shard come from the manifest's `ref` records; an image counts when its
+caption file is there (as with files). Its "stat" for the fingerprint is (bytes, shard mtime), and the refs are
+part of the fingerprint and of the stored scan (`ref.npy`, the shard list in meta.json). Every scan, cached or
+not, checks that each shard is there with its recorded size and mtime: a missing one names its posts.
+
 The derived data of a scan is cached beside it: the bucket of every image for one set of bucket settings
 (`plan-<key>.npy`) and sd-scripts' tag frequency (`tag_frequency.json`, rank 0 only).
 """
@@ -54,6 +60,15 @@ from typing import Any
 
 import numpy as np
 
+from ..dataset.image_refs import (
+    ImageRef,
+    ShardInfo,
+    check_shards,
+    fp_from_int,
+    fp_to_int,
+    is_reference_dataset,
+    read_shards_file,
+)
 from ..errors import KxlError
 from .data import _SUBSET_RE, IMAGE_SUFFIXES, ArrayView
 
@@ -78,6 +93,9 @@ _ARRAYS = {
 # The captions (UTF-8, first line, stripped) back to back, raw bytes: written while they are read (a 1 M-image
 # scan never holds them in memory) and memory-mapped on load.
 CAPTION_BLOB = "caption_blob.bin"
+REF_ARRAY = (
+    "ref"  # referenced datasets only: (n, 4) int64 shard index (-1: a real file), offset, bytes, fingerprint
+)
 
 
 class ScanTable(ArrayView):
@@ -89,8 +107,10 @@ class ScanTable(ArrayView):
 
     def __init__(self, root: Path, subsets: list[str], repeats: list[int], arrays: dict[str, np.ndarray],
                  fingerprint: str, cache_dir: Path | None = None, digest: str | None = None,
-                 report: dict[str, Any] | None = None, caption_sha: bytes | None = None):  # fmt: skip
+                 report: dict[str, Any] | None = None, caption_sha: bytes | None = None,
+                 shards: list[ShardInfo] | None = None):  # fmt: skip
         self.root = Path(root)
+        self.shards = list(shards or [])  # referenced dataset: the shards that arrays["ref"] indexes
         self.subsets = list(subsets)
         self.subset_repeats = np.asarray(repeats, dtype=np.int64)
         self.arrays = arrays
@@ -112,7 +132,33 @@ class ScanTable(ArrayView):
         s = int(self.arrays["item_subset"][i])
         w, h = self.arrays["size"][i]
         return ImageItem(self._subset_paths[s] / self.name(i), self.caption(i), int(self.subset_repeats[s]),
-                         self.subsets[s], (int(w), int(h)))  # fmt: skip
+                         self.subsets[s], (int(w), int(h)), self.image_ref(i))  # fmt: skip
+
+    def image_ref(self, i: int) -> ImageRef | None:
+        """Where image `i`'s bytes are, for a referenced image; None for an image file."""
+        refs = self.arrays.get(REF_ARRAY)
+        if refs is None or int(refs[i, 0]) < 0:
+            return None
+        k, offset, size, fp = (int(v) for v in refs[i])
+        shard = self.shards[k]
+        name = self.name(i)
+        return ImageRef(shard.path, offset, size, fp_from_int(fp), shard.size, shard.mtime_ns,
+                        int(name[: name.rfind(".")]) if name[: name.rfind(".")].isdigit() else -1)  # fmt: skip
+
+    def check_shards(self) -> None:
+        """A referenced dataset's shards are all there, unchanged (image_refs.check_shards); no-op otherwise."""
+        if not self.shards:
+            return
+        refs = self.arrays[REF_ARRAY]
+
+        def posts():
+            paths = [sh.path for sh in self.shards]
+            for i, k in enumerate(np.asarray(refs[:, 0]).tolist()):
+                if k >= 0:
+                    stem = self.name(i).rsplit(".", 1)[0]
+                    yield paths[k], int(stem) if stem.isdigit() else -1
+
+        check_shards({sh.path: sh for sh in self.shards}, posts())
 
     def name(self, i: int) -> str:
         off = self.arrays["name_off"]
@@ -148,6 +194,9 @@ class ScanTable(ArrayView):
             h.update(json.dumps([self.subsets, self.subset_repeats.tolist()]).encode())
             for key in ("item_subset", "name_off", "name_blob", "size", "caption_off"):
                 h.update(np.ascontiguousarray(self.arrays[key]))
+            if self.shards:  # where the pixels come from is part of what training sees
+                h.update(json.dumps([[sh.path, sh.size, sh.mtime_ns] for sh in self.shards]).encode())
+                h.update(np.ascontiguousarray(self.arrays[REF_ARRAY]))
             if self._caption_sha is None:
                 self._caption_sha = hashlib.sha256(np.ascontiguousarray(self.arrays["caption_blob"])).digest()
             h.update(self._caption_sha)
@@ -215,6 +264,10 @@ class _Listing:
         self.item_subset = array("i")
         self.stat = array("q")  # 4 per item
         self._encoded: list[bytes] | None = None
+        self.shards: list[ShardInfo] = []  # referenced dataset: its shards
+        self.refs = array(
+            "q"
+        )  # referenced dataset: 6 per item: shard index (-1: a file), offset, bytes, fp, w, h
 
     def encoded_names(self) -> list[bytes]:
         if self._encoded is None:
@@ -227,7 +280,40 @@ class _Listing:
         h.update(b"\0".join(self.encoded_names()))
         h.update(self.item_subset.tobytes())
         h.update(self.stat.tobytes())
+        if self.shards:
+            h.update(json.dumps([[sh.path, sh.size, sh.mtime_ns] for sh in self.shards]).encode())
+            h.update(self.refs.tobytes())
         return h.hexdigest()[:32]
+
+
+def _reference_index(root: Path) -> tuple[list[ShardInfo], dict[str, tuple]]:
+    """A referenced dataset's shards, and `<subset>/<stem>` -> (image name, shard index, offset, bytes, fp, w, h)
+    from its manifest's `ref` records. KxlError naming the manifest line when a record is damaged."""
+    infos = read_shards_file(root)
+    shards = [infos[p] for p in sorted(infos)]
+    index_of = {sh.path: k for k, sh in enumerate(shards)}
+    path = root / MANIFEST_FILE
+    out: dict[str, tuple] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if '"ref": ' not in line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                    ref, file = rec["ref"], rec["file"].replace("\\", "/")
+                    sub, _, name = file.rpartition("/")
+                    row = (name, index_of[ref["shard"]], int(ref["offset"]), int(ref["size"]),
+                           fp_to_int(ref["fp"]), int(rec["width"]), int(rec["height"]))  # fmt: skip
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise KxlError(f"line {lineno}: not a valid image reference ({type(exc).__name__}: {exc})",
+                                   path=path, hint="rebuild the dataset") from None  # fmt: skip
+                out[f"{sub}/{name[: name.rfind('.')]}"] = row
+    except FileNotFoundError:
+        raise KxlError("file missing: a referenced dataset needs its manifest", path=path) from None
+    except (OSError, UnicodeError) as exc:
+        raise KxlError(f"cannot read the manifest ({exc})", path=path) from None
+    return shards, out
 
 
 def _sort_key(name: str) -> str:
@@ -251,6 +337,9 @@ def list_dataset(root: str | Path) -> _Listing:
             hint="put images and .txt captions in a folder named like 10_mydata inside the dataset folder",
         )
     out = _Listing(root)
+    refs: dict[str, tuple] = {}
+    if is_reference_dataset(root):
+        out.shards, refs = _reference_index(root)
     use_dir_fd = os.stat in os.supports_dir_fd
     for s, sub_name in enumerate(subsets):
         sub = root / sub_name
@@ -268,6 +357,15 @@ def list_dataset(root: str | Path) -> _Listing:
         images = [n for n in images if n[0] != "." or n[: n.rfind(".")].lstrip(".")]
         captions = {n for n in entries if n.endswith(CAPTION_SUFFIX)}
         del entries
+        referenced: dict[str, tuple] = {}
+        if refs:  # a referenced image counts where its caption is (an image file of the same stem wins)
+            have = {n[: n.rfind(".")] for n in images}
+            for txt in captions:
+                stem = txt[: -len(CAPTION_SUFFIX)]
+                row = refs.get(f"{sub_name}/{stem}")
+                if row is not None and stem not in have:
+                    referenced[row[0]] = row
+            images.extend(referenced)
         images.sort(key=_sort_key if os.name == "nt" else None)
         fd = os.open(sub, os.O_RDONLY) if use_dir_fd else None
         try:
@@ -276,10 +374,18 @@ def list_dataset(root: str | Path) -> _Listing:
                 txt = name[: name.rfind(".")] + CAPTION_SUFFIX
                 if txt not in captions:
                     raise KxlError("image has no caption file (.txt next to it)", path=sub / name)
-                try:
-                    st = stat(name, dir_fd=fd) if fd is not None else stat(sub / name)
-                except OSError as exc:
-                    raise KxlError(f"cannot read image ({exc})", path=sub / name) from None
+                row = referenced.get(name)
+                if row is not None:
+                    st_size, st_mtime_ns = row[3], out.shards[row[1]].mtime_ns
+                    out.refs.extend(row[1:])
+                else:
+                    try:
+                        st = stat(name, dir_fd=fd) if fd is not None else stat(sub / name)
+                    except OSError as exc:
+                        raise KxlError(f"cannot read image ({exc})", path=sub / name) from None
+                    st_size, st_mtime_ns = st.st_size, st.st_mtime_ns
+                    if refs:
+                        out.refs.extend((-1, 0, 0, 0, 0, 0))
                 try:
                     ct = stat(txt, dir_fd=fd) if fd is not None else stat(sub / txt)
                 except OSError as exc:
@@ -288,7 +394,7 @@ def list_dataset(root: str | Path) -> _Listing:
                     ) from None
                 out.names.append(name)
                 out.item_subset.append(s)
-                out.stat.extend((st.st_size, st.st_mtime_ns, ct.st_size, ct.st_mtime_ns))
+                out.stat.extend((st_size, st_mtime_ns, ct.st_size, ct.st_mtime_ns))
         finally:
             if fd is not None:
                 os.close(fd)
@@ -588,8 +694,14 @@ def _fill(
     sizes = np.zeros((n, 2), dtype=np.int32)
     if prev is not None:
         sizes[img_same] = np.asarray(prev.arrays["size"])[jj[img_same]]
-    need = np.flatnonzero(~img_same).tolist()
-    from_manifest = 0
+    need_mask = ~img_same
+    ref_rows = np.frombuffer(listing.refs, dtype=np.int64).reshape(n, 6) if listing.shards else None
+    if ref_rows is not None:  # referenced images: the build measured them (their refs are in the fingerprint)
+        is_ref = ref_rows[:, 0] >= 0
+        sizes[is_ref] = ref_rows[is_ref, 4:6]
+        need_mask &= ~is_ref
+    need = np.flatnonzero(need_mask).tolist()
+    from_manifest, from_refs = 0, n - int(img_same.sum()) - len(need)
     if need:
         manifest = None
         with contextlib.suppress(OSError, UnicodeError):
@@ -633,13 +745,15 @@ def _fill(
         "stat": stats.copy(),
         "caption_blob": blob,
     }
+    if ref_rows is not None:
+        arrays[REF_ARRAY] = np.ascontiguousarray(ref_rows[:, :4])
     cached_captions, cached_sizes = int(txt_same.sum()), int(img_same.sum())
     report = {"captions_cached": cached_captions, "captions_read": n - cached_captions,
               "sizes_cached": cached_sizes, "sizes_manifest": from_manifest,
-              "sizes_header": n - cached_sizes - from_manifest, "captions_s": round(t1 - t0, 3),
+              "sizes_ref": from_refs, "sizes_header": n - cached_sizes - from_manifest - from_refs, "captions_s": round(t1 - t0, 3),
               "sizes_s": round(time.perf_counter() - t1, 3)}  # fmt: skip
     return ScanTable(root, listing.subsets, listing.repeats, arrays, fingerprint, report=report,
-                     caption_sha=sink.sha.digest())  # fmt: skip
+                     caption_sha=sink.sha.digest(), shards=listing.shards)  # fmt: skip
 
 
 # ==================================================================================================== cache files
@@ -684,6 +798,11 @@ def store_scan(table: ScanTable, cache_root: Path, tmp: Path | None = None) -> P
                     np.save(fh, np.ascontiguousarray(table.arrays[key]), allow_pickle=False)
                     fh.flush()
                     os.fsync(fh.fileno())
+            if table.shards:
+                with open(tmp / f"{REF_ARRAY}.npy", "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(table.arrays[REF_ARRAY]), allow_pickle=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
             if not (tmp / CAPTION_BLOB).is_file():
                 with open(tmp / CAPTION_BLOB, "wb") as fh:
                     fh.write(memoryview(np.ascontiguousarray(table.arrays["caption_blob"])))
@@ -692,6 +811,8 @@ def store_scan(table: ScanTable, cache_root: Path, tmp: Path | None = None) -> P
             meta = {"version": VERSION, "fingerprint": table.fingerprint, "count": len(table),
                     "subsets": table.subsets, "repeats": table.subset_repeats.tolist(),
                     "content_digest": table.content_digest(), "written": time.time()}  # fmt: skip
+            if table.shards:
+                meta["shards"] = [[sh.path, sh.size, sh.mtime_ns] for sh in table.shards]
             with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
                 json.dump(meta, fh)
                 fh.flush()
@@ -755,6 +876,16 @@ def load_scan(folder: Path, root: Path, fingerprint: str | None = None) -> ScanT
             arrays[key] = arr
         arrays["caption_blob"] = _map_blob(folder / CAPTION_BLOB)
         n = int(meta["count"])
+        shards = [ShardInfo(str(p), int(size), int(mtime)) for p, size, mtime in meta.get("shards", [])]
+        if shards:
+            refs = np.load(folder / f"{REF_ARRAY}.npy", allow_pickle=False)
+            if (
+                refs.dtype != np.int64
+                or refs.shape != (n, 4)
+                or int(refs[:, 0].max(initial=-1)) >= len(shards)
+            ):
+                return None
+            arrays[REF_ARRAY] = refs
         subsets, repeats = list(meta["subsets"]), [int(r) for r in meta["repeats"]]
         ok = (arrays["item_subset"].shape == (n,) and arrays["name_off"].shape == (n + 1,)
               and arrays["caption_off"].shape == (n + 1,) and arrays["size"].shape == (n, 2)
@@ -764,7 +895,7 @@ def load_scan(folder: Path, root: Path, fingerprint: str | None = None) -> ScanT
         if not ok or (n and not 0 <= int(arrays["item_subset"].max()) < len(subsets)):
             return None
         return ScanTable(root, subsets, repeats, arrays, str(meta["fingerprint"]), cache_dir=folder,
-                         digest=meta.get("content_digest"))  # fmt: skip
+                         digest=meta.get("content_digest"), shards=shards)  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -787,7 +918,13 @@ def _latest(cache_root: Path, root: Path) -> ScanTable | None:
 
 def scan_table(root: str | Path, caches: list[Path] | None = None, write: bool = True) -> ScanTable:
     """Scan a kohya dataset folder. `caches`: cache folders to read (in order) and to write (the first writable
-    one, when `write`); None scans without any cache."""
+    one, when `write`); None scans without any cache. A referenced dataset's shards are checked every time."""
+    table = _scan_table(root, caches, write)
+    table.check_shards()
+    return table
+
+
+def _scan_table(root: str | Path, caches: list[Path] | None, write: bool) -> ScanTable:
     root = Path(root)
     t0 = time.perf_counter()
     listing = list_dataset(root)
@@ -876,6 +1013,7 @@ def scan_for_training(root: str | Path, run_dir: Path | None, rank: int = 0, wor
         table = load_scan(Path(msg["folder"]), Path(root), msg["fingerprint"])
         if table is not None:
             table.report.update(cache="shared", images=len(table))
+            table.check_shards()  # this machine's view of the shards (multi-node: the same path on each)
     if table is None:
         table = scan_table(root, caches)  # rank 0's cache is not visible here (another machine)
         if table.content_digest() != msg["digest"]:

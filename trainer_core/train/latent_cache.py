@@ -30,8 +30,15 @@ class LatentCache:
         self.misses = 0
 
     def key(self, item: ImageItem, a: BucketAssignment) -> str:
-        st = item.path.stat()
-        raw = f"{item.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{a.bucket}|{a.resized}|{self.vae_id}"
+        if (
+            item.ref is not None
+        ):  # a referenced image has no file: its shard bytes and fingerprint identify it
+            r = item.ref
+            source = f"{r.shard}@{r.offset}+{r.size}|{r.fp}|{r.shard_size}|{r.shard_mtime_ns}"
+        else:
+            st = item.path.stat()
+            source = f"{item.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        raw = f"{source}|{a.bucket}|{a.resized}|{self.vae_id}"
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> tuple[Any, Any] | None:

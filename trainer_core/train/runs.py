@@ -846,6 +846,10 @@ def preflight(cfg: TrainConfig, processes: int = 1, machines: int = 1, run_dir: 
             report.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * report.steps_per_epoch
             report.add("ok", "dataset", f"{len(items):,} images with captions, {len(plan.entries):,} per epoch "
                        f"(repeats included), {report.total_steps:,} optimizer steps")  # fmt: skip
+            shards = getattr(items, "shards", None)
+            if shards:  # scan_dataset has checked them (a missing or changed shard is the error above)
+                report.add("ok", "dataset", f"images are read by reference from {len(shards):,} shard(s), all "
+                           "present and unchanged since the build")  # fmt: skip
             small = {b: c for b, c in report.bucket_counts.items() if c < effective}
             if small:
                 shown = ", ".join(f"{w}x{h}: {c}" for (w, h), c in list(small.items())[:6])
