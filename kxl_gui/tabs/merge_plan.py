@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trainer_core.atomic import free_bytes
 from trainer_core.errors import KxlError
-from trainer_core.merge.engine import MergePlan, MergeResult, plan_merge
+from trainer_core.merge.engine import RAM_BASELINE, MergePlan, MergeResult, plan_merge
 from trainer_core.merge.recipe import MergeRecipe
 from trainer_core.workspace_summary import format_bytes
 
@@ -51,13 +51,16 @@ def estimate(recipe: MergeRecipe, out: Path | None) -> PlanOutcome:
 
 
 def estimate_text(o: PlanOutcome) -> str:
-    """`N tensors (arch, dtype) · Disk: … (free: …) · peak RAM ≈ … (available: …)` and what else the plan does."""
+    """`N tensors (arch, dtype) · Disk: … (free: …) · RAM for the merge ≈ … (available: …)` and what else the plan
+    does."""
     plan = o.plan
     assert plan is not None
     disk = f"Disk: {format_bytes(plan.out_bytes)}"
     if o.free_bytes is not None:
         disk += f" (free: {format_bytes(o.free_bytes)})"
-    ram = f"peak RAM ≈ {format_bytes(plan.peak_ram_bytes)}"
+    # The merge's own buffers, apart from the program's fixed ~450 MiB (interpreter + torch): "605 MiB" for a
+    # 13 MB merge read as if the merge needed it.
+    ram = f"RAM for the merge ≈ {format_bytes(max(0, plan.peak_ram_bytes - RAM_BASELINE))} (+ program)"
     if o.available_ram is not None:
         ram += f" (available: {format_bytes(o.available_ram)})"
     parts = [f"{len(plan.keys):,} tensors ({plan.arch}, {plan.recipe.dtype})", disk, ram]

@@ -59,6 +59,10 @@ class RunWatching:
             self.show_run_settings(run_dir)
         else:
             self._settings_run = run_dir  # launched from the form: the form is what config.toml holds
+        settings = self.form.settings
+        self.gallery.set_empty_hint(
+            int(settings["training.sample_every"]), bool(settings["training.sample_prompts"])
+        )
         self.plots.set_series(monitor.series)
         self.live_card.show_run(run_dir)
         self._set_live_state(monitor.state, monitor.detail)

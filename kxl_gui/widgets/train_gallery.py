@@ -60,6 +60,16 @@ class SampleGallery(QWidget):
         self.scroll.setWidget(body)
         outer.addWidget(self.scroll, 1)
 
+    def set_empty_hint(self, sample_every: int, has_prompts: bool) -> None:
+        """What the empty gallery says, from the run's own settings (not a generic instruction)."""
+        if sample_every > 0 and has_prompts:
+            text = f"No samples yet: the first is drawn at step {sample_every:,}, or press Sample now."
+        elif has_prompts:
+            text = "No samples yet: training.sample_every is 0, so samples come only from Sample now."
+        else:
+            text = "No samples: this run has no training.sample_prompts to draw."
+        self.empty.setText(text)
+
     def clear(self) -> None:
         for row in self._rows.values():
             row.deleteLater()

@@ -166,7 +166,8 @@ class SettingsForm(QWidget):
             w = QSpinBox()
             w.setRange(field.minimum, field.maximum)
             w.setSingleStep(field.step)
-            w.setGroupSeparatorShown(True)
+            # no thousands separator: the values read as in the TOML file and next to the float fields
+            # ("dim 10000" beside "alpha 10000", not "10,000")
             bind.spin(w, key)
         elif field.kind == "lines":
             w = QPlainTextEdit()

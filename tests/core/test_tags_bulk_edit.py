@@ -199,7 +199,9 @@ def test_remove_writes_captions_and_manifest_then_undo_restores_bytes(dataset):
     assert open_dataset(dataset).images_with_tag("long hair").tolist() == []
 
     result = undo_last(dataset)
-    assert (result.files_restored, result.files_already_old) == (3, 0)
+    assert (result.files_restored, result.files_already_old, result.captions_restored) == (3, 0, 2)
+    # said as the edit was: in captions ("2 captions changed" -> "2 restored"), the manifest mentioned apart
+    assert result.describe().endswith(": 2 caption(s) restored (and 1 dataset file(s))")
     assert _snapshot(dataset) == original
     assert not (dataset / UNDO_DIR).exists() and last_edit(dataset) is None
     with pytest.raises(KxlError, match="no tag edit to undo"):
@@ -358,7 +360,7 @@ def test_cli_edit_and_undo(dataset, capsys):
 
     assert kxl_main(["tags", "undo", str(dataset)]) == 0
     assert capsys.readouterr().out.startswith(
-        'undid replace "long hair" with "very long hair": 2 file(s) restored'
+        'undid replace "long hair" with "very long hair": 1 caption(s) restored (and 1 dataset file(s))'
     )
     assert _snapshot(dataset) == original
     assert kxl_main(["tags", "undo", str(dataset)]) == 2

@@ -242,7 +242,7 @@ def test_bulk_edit_selection_remove_then_undo(qtbot, tab, workspace):
     assert {p.name: p.read_bytes() for p in sorted(folder.iterdir())} == before
     assert "long hair" in _chip_texts(tab)
     assert not tab.bulk.undo_button.isEnabled()
-    assert tab.bulk.result_label.text() == 'undid remove "Long Hair": 2 file(s) restored'
+    assert tab.bulk.result_label.text() == 'undid remove "Long Hair": 2 caption(s) restored'
 
 
 def test_bulk_edit_add_to_head_over_the_filter(qtbot, tab, workspace):
@@ -411,7 +411,7 @@ def test_search_then_bulk_edit_then_undo_keeps_the_window_responsive(qtbot, tmp_
     qtbot.wait(100)
     watch.stop()
     print(watch.report())
-    assert widget.bulk.result_label.text() == 'undid remove "long hair": 134 file(s) restored'
+    assert widget.bulk.result_label.text() == 'undid remove "long hair": 134 caption(s) restored'
     assert watch.worst_blocked_ms <= STALL_BOUND_MS, watch.report()
 
 

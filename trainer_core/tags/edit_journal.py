@@ -53,9 +53,15 @@ class UndoSummary:
     description: str
     files_restored: int
     files_already_old: int  # listed but never written (a cancelled or crashed edit)
+    captions_restored: int | None = None  # of files_restored, the caption files (None: not counted apart)
 
     def describe(self) -> str:
-        text = f"undid {self.description}: {self.files_restored:,} file(s) restored"
+        # Said in captions, as the edit itself was ("10 captions changed" -> "10 caption(s) restored"); the
+        # dataset's own files the edit also rewrote (the manifest) are mentioned, not added to that count.
+        captions = self.files_restored if self.captions_restored is None else self.captions_restored
+        text = f"undid {self.description}: {captions:,} caption(s) restored"
+        if self.files_restored > captions:
+            text += f" (and {self.files_restored - captions:,} dataset file(s))"
         if self.files_already_old:
             text += f" ({self.files_already_old:,} had not been written)"
         return text
@@ -214,4 +220,5 @@ def undo_last(root: str | Path, progress: Progress | None = None) -> UndoSummary
         atomic_write_bytes(path, before)
         progress.update(done, len(restore))
     discard_journal(journal)
-    return UndoSummary(str(header.get("description", "")), len(restore), already_old)
+    captions = sum(1 for path, _ in restore if path.suffix == ".txt")
+    return UndoSummary(str(header.get("description", "")), len(restore), already_old, captions)
