@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,46 @@ def test_an_edit_past_the_last_step_gives_the_plain_prompts_pixels(comps):
 def test_second_order_samplers_schedule_over_twice_the_steps():
     assert schedule_steps("Heun", 10) == 20 and schedule_steps("DPM2 a", 7) == 14
     assert schedule_steps("Euler a", 10) == 10 and schedule_steps("DPM++ 2M", 10) == 10
+
+
+def test_an_a1111_infotext_with_editing_and_an_sde_sampler_restores_and_regenerates(comps, tmp_path):
+    """What A1111 v1.10 writes for such an image (values as it formats them) comes back as the same settings, and
+    the image made from them carries an infotext that reads back to the same settings again."""
+    from kxl_gui.state.generate_form import GenerationForm
+    from trainer_core.generate.infotext import parse_infotext, read_png_parameters
+    from trainer_core.generate.pipeline import generate
+    from trainer_core.models.loading import save_single_file
+
+    model = save_single_file(comps, tmp_path / "base.safetensors", dtype="fp16")
+    a1111 = (
+        "1girl, [blonde hair:blue hair:0.5], [smile|frown]\n"
+        "Negative prompt: [lowres::2]\n"
+        "Steps: 4, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 5, Seed: 7, Size: 64x64, "
+        "Model hash: 0123456789, Model: base, Version: v1.10.1"
+    )
+    restored = GenerationForm.from_infotext(
+        a1111, find_model=lambda name, _hash: model if name == "base" else None
+    )
+    request = restored.form.to_engine()
+    assert (request.prompt, request.negative) == (
+        "1girl, [blonde hair:blue hair:0.5], [smile|frown]",
+        "[lowres::2]",
+    )
+    assert (request.sampler, request.schedule, request.steps, request.cfg, request.seed) == (
+        "DPM++ SDE", "Karras", 4, 5.0, 7)  # fmt: skip
+    assert (request.width, request.height, request.model) == (64, 64, model)
+    result = generate(replace(request, out_dir=tmp_path / "out"))
+    again = parse_infotext(read_png_parameters(result.images[0].path))
+    original = parse_infotext(a1111)
+    for key in (
+        "Prompt",
+        "Negative prompt",
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Seed",
+        "Size-1",
+        "Size-2",
+    ):
+        assert again[key] == original[key], key

@@ -13,12 +13,17 @@ the second-to-last step keeps its full order, and the 3M update uses DPM-Solver+
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSDEScheduler
+
+# torchsde warns when a query time lands a float rounding outside the tree's span (sigma_min/max are float32,
+# queries float64); it clamps and the noise is right. A1111 prints the same line; users cannot act on it.
+warnings.filterwarnings("ignore", message=r"Should have t[ab][<>]=t[01]", module=r"torchsde\.")
 
 
 class BrownianNoise:
