@@ -234,7 +234,9 @@ class GenerateTab(QWidget):
             # While the user writes a prompt, not when they press Generate; and only once the tab is seen, so an
             # app start that never opens Generate imports none of it (transformers alone is seconds of CPU).
             self._warm_started = True
-            self._start(Job(load_tokenizer, name="Load tokenizer", parent=self), self.prompt_panel.set_tokenizer)
+            self._start(
+                Job(load_tokenizer, name="Load tokenizer", parent=self), self.prompt_panel.set_tokenizer
+            )
             # A failure here shows again, with its message, when Generate runs the same imports.
             self._start(
                 Job(warm_engine, name="Load generation engine", parent=self), lambda _r: None, lambda _t: None

@@ -30,7 +30,7 @@ from ..widgets.generate_prompt import (
     PromptFields,
     fields_from_text,
 )
-from ..widgets.tag_chips import ChipField
+from ..widgets.tag_builder_chips import ChipField
 
 REPARSE_DELAY_MS = 250  # typing pauses this long before the text flows back into the chips
 CUSTOM_NEGATIVE = "(custom)"

@@ -17,7 +17,7 @@ from trainer_core.tags.dataset_index import DatasetIndex, split_caption
 from trainer_core.tags.preview import BucketPreview, bucket_preview, caption_variants
 from trainer_core.tags.vocabulary import TagVocabulary
 
-from ..widgets.tags_chips import ChipView
+from ..widgets.caption_chips import ChipView
 from ..widgets.tags_image_view import CropImageView
 
 DEFAULT_VARIANTS = 4

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from trainer_core.tags.dataset_stats import DatasetStats, TagStat
 from trainer_core.tags.popularity import PopularityLevel, popularity_guidance
 
-from .tags_chips import KIND_COLORS, LEVEL_COLORS
+from ..kit.palette import KIND_COLORS, LEVEL_COLORS
 
 TAG_COLUMNS = ("Tag", "Images", "Category", "Posts", "Guidance")
 SORT_ROLE = Qt.ItemDataRole.UserRole + 2

@@ -22,7 +22,7 @@ from kxl_gui.context import AppContext  # noqa: E402
 from kxl_gui.jobs import Job, quiet_gc, running_jobs  # noqa: E402
 from kxl_gui.settings import AppSettings  # noqa: E402
 from kxl_gui.tabs.generate import GenerateTab  # noqa: E402
-from kxl_gui.widgets.tag_chips import UNKNOWN_MARK, ChipField  # noqa: E402
+from kxl_gui.widgets.tag_builder_chips import UNKNOWN_MARK, ChipField  # noqa: E402
 from trainer_core.tags import TagCategory, TagVocabulary  # noqa: E402
 from trainer_core.tags.completion import TagCompleter  # noqa: E402
 from trainer_core.tags.shipped_vocabulary import read_shipped_tags  # noqa: E402

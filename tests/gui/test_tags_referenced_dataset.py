@@ -47,4 +47,6 @@ def test_thumbnails_and_picture_come_from_the_shards(qtbot, tmp_path, workspace)
                          rect.center())  # fmt: skip
     assert tab.current_entry == tab.model.entry_at(1)
     assert tab.bucket_label.text().startswith("bucket ")  # size read from the shard, bucket worked out
-    assert tab.image_view._pixmap is not None and not tab.image_view._pixmap.isNull()  # decoded, not "missing"
+    assert (
+        tab.image_view._pixmap is not None and not tab.image_view._pixmap.isNull()
+    )  # decoded, not "missing"

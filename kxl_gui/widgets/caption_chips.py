@@ -1,7 +1,7 @@
 """Caption chips: one coloured pill per tag, by category, with a popularity dot, wrapped like text.
 
-Colours follow Danbooru's tag colours (general blue, artist red, copyright purple, character green, meta yellow)
-so users recognise them; the exporter's own tags (count, year, rating, quality) get colours of their own.
+Colours come from the app's one palette (kxl_gui/kit/palette.py), so a tag has the same colour here, in the
+Dataset wizard's caption preview and in the Generate tag builder.
 """
 
 from __future__ import annotations
@@ -11,26 +11,10 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QLabel, QLayout, QLayoutItem, QSizePolicy, QWidget
 
 from trainer_core.tags.caption_categories import CaptionTagKind, classify_caption_tag
-from trainer_core.tags.popularity import PopularityLevel, popularity_guidance
+from trainer_core.tags.popularity import popularity_guidance
 from trainer_core.tags.vocabulary import TagVocabulary
 
-KIND_COLORS: dict[CaptionTagKind, str] = {
-    CaptionTagKind.COUNT: "#ff9e64",
-    CaptionTagKind.CHARACTER: "#5fd46f",
-    CaptionTagKind.SERIES: "#c797ff",
-    CaptionTagKind.ARTIST: "#ff8a8b",
-    CaptionTagKind.GENERAL: "#6cb6ff",
-    CaptionTagKind.META: "#ead084",
-    CaptionTagKind.YEAR: "#7fd3cf",
-    CaptionTagKind.RATING: "#f28fb8",
-    CaptionTagKind.QUALITY: "#e0a33a",
-    CaptionTagKind.UNKNOWN: "#a9a59c",
-}
-LEVEL_COLORS = {
-    PopularityLevel.SHOULD_WORK: "#5fd46f",
-    PopularityLevel.MAY_WORK: "#e0c23a",
-    PopularityLevel.UNLIKELY: "#e8645c",
-}
+from ..kit.palette import KIND_COLORS, LEVEL_COLORS
 
 
 class FlowLayout(QLayout):

@@ -32,8 +32,9 @@ from trainer_core.tags import TagCategory, normalize_tag_query, tag_to_caption_t
 from trainer_core.tags.caption_categories import CaptionTagKind
 from trainer_core.tags.popularity import PopularityLevel, popularity_guidance
 
+from ..kit.palette import KIND_COLORS, LEVEL_COLORS
+from .caption_chips import FlowLayout
 from .generate_prompt import MAX_WEIGHT, MIN_WEIGHT, ChipValue
-from .tags_chips import KIND_COLORS, LEVEL_COLORS, FlowLayout
 
 FIELD_KINDS = {"count": CaptionTagKind.COUNT, "character": CaptionTagKind.CHARACTER,
                "series": CaptionTagKind.SERIES, "artists": CaptionTagKind.ARTIST,
