@@ -3,7 +3,8 @@
 `init_demo` writes, into one folder:
 - `danbooru/danbooru2023.db`: a synthetic metadata DB in HakuBooru's exact schema;
 - `danbooru/images/data-NXYZ.tar`: danbooru2023-layout shards of generated webp images that reflect their tags;
-- `models/`: three tiny SDXL-architecture checkpoints standing in for the card's SDXL base, gamma rev2 and beta7;
+- `models/`: three tiny SDXL-architecture checkpoints standing in for the card's SDXL base, gamma rev2 and beta7:
+  the trained demo base shipped in resources/demo_base and its two fine-tunes (copied, sha256-verified);
 - `workspace.toml`, written last, so a half-built demo never looks complete.
 Same seed and size -> same bytes.
 """
@@ -86,8 +87,8 @@ def init_demo(
     if models:
         from .models.tiny import write_demo_checkpoints
 
-        progress.stage("Writing tiny SDXL checkpoints")
-        paths = write_demo_checkpoints(root / MODELS_REL, seed=seed)
+        progress.stage("Writing the demo SDXL checkpoints")
+        paths = write_demo_checkpoints(root / MODELS_REL, trained=True)
         ws.checkpoints = {role: str(p.relative_to(root)) for role, p in paths.items()}
         progress.update(1, 1)
 

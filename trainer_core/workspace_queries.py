@@ -50,6 +50,8 @@ class KnownModels:
     bases: list[Path] = dataclasses.field(default_factory=list)
     sha256: dict[Path, str] = dataclasses.field(default_factory=dict)
     lokrs: dict[str, Path] = dataclasses.field(default_factory=dict)
+    # the size each base generates at by default (its training resolution: 128 demo, 1024 SDXL)
+    native: dict[Path, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     def lokr_named(self, name: str) -> Path | None:
         """A LoKr by the name a `<lora:NAME:..>` tag gives (A1111 and we drop `,` and `:` from stems there)."""
@@ -76,7 +78,10 @@ def scan_models(ws: Workspace | None) -> KnownModels:
         for path in sorted(ws.models_path.rglob("*.safetensors")):
             if path not in known.bases and "lokr" not in path.name.lower():
                 known.bases.append(path)
+    from .generate.native_size import default_generation_size
+
     for path in known.bases:
+        known.native[path] = default_generation_size(path)  # header only
         try:
             digest = cached_sha256(path) if path.is_file() else None
         except OSError:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from trainer_core.demo import init_demo
-from trainer_core.errors import Cancelled, WorkspaceError
+from trainer_core.errors import Cancelled, CheckpointError, WorkspaceError
+from trainer_core.models.checkpoint_info import describe_checkpoint
+from trainer_core.models.demo_base_files import demo_base_dir, read_manifest, write_trained_demo_checkpoints
 from trainer_core.progress import CancelToken, Progress
 from trainer_core.workspace import Workspace, load_workspace
 
@@ -20,7 +24,10 @@ def _digest_tree(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Workspace:
-    return init_demo(tmp_path_factory.mktemp("demo") / "ws", posts=80, seed=3)
+    started = time.monotonic()
+    ws = init_demo(tmp_path_factory.mktemp("demo") / "ws", posts=80, seed=3)
+    ws.seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    return ws
 
 
 def test_workspace_records_where_everything_is(demo):
@@ -32,6 +39,37 @@ def test_workspace_records_where_everything_is(demo):
     assert ws.datasets_path.is_dir() and ws.runs_path.is_dir()
     # Paths are stored relative, so a workspace folder can be moved or copied to another machine.
     assert not Path(ws.db).is_absolute() and not Path(ws.checkpoints["gamma"]).is_absolute()
+
+
+def test_models_are_the_shipped_trained_demo_base(demo):
+    manifest = read_manifest()
+    for role, rel in demo.checkpoints.items():
+        path = demo.root / rel
+        # bit for bit what the training script wrote (gamma/beta are rebuilt from compact deltas)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest["roles"][role]["checkpoint_sha256"]
+        assert describe_checkpoint(path).arch == "kxl-demo"
+    assert demo.seconds <= 30  # type: ignore[attr-defined]
+
+
+def test_shipped_demo_model_fits_its_budget():
+    files = [p for p in demo_base_dir().iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {
+        "manifest.json",
+        *(r["file"] for r in read_manifest()["roles"].values()),
+    }
+    assert sum(p.stat().st_size for p in files) <= 25 * 1024 * 1024
+
+
+def test_a_damaged_shipped_model_is_refused_and_nothing_is_written(tmp_path):
+    source = tmp_path / "shipped"
+    shutil.copytree(demo_base_dir(), source)
+    delta = source / read_manifest(source)["roles"]["beta"]["file"]
+    data = bytearray(delta.read_bytes())
+    data[-1] ^= 0xFF
+    delta.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="beta does not match the demo manifest"):
+        write_trained_demo_checkpoints(tmp_path / "models", source=source)
+    assert not (tmp_path / "models").exists()
 
 
 def test_same_seed_same_bytes(demo, tmp_path):

@@ -118,3 +118,23 @@ def test_cancel_leaves_no_grid_and_no_cells(models, tmp_path):
         run_grid(_request(models[0]), parse_axis("Seed", "1-3"), None, None, tmp_path / "grid",
                  Progress(callback=on_progress, cancel_token=token), token)  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_sampler_is_refused_before_any_cell_runs():
+    with pytest.raises(KxlError, match="unknown sampler 'Euler b'"):
+        parse_axis("Sampler", "Euler a, Euler b")
+
+
+def test_cli_grid(models, tmp_path, capsys):
+    from trainer_core.cli import main as kxl_main
+
+    code = kxl_main(["generate", "--model", str(models[0]), "--prompt", "1girl", "--steps", "2", "--size", "64x64",
+                     "--seed", "3", "--out", str(tmp_path), "--grid-x", "seed: 1, 2", "--grid-y", "CFG Scale: 3"])  # fmt: skip
+    assert code == 0
+    folder = next(tmp_path.glob("grid-*"))
+    data = json.loads((folder / "grid.json").read_text())
+    assert data["x"]["labels"] == ["Seed: 1", "Seed: 2"] and len(data["cells"]) == 2
+    assert str(folder / "grid.png") in capsys.readouterr().out
+    assert kxl_main(["generate", "--model", str(models[0]), "--prompt", "x", "--out", str(tmp_path),
+                     "--grid-x", "Colour: 1"]) == 2  # fmt: skip
+    assert "--grid-x" in capsys.readouterr().err

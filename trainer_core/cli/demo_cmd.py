@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo_sub.required = True
     init = demo_sub.add_parser(
         "init",
-        help="write a synthetic danbooru DB, image shards and tiny SDXL checkpoints into DIR",
-        description="Create the demo workspace without any download. Same --seed and --posts give the same bytes.",
+        help="write a synthetic danbooru DB, image shards and the demo SDXL checkpoints into DIR",
+        description="Create the demo workspace without any download. Same --seed and --posts give the same bytes. "
+        "The checkpoints are the trained demo model shipped with the app (128x128, sha256-verified).",
     )
     init.add_argument(
         "dir", type=Path, help="folder to create (must be empty, or an existing demo with --force)"
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--no-images", action="store_true", help="DB only: skip rendering image shards (benchmarks)"
     )
-    init.add_argument("--no-models", action="store_true", help="skip writing the tiny checkpoints")
+    init.add_argument("--no-models", action="store_true", help="skip writing the demo checkpoints")
     init.add_argument("--force", action="store_true", help="recreate an existing demo workspace in DIR")
     init.set_defaults(func=run_init)
 

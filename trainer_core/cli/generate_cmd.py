@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ..."
     )
     gen.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the run uses seed + i")
-    gen.add_argument("--size", default="1024x1024", help="first-pass size WxH (multiples of 8)")
+    gen.add_argument("--size", default=None,
+                     help="first-pass size WxH (multiples of 8; default: the model's native size, 1024x1024 for "
+                          "SDXL, 128x128 for the demo model)")  # fmt: skip
     gen.add_argument("--batch-count", type=int, default=1)
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--emphasis", default="No norm", choices=["Original", "No norm", "Ignore", "None"],
@@ -50,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
                      help="model dtype (default fp16 on CUDA, fp32 on CPU)")  # fmt: skip
     gen.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    grid = gen.add_argument_group(
+        "X/Y/Z grid (any --grid-* option makes one labelled grid in OUT/grid-<time>/ instead of single images)"
+    )
+    for axis in ("x", "y", "z"):
+        grid.add_argument(f"--grid-{axis}", default=None, metavar='"KIND: VALUES"',
+                          help=f"{axis.upper()} axis, A1111 style, e.g. \"Seed: 1-4\", \"CFG Scale: 4, 7\", "
+                               "\"Sampler: Euler a, DPM++ 2M\", \"Run states: runs/my-run\"")  # fmt: skip
     gen.set_defaults(func=run_generate)
 
 
@@ -65,7 +74,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..generate.pipeline import GenerationRequest, generate
     from ..progress import text_progress
 
-    width, height = parse_size(args.size)
+    width, height = parse_size(args.size) if args.size is not None else (0, 0)  # 0: the model's native size
     request = GenerationRequest(
         model=args.model,
         prompt=args.prompt,
@@ -90,10 +99,44 @@ def run_generate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
+    if args.grid_x or args.grid_y or args.grid_z:
+        return _run_grid(request, args)
     result = generate(request, progress=text_progress(unit="steps"))
     for warning in result.warnings:
         print(f"warning: {warning}")
     for image in result.images:
         print(f"{image.path}  seed {image.seed}")
     print(f"{len(result.images)} image(s) in {result.seconds:.1f} s")
+    return 0
+
+
+def parse_grid_axis(spec: str, option: str):
+    """`"KIND: VALUES"` (A1111's X/Y/Z plot wording) -> an engine Axis; the error names the option."""
+    from ..generate.xyz_grid import AXIS_KINDS, parse_axis
+
+    kind, sep, values = spec.partition(":")
+    kind = next((k for k in AXIS_KINDS if k.lower() == kind.strip().lower()), kind.strip())
+    if not sep:
+        raise KxlError(f'{option} {spec!r} is not "KIND: VALUES"', hint=f"kinds: {', '.join(AXIS_KINDS)}")
+    try:
+        return parse_axis(kind, values)
+    except KxlError as exc:
+        raise KxlError(f"{option}: {exc}") from None
+
+
+def _run_grid(request, args: argparse.Namespace) -> int:
+    import time
+
+    from ..generate.xyz_grid import run_grid
+    from ..progress import text_progress
+
+    if not args.grid_x:
+        raise KxlError("a grid needs --grid-x (--grid-y and --grid-z are optional)")
+    axes = [parse_grid_axis(spec, f"--grid-{a}") if spec else None
+            for a, spec in (("x", args.grid_x), ("y", args.grid_y), ("z", args.grid_z))]  # fmt: skip
+    folder = Path(args.out) / f"grid-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_grid(request, *axes, folder, progress=text_progress(unit="steps"))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"{result.grid}  ({len(result.cells)} cells; every cell's PNG and infotext in {result.folder})")
     return 0

@@ -124,6 +124,8 @@ class GenerationRequest(SampleSettings):
     model: Path
     lokrs: list[LokrUse] = field(default_factory=list)
     seed: int = -1  # -1: random, drawn when the request runs
+    width: int = 0  # 0: the model's native size (native_size.default_generation_size): 128 demo, 1024 SDXL
+    height: int = 0
     out_dir: Path | None = None
     device: str | None = None  # None: CUDA when available, else CPU
     dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
@@ -253,6 +255,11 @@ def generate(
     from ..hashing import safetensors_payload_hash, short_hash
 
     started = time.monotonic()
+    if not (request.width and request.height):
+        from .native_size import default_generation_size
+
+        width, height = default_generation_size(request.model)
+        request = replace(request, width=request.width or width, height=request.height or height)
     request.validate()
     device = request.device or default_device()
     dtype = request.dtype or ("fp16" if device.startswith("cuda") else "fp32")
@@ -480,7 +487,10 @@ def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def _first_pass(components, settings, resolved, embeds, seeds, device, on_step):
+    from .brownian_noise import seed_brownian_noise
+
     scheduler = make_scheduler(components.scheduler.config, resolved.sampler, resolved.schedule)[0]
+    seed_brownian_noise(scheduler, seeds)  # SDE samplers: one Brownian tree per image, as A1111
     pipe = _pipeline(components, scheduler)
     out = pipe(
         **_repeat(embeds, len(seeds)),
@@ -511,7 +521,10 @@ def _hires_pass(components, settings, resolved, embeds, seeds, device, latents, 
             Image.Resampling.NEAREST if settings.hires_upscaler == "Nearest" else Image.Resampling.LANCZOS
         )
         image = [im.resize((target_w, target_h), resample) for im in decode_latents(components.vae, latents)]
+    from .brownian_noise import seed_brownian_noise
+
     scheduler = make_scheduler(components.scheduler.config, resolved.sampler, resolved.schedule)[0]
+    seed_brownian_noise(scheduler, seeds)  # A1111 reseeds the hires pass's trees from the same seeds
     pipe = _pipeline(components, scheduler, img2img=True)
     out = pipe(
         **_repeat(embeds, len(seeds)),

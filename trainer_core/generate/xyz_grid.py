@@ -72,6 +72,14 @@ def parse_axis(kind: str, text: str, *, resolve_model: Callable[[str], Path] | N
     if kind == "Prompt S/R":
         return Axis(kind, [AxisValue(item, (items[0], item)) for item in items])
     if kind in ("Sampler", "Schedule type"):
+        from .samplers import SAMPLERS, SCHEDULES
+
+        known = SAMPLERS if kind == "Sampler" else SCHEDULES
+        unknown = [item for item in items if item not in known]
+        if unknown:  # found now, not at the first cell that uses it
+            raise KxlError(
+                f"grid axis {kind!r}: unknown {kind.lower()} {unknown[0]!r}; choose from {', '.join(known)}"
+            )
         return Axis(kind, [AxisValue(item, item) for item in items])
     if kind == "Run states":
         values = [v for item in items for v in run_state_values(resolve(item))]

@@ -1,8 +1,8 @@
 """Known SDXL-family architectures and how to recognise a checkpoint's.
 
 A single-file checkpoint does not store its config, so we recognise it by key names and shapes and pair it with a
-shipped config folder: `sdxl-base` (the real SDXL 1.0 values, what every SDXL fine-tune uses) or `kxl-tiny` (the demo
-model: same block structure, tiny widths).
+shipped config folder: `sdxl-base` (the real SDXL 1.0 values, what every SDXL fine-tune uses), `kxl-tiny` (random
+test model: same block structure, tiny widths) or `kxl-demo` (the trained demo model, resources/demo_base).
 
 `fingerprint()` is header-only and torch-free (the GUI calls it on the GUI thread when a file is picked);
 `component_shapes()` builds the components on the meta device (no memory) for the exact key/shape table.
@@ -45,6 +45,11 @@ class Architecture:
 ARCHITECTURES = {
     "sdxl-base": Architecture("sdxl-base", "SDXL 1.0 (full size)", "sdxl", (320, 4, 3, 3), 768, 1280),
     "kxl-tiny": Architecture("kxl-tiny", "Kohaku XL tiny demo model", "tiny_sdxl", (32, 4, 3, 3), 32, 48),
+    # The trained demo base (resources/demo_base): tiny-model block structure, narrower TE2 so the 49408-row token
+    # tables stay small, a wider VAE so figures survive the 8x downsampling.
+    "kxl-demo": Architecture(
+        "kxl-demo", "Kohaku XL demo model (trained)", "demo_sdxl", (32, 4, 3, 3), 32, 32
+    ),
 }
 
 CONV_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"

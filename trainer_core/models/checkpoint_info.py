@@ -87,7 +87,8 @@ def _describe_folder(folder: Path) -> CheckpointInfo:
         cfg = json.loads(unet_cfg.read_text(encoding="utf-8"))
         for a in ARCHITECTURES.values():
             ref = json.loads((a.config_dir / "unet" / "config.json").read_text(encoding="utf-8"))
-            if cfg.get("block_out_channels") == ref.get("block_out_channels"):
+            # kxl-tiny and kxl-demo share block widths; the text width (cross_attention_dim) tells them apart
+            if all(cfg.get(k) == ref.get(k) for k in ("block_out_channels", "cross_attention_dim")):
                 arch = a.name
     return CheckpointInfo(
         folder, "diffusers-folder", arch, _dominant_dtype(bytes_by_dtype), count, size, problem, {}

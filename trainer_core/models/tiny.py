@@ -1,8 +1,10 @@
-"""The tiny SDXL-architecture model behind the demo workspace.
+"""The tiny SDXL-architecture models behind the demo workspace.
 
-Same block structure as SDXL (3 UNet levels, 4 VAE blocks, two CLIP encoders of different widths, the real
-tokenizer), tiny widths, so every tab works on a laptop CPU in seconds. Weights are random but fully determined by
-the seed, so `kxl demo init` produces the same bytes every time.
+Same block structure as SDXL (3 UNet levels, 4 VAE blocks, two CLIP encoders, the real tokenizer), tiny widths, so
+every tab works on a laptop CPU in seconds. Two flavours:
+- trained (arch kxl-demo): the base shipped in resources/demo_base, trained by scripts/train_demo_base.py on the
+  demo generator's pictures, so it really draws; `kxl demo init` writes these;
+- random (arch kxl-tiny): weights fully determined by a seed, for unit tests that only need shapes and speed.
 
 The demo needs three checkpoints for the merge tab, mimicking the card's inputs:
 - "original": plays the untouched SDXL base;
@@ -64,8 +66,16 @@ def drift_components(
                 p.add_(torch.randn(p.shape, generator=gen) * s * (p.detach().std() + 1e-3))
 
 
-def write_demo_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write original / gamma / beta tiny checkpoints (fp16 single files, SGM keys) and return their paths."""
+def write_demo_checkpoints(folder: str | Path, seed: int = 0, *, trained: bool = False) -> dict[str, Path]:
+    """Write original / gamma / beta tiny checkpoints (fp16 single files, SGM keys) and return their paths.
+
+    `trained`: the shipped trained demo models (sha256-verified against their manifest; `seed` plays no part);
+    otherwise random kxl-tiny weights from `seed`, the same bytes for the same seed.
+    """
+    if trained:
+        from .demo_base_files import write_trained_demo_checkpoints
+
+        return write_trained_demo_checkpoints(folder)
     folder = Path(folder)
     out: dict[str, Path] = {}
     for role, drift_seed in (("original", None), ("gamma", 101), ("beta", 202)):
