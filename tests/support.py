@@ -76,3 +76,21 @@ def write_train_squares(root: Path) -> tuple[Path, Path]:
         im.save(sub / f"{i}.png")
         (sub / f"{i}.txt").write_text(f"1girl ||| yellow square, tag{i}", encoding="utf-8")
     return base, root / "dataset"
+
+
+def demo_workspace_with_squares(root: Path):
+    """A demo workspace (DB + the demo checkpoints, no image shards) holding a 4-image kohya dataset `squares`:
+    what the Train tab tests launch on."""
+    from PIL import Image, ImageDraw
+
+    from trainer_core.demo import init_demo
+
+    ws = init_demo(root, posts=20, seed=0, images=False)
+    sub = ws.datasets_path / "squares" / "1_demo"
+    sub.mkdir(parents=True)
+    for i in range(4):
+        im = Image.new("RGB", (64, 64), (60 * i, 40, 140))
+        ImageDraw.Draw(im).ellipse((10, 10, 50, 50), fill=(250, 220, 40))
+        im.save(sub / f"{i}.png")
+        (sub / f"{i}.txt").write_text(f"1girl ||| yellow circle, tag{i}", encoding="utf-8")
+    return ws

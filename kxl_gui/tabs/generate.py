@@ -48,7 +48,7 @@ from ..context import AppContext
 from ..jobs import Job
 from ..kit.form_binding import FormBinding
 from ..kit.latest_request import LatestRequest
-from ..state.generate_form import GenerationForm, size_presets
+from ..state.generate_form import DEFAULT_SIZE, GenerationForm, size_presets
 from ..state.grid_form import CompareSetup, apply_compare
 from ..widgets.generate_gallery import GalleryView, pil_to_qimage
 from .generate_grid_panel import GridPanel
@@ -100,6 +100,7 @@ class GenerateTab(QWidget):
         self._warm_started = False
         self._jobs: list[Job] = []
         self.binding = FormBinding(GenerationForm(), self)
+        self.binding.edited.connect(self._on_field_edited)
         self.models_request = LatestRequest("Find models", self)
         self.vocabulary_request = LatestRequest("Load tag vocabulary", self)
         self.lokr_request = LatestRequest("Read LoKr metadata", self)
@@ -223,8 +224,11 @@ class GenerateTab(QWidget):
         self.models_request.submit(lambda _p: scan_models(ws), self._on_models, self._set_error)
 
     def _on_models(self, known: KnownModels) -> None:
+        first = self.known is None
         self.known = known
         self.settings.set_models(known.bases)
+        if first and (self.form.width, self.form.height) == DEFAULT_SIZE:
+            self._use_native_size()  # the default model's own size, unless a size was set already
         self.grid_panel.set_known(known)
         self.models_ready.emit()
 
@@ -247,6 +251,23 @@ class GenerateTab(QWidget):
     # ---- model panel --------------------------------------------------------------------------------------
     def model_path(self) -> Path | None:
         return self.form.model
+
+    def _on_field_edited(self, field: str) -> None:
+        if field == "model":
+            self._use_native_size()
+
+    def _use_native_size(self) -> None:
+        """Picking a model sets its training resolution as the size (128² for the demo model, with hires off:
+        its pictures are made at that size; 1024² for SDXL), as the user would otherwise have to."""
+        if self.known is None or self.form.model is None:
+            return
+        native = self.known.native.get(self.form.model)
+        if native is None or (self.form.width, self.form.height) == native:
+            return
+        self.form.width, self.form.height = native
+        if native != DEFAULT_SIZE:
+            self.form.hires = False
+        self.binding.push()
 
     def set_model(self, path: Path) -> None:
         """Use this checkpoint (kept when the list of known models arrives later)."""

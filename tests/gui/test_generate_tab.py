@@ -39,6 +39,7 @@ def tab(qtbot, workspace, tmp_path):
     tab = GenerateTab(context)
     qtbot.addWidget(tab)
     tab.resize(1280, 800)
+    tab.show()  # the tokenizer and the engine load once the tab is first shown
     qtbot.waitUntil(
         lambda: tab.vocabulary is not None and tab.tokenizer is not None and tab.known is not None,
         timeout=30000,
@@ -420,3 +421,10 @@ def test_first_generate_of_a_session_does_not_stall_the_window(workspace, tmp_pa
     print("from the Generate press:", result["press"])
     assert result["result"] == "GenerationResult"
     assert result["press_blocked_ms"] <= STALL_BOUND_MS, result["press"]
+
+
+def test_the_demo_model_generates_at_its_own_size(tab, workspace):
+    # the demo base was trained at 128x128: picking it (here: the workspace's default) sets that size, hires off
+    assert tab.form.model is not None and tab.known.native[tab.form.model] == (128, 128)
+    assert (tab.form.width, tab.form.height, tab.form.hires) == (128, 128, False)
+    assert (tab.settings.width_box.value(), tab.settings.height_box.value()) == (128, 128)

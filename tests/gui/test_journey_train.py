@@ -10,12 +10,12 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QWidget  # noqa: E402
 from stall_watch import StallWatch  # noqa: E402
+from support import demo_workspace_with_squares  # noqa: E402
 from user_input import click, roll_wheel, type_into  # noqa: E402
 
 from kxl_gui.context import AppContext  # noqa: E402
@@ -32,17 +32,7 @@ STALL_BAR_MS = 150
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A fresh demo workspace (DB + tiny checkpoints) with a 4-image kohya dataset, as the Dataset tab leaves it."""
-    from trainer_core.demo import init_demo
-
-    ws = init_demo(tmp_path_factory.mktemp("journey-train") / "demo", posts=20, seed=0, images=False)
-    sub = ws.datasets_path / "squares" / "1_demo"
-    sub.mkdir(parents=True)
-    for i in range(4):
-        im = Image.new("RGB", (64, 64), (60 * i, 40, 140))
-        ImageDraw.Draw(im).ellipse((10, 10, 50, 50), fill=(250, 220, 40))
-        im.save(sub / f"{i}.png")
-        (sub / f"{i}.txt").write_text(f"1girl ||| yellow circle, tag{i}", encoding="utf-8")
-    return ws
+    return demo_workspace_with_squares(tmp_path_factory.mktemp("journey-train") / "demo")
 
 
 @pytest.fixture

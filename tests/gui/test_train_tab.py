@@ -19,9 +19,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import psutil  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
+from support import demo_workspace_with_squares  # noqa: E402
 from user_input import click, type_into  # noqa: E402
 
 from kxl_gui.context import AppContext  # noqa: E402
@@ -41,18 +41,7 @@ RUN_TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """The demo workspace (DB + tiny checkpoints, no image shards) with a 4-image kohya dataset."""
-    from trainer_core.demo import init_demo
-
-    root = tmp_path_factory.mktemp("train-ws") / "demo"
-    ws = init_demo(root, posts=20, seed=0, images=False)
-    sub = ws.datasets_path / "squares" / "1_demo"
-    sub.mkdir(parents=True)
-    for i in range(4):
-        im = Image.new("RGB", (64, 64), (60 * i, 40, 140))
-        ImageDraw.Draw(im).ellipse((10, 10, 50, 50), fill=(250, 220, 40))
-        im.save(sub / f"{i}.png")
-        (sub / f"{i}.txt").write_text(f"1girl ||| yellow circle, tag{i}", encoding="utf-8")
-    return ws
+    return demo_workspace_with_squares(tmp_path_factory.mktemp("train-ws") / "demo")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ the timesteps. Resumed runs depend on that order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -139,6 +140,9 @@ def sample_latents(mean: Any, std: Any, generator: Any, scale: float, shift: flo
     return latents, False
 
 
+BREAK_CONDITIONING = os.environ.get("KXL_TEST_BREAK_CONDITIONING", "") == "shuffle"
+
+
 def micro_loss(comps: Any, cfg: Any, latents: Any, ids1: Any, ids2: Any, time_ids: Any, generator: Any,
                acp: Any, device: Any, autocast: Callable[[], Any]) -> Any:  # fmt: skip
     """The min-SNR weighted loss of one micro-batch (fp32 scalar, with grad into the networks).
@@ -160,6 +164,10 @@ def micro_loss(comps: Any, cfg: Any, latents: Any, ids1: Any, ids2: Any, time_id
     with autocast():
         context, pooled = encode_tokens(ids1.to(device), ids2.to(device), comps.text_encoder,
                                         comps.text_encoder_2)  # fmt: skip
+        if BREAK_CONDITIONING and context.shape[0] > 1:
+            # Test hook (KXL_TEST_BREAK_CONDITIONING=shuffle): each image is trained with its neighbour's caption,
+            # so the read-back tests can show that a conditioning bug makes them fail.
+            context, pooled = context.roll(1, 0), pooled.roll(1, 0)
         pred = comps.unet(
             noisy.to(wdt),
             timesteps,
