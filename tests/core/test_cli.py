@@ -49,8 +49,8 @@ def test_workspace_show_reports_counts_and_checkpoints(demo_dir):
 def test_model_info_describes_a_checkpoint(demo_dir):
     proc = kxl("model", "info", str(demo_dir / "models" / "kxl-tiny-beta7.safetensors"), "--hash")
     assert proc.returncode == 0, proc.stderr
-    assert "sdxl-single-file" in proc.stdout and "kxl-tiny" in proc.stdout and "fp16" in proc.stdout
-    assert "832" in proc.stdout
+    assert "sdxl-single-file" in proc.stdout and "kxl-demo" in proc.stdout and "fp16" in proc.stdout
+    assert "tensors:  844" in proc.stdout  # the demo's trained SDXL-layout model (its own TE2 width)
     assert len(proc.stdout.split("hash:")[1].split()[0]) == 10
 
 
