@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer_core.errors import KxlError
-from trainer_core.generate.samplers import SAMPLERS, SCHEDULES
 from trainer_core.generate.xyz_grid import AXIS_KINDS, Axis, parse_axis, run_state_values
 
 from .generate_form import GenerationForm
@@ -102,7 +101,6 @@ class GridForm:
                 axis = parse_axis(choice.kind, choice.text, resolve_model=resolve_model)
             except KxlError as exc:
                 raise GridFormError(f"{name} axis: {exc}", name) from None
-            _check_names(name, axis)
             parsed.append(axis)
         x, y, z = parsed
         assert x is not None  # checked above
@@ -113,19 +111,6 @@ class GridForm:
         """For "Compare states": the run's saved states on X, seeds `seed`, `seed + 1`, ... on Y."""
         seeds = ", ".join(str(seed + i) for i in range(COMPARE_SEEDS))
         return cls([AxisChoice("Run states", run_value), AxisChoice("Seed", seeds), AxisChoice()])
-
-
-def _check_names(axis_name: str, axis: Axis) -> None:
-    # The engine takes any text for these and would fail at the first cell using a wrong one; say it now.
-    known = {"Sampler": SAMPLERS, "Schedule type": SCHEDULES}.get(axis.kind)
-    if known is None:
-        return
-    for value in axis.values:
-        if value.value not in known:
-            raise GridFormError(
-                f"{axis_name} axis: no {axis.kind.lower()} named {value.value!r}; choose from {', '.join(known)}",
-                axis_name,
-            )
 
 
 # ---- values -------------------------------------------------------------------------------------------------

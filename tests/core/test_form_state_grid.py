@@ -64,8 +64,8 @@ def test_axes_become_engine_axes_in_x_y_z_order(tmp_path):
         ([("Seed", "1"), ("Steps", "4, x")], "Y", "Y axis: grid axis 'Steps': 'x' is not a whole number"),
         ([("Seed", "1"), ("Steps", "4"), ("CFG Scale", "9-1 (+2)")], "Z", "Z axis: grid axis 'CFG Scale': the "
          "range '9-1 (+2)' never reaches its end"),
-        ([("Sampler", "Euler a, Euler b")], "X", "X axis: no sampler named 'Euler b'; choose from Euler a, Euler,"),
-        ([("Seed", "1"), ("Schedule type", "Karras, karras")], "Y", "Y axis: no schedule type named 'karras'"),
+        ([("Sampler", "Euler a, Euler b")], "X", "X axis: grid axis 'Sampler': unknown sampler 'Euler b'; choose from Euler a, Euler,"),
+        ([("Seed", "1"), ("Schedule type", "Karras, karras")], "Y", "Y axis: grid axis 'Schedule type': unknown schedule type 'karras'"),
         ([("Seed", "1"), ("Seed", "2")], "Y", "Y axis: the X axis already varies Seed"),
         ([("LoKr", "None"), ("Run states", "r")], "Y", "Y axis: the X axis already varies LoKr"),
         ([("Checkpoint name", "nowhere")], "X", "X axis: nowhere: grid axis 'Checkpoint name': no file for 'nowhere'"),
