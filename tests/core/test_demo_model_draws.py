@@ -81,7 +81,7 @@ ABOVE_CHANCE = 0.2  # chance is 1/7 for background and hair
 
 @pytest.fixture(scope="module")
 def base_read_back(base):
-    return read_back(base, balanced_prompts(14, seeds=(0, 1)), steps=20)
+    return read_back(base, balanced_prompts(21, seeds=(0,)), steps=20)  # one balanced block of 21
 
 
 def test_base_draws_the_count_and_colours_above_chance(base_read_back):
@@ -101,7 +101,7 @@ def test_base_reaches_the_issue_bars_for_background_and_hair(base_read_back):
 
 def test_the_picture_follows_the_prompt_not_the_seed(base):
     """Same seeds, prompts rotated by one: the count read back is the prompt's, so it no longer matches."""
-    prompts = balanced_prompts(14, seeds=(0,))
+    prompts = balanced_prompts(7, seeds=(1,))
     rotated = [
         DemoPrompt(prompts[(i + 1) % len(prompts)].prompt, p.tags, p.seed) for i, p in enumerate(prompts)
     ]

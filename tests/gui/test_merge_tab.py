@@ -18,7 +18,10 @@ from kxl_gui.tabs import merge as merge_tab  # noqa: E402
 from trainer_core.demo import init_demo  # noqa: E402
 from trainer_core.hashing import short_hash  # noqa: E402
 from trainer_core.merge.blocks import BLOCKS  # noqa: E402
-from trainer_core.merge.engine import run_merge  # noqa: E402
+from trainer_core.merge.engine import (
+    RAM_BASELINE,  # noqa: E402
+    run_merge,  # noqa: E402
+)
 from trainer_core.merge.recipe import kohaku_xl_delta_recipe  # noqa: E402
 from trainer_core.models.checkpoint_info import describe_checkpoint  # noqa: E402
 from trainer_core.models.sdxl_layout import UNET_PREFIX  # noqa: E402
@@ -66,7 +69,7 @@ def test_pickers_default_to_the_workspace_checkpoints_and_describe_them(qtbot, t
     text = tab.rows[0].picker.info_label.text()
     for part in (
         "single-file",
-        "kxl-tiny",
+        info.arch,  # kxl-demo: the trained demo model
         "fp16",
         f"{info.tensor_count:,} tensors",
         format_bytes(info.size_bytes),
@@ -79,7 +82,9 @@ def test_pickers_default_to_the_workspace_checkpoints_and_describe_them(qtbot, t
     assert outcome.error is None and tab.run_button.isEnabled()
     assert outcome.plan.out_bytes > 0
     assert format_bytes(outcome.plan.out_bytes) in tab.estimate_label.text()
-    assert format_bytes(outcome.plan.peak_ram_bytes) in tab.estimate_label.text()
+    assert (
+        format_bytes(outcome.plan.peak_ram_bytes - RAM_BASELINE) in tab.estimate_label.text()
+    )  # the merge's own
 
 
 def test_preset_sets_half_and_half_and_all_four_reverts(qtbot, tab, demo):
