@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from trainer_core.errors import KxlError
 from trainer_core.buckets import (
     BucketAssignment,
     assign_bucket,
@@ -14,6 +13,7 @@ from trainer_core.buckets import (
     crop_box,
     make_buckets,
 )
+from trainer_core.errors import KxlError
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainer_core.buckets import assign_bucket, make_buckets
 from trainer_core.cli import main as kxl_main
 from trainer_core.errors import KxlError
 from trainer_core.tags.caption_categories import CaptionTagKind, classify_caption_tag
@@ -20,7 +21,6 @@ from trainer_core.tags.dataset_stats import assign_buckets_vectorized, compute_s
 from trainer_core.tags.preview import bucket_preview, caption_variants, dataset_tag_vocabulary
 from trainer_core.tags.tag_query import And, Not, Or, TagTerm, parse_tag_query
 from trainer_core.tags.vocabulary import TagVocabulary
-from trainer_core.buckets import assign_bucket, make_buckets
 
 CAPTIONS = {
     # id: (folder, size, caption)

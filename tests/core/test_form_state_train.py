@@ -24,6 +24,8 @@ PARTNERS = {
     "dataset.max_bucket_reso": {"dataset.min_bucket_reso": 1},
     "training.epochs": {"training.max_steps": 1},
 }
+
+
 def test_every_config_option_is_a_form_field_except_the_paths():
     keys = {f"{s}.{name}" for s, cls in SECTIONS.items() for name in cls.__dataclass_fields__}
     assert {f.key for f in SETTING_FIELDS} == keys - {"model.base", "dataset.path", "output.run_dir"}

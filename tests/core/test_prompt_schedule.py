@@ -14,9 +14,9 @@ import pytest
 
 from trainer_core.generate.prompt_schedule import active_entry, has_schedule, prompt_schedule
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "a1111_prompt_schedules.json").read_text(encoding="utf-8"))[
-    "vectors"
-]
+VECTORS = json.loads(
+    (Path(__file__).parent / "data" / "a1111_prompt_schedules.json").read_text(encoding="utf-8")
+)["vectors"]
 
 
 def test_vectors_cover_enough_prompts():

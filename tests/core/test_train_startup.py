@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainer_core.buckets import assign_bucket, assign_bucket_no_upscale, make_buckets
 from trainer_core.dataset.image_header import image_file_size
 from trainer_core.errors import KxlError
-from trainer_core.buckets import assign_bucket, assign_bucket_no_upscale, make_buckets
 from trainer_core.train.config import DatasetConfig
 from trainer_core.train.data import BucketPlan, ImageItem, assign_buckets, scan_dataset, tag_frequency
 from trainer_core.train.dataset_scan import (

@@ -190,7 +190,9 @@ def test_a_bad_value_is_named_inline_and_nothing_runs(qtbot, context, workspace)
     type_into(panel.value_edits[1], "Euler a, Euler x")
     click(panel.generate_grid_button)
     assert panel.message.isVisible() and panel.message.level == "error"
-    assert panel.message.text().startswith("Y axis: grid axis 'Sampler': unknown sampler 'Euler x'; choose from Euler a, Euler,")
+    assert panel.message.text().startswith(
+        "Y axis: grid axis 'Sampler': unknown sampler 'Euler x'; choose from Euler a, Euler,"
+    )
     type_into(panel.value_edits[1], "Euler a")
     assert not panel.message.isVisible()  # the message described what was just changed
     type_into(panel.value_edits[0], "1, x")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..buckets import BucketAssignment, assign_bucket, crop_box, make_buckets
 from ..paths import resources_dir
 from ..progress import Progress
-from ..buckets import BucketAssignment, assign_bucket, crop_box, make_buckets
 from .caption_processing import CaptionProcessing, ProcessedCaption, process_caption
 from .dataset_index import DatasetIndex
 from .vocabulary import Tag, TagCategory, TagVocabulary
