@@ -48,16 +48,23 @@ class BulkEditController:
         self.panel.set_scope_counts(len(tab.selected_entries()), tab.model.rowCount(), total)
         self.update_preview()
 
+    def _form_edit(self) -> tuple[bool, object]:
+        """(input ok, the edit the form describes or None); bad input is said in the form, which then keeps that
+        message."""
+        try:
+            return True, self.panel.edit()
+        except KxlError as exc:
+            self.panel.bad_input(exc)
+            return False, None
+
     def update_preview(self) -> None:
         """Recount what the edit in the form would change."""
         index = self.tab.index
         if index is None:
             self.panel.show_preview(None)
             return
-        try:
-            edit = self.panel.edit()
-        except KxlError as exc:
-            self.panel.bad_input(exc)
+        ok, edit = self._form_edit()
+        if not ok:
             return
         if edit is None:
             self.panel.show_preview(None)
@@ -68,11 +75,7 @@ class BulkEditController:
         index = self.tab.index
         if index is None or self.job is not None:
             return
-        try:
-            edit = self.panel.edit()
-        except KxlError as exc:
-            self.panel.bad_input(exc)
-            return
+        _ok, edit = self._form_edit()
         if edit is None:
             return
         entries = self.scope_entries(self.panel.scope())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from abc import abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -128,8 +129,8 @@ class ArrayView(Sequence):
     """A read-only sequence whose items are built on access from arrays: subclasses give `__len__` and
     `_at(i)` for 0 <= i < len; indexing (negative, slices, bounds) is handled here once."""
 
-    def _at(self, i: int) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def _at(self, i: int) -> Any: ...
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
