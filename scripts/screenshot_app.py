@@ -122,6 +122,7 @@ def run_finished(run_dir: Path) -> bool:
 def prepare_demo(root: Path) -> Path:
     """The demo workspace after the card's recipe: a built dataset, the merged base and a finished LoKr run."""
     sys.path.insert(0, str(REPO))
+    from trainer_core.dataset.stats import DATASET_FILE
     from trainer_core.workspace import WORKSPACE_FILE
 
     root = root.expanduser().resolve()
@@ -129,7 +130,7 @@ def prepare_demo(root: Path) -> Path:
         kxl("demo", "init", str(root), "--posts", "120")
     models = root / "models"
     dataset = root / DATASET_REL
-    if not (dataset / "dataset.toml").is_file():
+    if not (dataset / DATASET_FILE).is_file():
         kxl("dataset", "build", "--db", str(root / "danbooru" / "danbooru2023.db"),
             "--images", str(root / "danbooru" / "images"), "--out", str(dataset),
             "--preset", "kohaku-xl-delta", "--restart")  # fmt: skip

@@ -1,129 +1,53 @@
 """Workspace page: what the open workspace holds, and the actions to open another one or rebuild the demo.
 
-Loading, summarising, hashing and demo creation all run as `Job`s; this page only turns their results into
-widgets. A generation counter drops results that arrive after the user already opened something else.
+Loading, summarising, hashing and demo creation all run as `Job`s (workspace_jobs.py); this page only turns
+their results into widgets. Opening and hashing are `LatestRequest`s, so results that arrive after the user
+already opened something else are dropped.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from trainer_core.errors import WorkspaceError
 from trainer_core.paths import default_demo_workspace
 from trainer_core.progress import Progress, ProgressEvent, format_duration
-from trainer_core.workspace import WORKSPACE_FILE, Workspace, load_workspace
+from trainer_core.workspace import WORKSPACE_FILE, Workspace
 from trainer_core.workspace_summary import (
     WorkspaceSummary,
     checkpoint_kind_text,
     format_bytes,
-    summarize_workspace,
 )
 
 from ..context import AppContext
 from ..dialogs import show_error
 from ..jobs import Job
 from ..kit.card import Card
+from ..kit.latest_request import LatestRequest
+from ..kit.summary_table import fill_table as _fill
+from ..kit.summary_table import summary_table as _table
+from .workspace_jobs import create_demo_workspace, load_and_summarize
 
 PROBLEM_COLOR = QColor("#e8845c")
 CHECKPOINT_COLUMNS = ("Role", "File", "Kind / arch", "dtype", "Tensors", "Size", "Short hash")
 HASH_COLUMN = CHECKPOINT_COLUMNS.index("Short hash")
 HASH_PENDING = "hashing…"
-
-
-def _load_and_summarize(path: Path) -> tuple[Workspace, WorkspaceSummary]:
-    ws = load_workspace(path)
-    return ws, summarize_workspace(ws)
-
-
-def _create_demo(root: Path, replace: bool, progress: Progress) -> tuple[Workspace, WorkspaceSummary]:
-    from trainer_core.demo import init_demo  # imports torch: only ever inside this worker thread
-
-    has_toml = (root / WORKSPACE_FILE).is_file()
-    if replace and has_toml:
-        _check_replaceable_demo(root)
-    elif root.exists() and not has_toml:
-        # workspace.toml is written last, so this is a demo build that was cancelled or crashed: start over.
-        _check_replaceable_demo(root)
-        progress.stage("Removing a half-built demo workspace")
-        shutil.rmtree(root)
-    ws = init_demo(root, progress=progress, force=replace and has_toml)
-    return ws, summarize_workspace(ws)
-
-
-def _check_replaceable_demo(root: Path) -> None:
-    """Only our own demo folder is ever rebuilt or deleted: it must be the default location and, if it has a
-    workspace.toml, be marked kind = "demo" (a user may have pointed a real workspace there)."""
-    if root.resolve() != default_demo_workspace().resolve():
-        raise WorkspaceError("refusing to replace a folder that is not the default demo workspace", path=root)
-    if (root / WORKSPACE_FILE).is_file() and load_workspace(root).kind != "demo":
-        raise WorkspaceError(
-            "holds a workspace that is not the demo; refusing to replace it",
-            path=root,
-            hint="move it elsewhere, then recreate the demo",
-        )
-
-
-def _table(columns: tuple[str, ...], stretch: int = 0) -> QTableWidget:
-    table = QTableWidget(0, len(columns))
-    table.setHorizontalHeaderLabels(list(columns))
-    table.verticalHeader().hide()
-    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-    table.setShowGrid(False)
-    table.setAlternatingRowColors(True)
-    table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    table.setWordWrap(False)
-    table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # long paths keep both their folder and file name
-    table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 12)
-    header = table.horizontalHeader()
-    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
-    header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-    return table
-
-
-def _fill(table: QTableWidget, rows: list[list[str]], numeric: tuple[int, ...] = ()) -> None:
-    table.setRowCount(len(rows))
-    for c in numeric:
-        header_item = table.horizontalHeaderItem(c)
-        if header_item is not None:
-            header_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-    for r, row in enumerate(rows):
-        for c, text in enumerate(row):
-            item = QTableWidgetItem(text)
-            if c in numeric:
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            table.setItem(r, c, item)
-    _fit_height(table)
-
-
-def _fit_height(table: QTableWidget) -> None:
-    """Tables sit in a scrolling page, so each one is exactly as tall as its rows (no nested scrollbars)."""
-    rows = sum(table.rowHeight(r) for r in range(table.rowCount()))
-    table.setFixedHeight(table.horizontalHeader().sizeHint().height() + rows + 2 * table.frameWidth() + 2)
-    table.setVisible(table.rowCount() > 0)
 
 
 def _display_path(path: Path | None, root: Path) -> str:
@@ -144,8 +68,10 @@ class WorkspacePage(QWidget):
         super().__init__(parent)
         self.context = context
         self.summary: WorkspaceSummary | None = None
-        self._generation = 0
-        self._load_job: Job | None = None
+        # Opening a workspace and hashing its checkpoints are "latest wins": a second open supersedes the first,
+        # a new summary restarts the hashes, and a superseded answer never reaches the page.
+        self._opening = LatestRequest("open workspace", parent=self)
+        self._hashing = LatestRequest("hash checkpoint", parent=self)
         self._demo_job: Job | None = None
         self._hash_queue: list[int] = []
         self._build()
@@ -279,16 +205,16 @@ class WorkspacePage(QWidget):
 
     def open_workspace(self, path: Path, interactive: bool = True, fallback_to_demo: bool = False) -> Job:
         """Load `path` in a worker; on failure show a dialog (interactive) or open the demo instead."""
-        self._generation += 1
-        gen = self._generation
         if self.context.workspace is None:
             self._show_empty("Opening workspace…", str(path))
         self.context.show_status(f"Opening {path} …")
-        job = Job(lambda _p: _load_and_summarize(Path(path)), name="open workspace", parent=self)
-        job.succeeded.connect(lambda res: self._on_loaded(gen, res))
-        job.failed.connect(lambda msg: self._on_open_failed(gen, path, msg, interactive, fallback_to_demo))
-        self._load_job = job
-        return job.start()
+        self._opening.submit(
+            lambda _p: load_and_summarize(Path(path)),
+            on_result=self._on_loaded,
+            on_error=lambda msg: self._on_open_failed(path, msg, interactive, fallback_to_demo),
+        )
+        assert self._opening.job is not None  # no debounce delay: the job started
+        return self._opening.job
 
     def refresh(self) -> None:
         if self.context.workspace is not None and not self.busy:
@@ -319,16 +245,17 @@ class WorkspacePage(QWidget):
 
     def create_demo(self, replace: bool) -> Job:
         root = default_demo_workspace()
-        self._generation += 1
-        gen = self._generation
+        self._opening.cancel()  # the demo is what the page shows next, not a workspace still being opened
         self._set_busy(True, "Creating the demo workspace…")
         self.context.show_status(f"Creating the demo workspace in {root} …")
         if self.context.workspace is None:
             self._show_empty("Creating the demo workspace", str(root))
-        job = Job(lambda p: _create_demo(root, replace, p), name="create demo workspace", parent=self)
+        job = Job(
+            lambda p: create_demo_workspace(root, replace, p), name="create demo workspace", parent=self
+        )
         job.progress.connect(self._on_progress)
-        job.succeeded.connect(lambda res: self._on_loaded(gen, res))
-        job.failed.connect(lambda msg: self._on_demo_failed(msg))
+        job.succeeded.connect(self._on_loaded)
+        job.failed.connect(self._on_demo_failed)
         job.cancelled.connect(lambda: self.context.show_status("Demo creation cancelled"))
         job.finished.connect(lambda: self._set_busy(False))
         self._demo_job = job
@@ -368,18 +295,14 @@ class WorkspacePage(QWidget):
         if self._demo_job is not None and not self._demo_job.token.cancelled:
             self.progress_label.setText(text)
 
-    def _on_loaded(self, gen: int, result: tuple[Workspace, WorkspaceSummary]) -> None:
-        if gen != self._generation:
-            return
+    def _on_loaded(self, result: tuple[Workspace, WorkspaceSummary]) -> None:
         ws, summary = result
         self.context.set_workspace(ws)
         self.notice.hide()
         self.show_summary(summary)
         self.context.show_status(f"Opened workspace {ws.name} ({ws.root})")
 
-    def _on_open_failed(self, gen: int, path: Path, message: str, interactive: bool, fallback: bool) -> None:
-        if gen != self._generation:
-            return
+    def _on_open_failed(self, path: Path, message: str, interactive: bool, fallback: bool) -> None:
         self.open_failed.emit(message)
         if fallback:
             self.context.show_status(f"Could not reopen {path}; opening the demo workspace instead")
@@ -402,6 +325,7 @@ class WorkspacePage(QWidget):
 
     # ---- rendering ----------------------------------------------------------------------------------------
     def _show_empty(self, title: str, subtitle: str) -> None:
+        self._hashing.cancel()
         self.name_label.setText(title)
         self.kind_badge.hide()
         self.path_label.setText(subtitle)
@@ -503,12 +427,10 @@ class WorkspacePage(QWidget):
     def _start_hashes(self) -> None:
         assert self.summary is not None
         self._hash_queue = [i for i, ck in enumerate(self.summary.checkpoints) if not ck.problem]
-        self._hash_next(self._generation)
+        self._hash_next()
 
-    def _hash_next(self, gen: int) -> None:
-        if gen != self._generation or self.summary is None:
-            return
-        if not self._hash_queue:
+    def _hash_next(self) -> None:
+        if not self._hash_queue or self.summary is None:
             self.hashes_done.emit()
             return
         row = self._hash_queue.pop(0)
@@ -519,15 +441,15 @@ class WorkspacePage(QWidget):
 
             return short_hash(path)
 
-        job = Job(compute, name=f"hash {path.name}", parent=self)
-        job.succeeded.connect(lambda h: self._set_hash(gen, row, str(h), None))
-        job.failed.connect(lambda msg: self._set_hash(gen, row, "—", msg))
-        job.finished.connect(lambda: self._hash_next(gen))
-        job.start()
+        self._hashing.submit(
+            compute,
+            on_result=lambda h: self._set_hash(row, str(h), None),
+            on_error=lambda msg: self._set_hash(row, "—", msg),
+        )
 
-    def _set_hash(self, gen: int, row: int, text: str, error: str | None) -> None:
-        if gen != self._generation or row >= self.ckpt_table.rowCount():
-            return
-        item = QTableWidgetItem(text)
-        item.setToolTip(error or "first 10 hex digits of the file's SHA-256 (as sd-webui shows it)")
-        self.ckpt_table.setItem(row, HASH_COLUMN, item)
+    def _set_hash(self, row: int, text: str, error: str | None) -> None:
+        if row < self.ckpt_table.rowCount():
+            item = QTableWidgetItem(text)
+            item.setToolTip(error or "first 10 hex digits of the file's SHA-256 (as sd-webui shows it)")
+            self.ckpt_table.setItem(row, HASH_COLUMN, item)
+        self._hash_next()

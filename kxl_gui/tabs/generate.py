@@ -25,22 +25,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QPixmap, QShowEvent
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QShowEvent
 from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
-    QGridLayout,
     QHBoxLayout,
-    QLabel,
-    QPlainTextEdit,
-    QPushButton,
     QScrollArea,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
-from trainer_core.generate.infotext import parse_infotext
 from trainer_core.workspace import Workspace
 from trainer_core.workspace_queries import BaseHint, KnownModels, find_lokr_base, scan_models
 
@@ -50,7 +45,7 @@ from ..kit.form_binding import FormBinding
 from ..kit.latest_request import LatestRequest
 from ..state.generate_form import DEFAULT_SIZE, GenerationForm, size_presets
 from ..state.grid_form import CompareSetup, apply_compare
-from ..widgets.generate_gallery import GalleryView, pil_to_qimage
+from ..widgets.generate_gallery import pil_to_qimage
 from .generate_grid_panel import GridPanel
 from .generate_jobs import (
     load_tokenizer,
@@ -61,6 +56,7 @@ from .generate_jobs import (
     warm_engine,
 )
 from .generate_prompt_panel import PromptPanel
+from .generate_results_panel import ResultsPanel
 from .generate_settings_panel import SettingsPanel
 
 TAB_TITLE = "Generate"
@@ -144,7 +140,12 @@ class GenerateTab(QWidget):
         outer.setContentsMargins(8, 8, 8, 8)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         outer.addWidget(splitter)
-        results = self._build_results_column()
+        results = ResultsPanel()
+        results.seed_shown.connect(lambda seed: setattr(self, "last_seed", seed))
+        results.use_parameters.connect(self.apply_infotext)
+        self.results = results
+        self.preview, self.gallery, self.params_view = results.preview, results.gallery, results.params_view
+        self.use_parameters_button, self.output_label = results.use_parameters_button, results.output_label
         # The grid runs the form's settings over its axes: it sits under them, and shows results in the gallery.
         self.grid_panel = GridPanel(lambda: self.form, self.gallery)
         self.grid_panel.compare_ready.connect(self._apply_compare)
@@ -159,36 +160,6 @@ class GenerateTab(QWidget):
         for i, stretch in enumerate((5, 3, 4)):
             splitter.setStretchFactor(i, stretch)
         splitter.setSizes([450, 400, 430])
-
-    def _build_results_column(self) -> QWidget:
-        column = QWidget()
-        lay = QVBoxLayout(column)
-        lay.setContentsMargins(6, 0, 0, 0)
-        self.preview = QLabel(
-            "Generated images appear here.\nDrop a PNG from A1111 or this app to restore its settings."
-        )
-        self.preview.setObjectName("muted")
-        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.preview.setMinimumHeight(260)
-        self.preview.setFrameShape(QFrame.Shape.StyledPanel)
-        lay.addWidget(self.preview, 3)
-        self.gallery = GalleryView()
-        self.gallery.image_selected.connect(self._show_image)
-        lay.addWidget(self.gallery, 2)
-        self.params_view = QPlainTextEdit()
-        self.params_view.setReadOnly(True)
-        self.params_view.setPlaceholderText("parameters of the selected image")
-        self.params_view.setFixedHeight(110)
-        lay.addWidget(self.params_view)
-        self.use_parameters_button = QPushButton("Use these parameters")
-        self.use_parameters_button.clicked.connect(self._use_shown_parameters)
-        grid = QGridLayout()
-        grid.addWidget(self.use_parameters_button, 0, 0)
-        self.output_label = QLabel("")
-        self.output_label.setObjectName("pathLabel")
-        grid.addWidget(self.output_label, 0, 1)
-        lay.addLayout(grid)
-        return column
 
     # ---- workspace, vocabulary, models --------------------------------------------------------------------
     def set_workspace(self, ws: Workspace | None) -> None:
@@ -414,19 +385,6 @@ class GenerateTab(QWidget):
         self.error_label.show_error(text)
 
     # ---- gallery, parameters, drag and drop ---------------------------------------------------------------
-    def _show_image(self, _path, infotext: str, qimage) -> None:
-        if qimage is not None:
-            pix = QPixmap.fromImage(qimage)
-            self.preview.setPixmap(pix.scaled(self.preview.size(), Qt.AspectRatioMode.KeepAspectRatio,
-                                              Qt.TransformationMode.SmoothTransformation))  # fmt: skip
-        self.params_view.setPlainText(infotext)
-        seed = parse_infotext(infotext).get("Seed")
-        if seed and seed.isdigit():
-            self.last_seed = int(seed)
-
-    def _use_shown_parameters(self) -> None:
-        self.apply_infotext(self.params_view.toPlainText())
-
     def apply_infotext(self, text: str) -> list[str]:
         """Show the settings an A1111 infotext records; returns notes about what could not be applied."""
         if not text.strip():

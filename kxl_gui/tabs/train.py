@@ -17,16 +17,12 @@ a kohya dataset folder). Sent from here: "generate.add_lokr" (Path of a saved Lo
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QHBoxLayout,
-    QPlainTextEdit,
-    QPushButton,
     QScrollArea,
     QSplitter,
     QTabWidget,
@@ -37,7 +33,7 @@ from PySide6.QtWidgets import (
 from trainer_core.atomic import atomic_write_text
 from trainer_core.errors import KxlError
 from trainer_core.train.config import TrainConfig, load_config, load_preset
-from trainer_core.train.launch import LaunchPlan, format_command, free_port, launch_command
+from trainer_core.train.launch import LaunchPlan, commands_text, free_port, launch_command
 from trainer_core.train.runs import (
     PreflightReport,
     checkpoint_states,
@@ -63,6 +59,7 @@ from ..widgets.train_runs import RunsList
 from ..widgets.train_settings import SettingsForm
 from ..widgets.wheel_guard import install_wheel_guard
 from .train_close_choice import ask_close_choice
+from .train_launch_card import LaunchCard
 from .train_live_card import CheckpointsPage, LiveCard
 from .train_preflight_card import PreflightCard
 from .train_run_card import RunCard
@@ -150,7 +147,14 @@ class TrainTab(RunWatching, QWidget):
         lcol.addWidget(self.run_card)
         self.preflight_card = PreflightCard()
         lcol.addWidget(self.preflight_card)
-        lcol.addWidget(self._build_launch_card())
+        self.launch_card = LaunchCard()
+        self.launch_card.launch_button.clicked.connect(self.launch)
+        self.launch_card.copy_button.clicked.connect(
+            lambda: self.context.show_status("Launch command copied")
+        )
+        self.command_box, self.copy_button = self.launch_card.command_box, self.launch_card.copy_button
+        self.launch_button = self.launch_card.launch_button
+        lcol.addWidget(self.launch_card)
         self.settings_card = Card("Settings", SETTINGS_HINT)
         self.settings = SettingsForm(self.form.settings)
         self.settings.edited.connect(self._on_form_edited)
@@ -218,28 +222,6 @@ class TrainTab(RunWatching, QWidget):
             cp.open_generate_button,
         )
 
-    def _build_launch_card(self) -> Card:
-        card = Card(
-            "Launch", "The exact command the button runs (copy it to run the same training from a shell):"
-        )
-        self.command_box = QPlainTextEdit()
-        self.command_box.setObjectName("commandBox")
-        self.command_box.setReadOnly(True)
-        self.command_box.setFixedHeight(92)
-        card.body.addWidget(self.command_box)
-        row = QHBoxLayout()
-        self.copy_button = QPushButton("Copy command")
-        self.copy_button.clicked.connect(self._copy_command)
-        self.launch_button = QPushButton("Launch training")
-        self.launch_button.setObjectName("primaryButton")
-        self.launch_button.clicked.connect(self.launch)
-        row.addWidget(self.copy_button)
-        row.addStretch(1)
-        row.addWidget(self.launch_button)
-        card.body.addLayout(row)
-        self.launch_card = card
-        return card
-
     # ================================================================================================ the form
     def apply_preset(self, name: str) -> None:
         """A shipped preset's settings; the chosen dataset, base and run folder are kept."""
@@ -269,7 +251,7 @@ class TrainTab(RunWatching, QWidget):
         run_dir = self.run_dir
         if run_dir is not None:
             try:
-                self.command_box.setPlainText(self.command_text(self.launch_plan(run_dir / "config.toml")))
+                self.command_box.setPlainText(commands_text(self.launch_plan(run_dir / "config.toml")))
             except KxlError as exc:
                 self.command_box.setPlainText(str(exc))
         self._schedule_preflight()
@@ -323,15 +305,6 @@ class TrainTab(RunWatching, QWidget):
     ) -> LaunchPlan:
         return self.form.launch_plan(config, local_port=self._port, gpu_present=self._gpu_present(),
                                      resume_from=resume_from, processes=processes)  # fmt: skip
-
-    def command_text(self, plan: LaunchPlan) -> str:
-        if plan.machines == 1:
-            return format_command(*launch_command(plan))
-        lines = []
-        for rank in range(plan.machines):
-            lines.append(f"# machine {rank}" + (" (main)" if rank == 0 else ""))
-            lines.append(format_command(*launch_command(plan, rank)))
-        return "\n".join(lines)
 
     # ---- files --------------------------------------------------------------------------------------------
     def load_toml(self, path: Path) -> None:
@@ -445,7 +418,7 @@ class TrainTab(RunWatching, QWidget):
             self._show_launch_error(str(exc))
             return None
         self._show_launch_error(None)
-        self.command_box.setPlainText(self.command_text(plan))
+        self.command_box.setPlainText(commands_text(plan))
         self._watch(sup, show_settings=False)
         self._port = free_port()  # the next run must not collide with this one's rendezvous
         self._run_dir_auto = True
@@ -473,10 +446,7 @@ class TrainTab(RunWatching, QWidget):
         if state is None:
             self._show_launch_error("This run has no saved training state to resume from.")
             return None
-        try:
-            world = json.loads((state.path / "train_state.json").read_text(encoding="utf-8"))["world_size"]
-        except (OSError, ValueError, KeyError):
-            world = self.form.processes * self.form.machines
+        world = state.world_size or self.form.processes * self.form.machines
         try:
             plan = self.launch_plan(run_dir / "config.toml", resume_from=state.path,
                                     processes=max(1, int(world) // self.form.machines))  # fmt: skip
@@ -486,7 +456,7 @@ class TrainTab(RunWatching, QWidget):
             self._show_launch_error(str(exc))
             return None
         self._show_launch_error(None)
-        self.command_box.setPlainText(self.command_text(plan))
+        self.command_box.setPlainText(commands_text(plan))
         self._port = free_port()
         self._watch(sup)
         self.run_started.emit(run_dir)
@@ -495,10 +465,6 @@ class TrainTab(RunWatching, QWidget):
 
     def _show_launch_error(self, text: str | None) -> None:
         self.launch_card.message.show_error(text)
-
-    def _copy_command(self) -> None:
-        QGuiApplication.clipboard().setText(self.command_box.toPlainText())
-        self.context.show_status("Launch command copied")
 
     def _lock_form(self, locked: bool) -> None:
         """While the watched run is live the form shows its settings read-only: edits would not reach it."""

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from trainer_core.train.runs import RunSummary, list_runs
 
-from ..jobs import Job
+from ..kit.latest_request import LatestRequest
 
 STATE_COLOURS = {"running": "#9cc97a", "launching": "#f2c15e", "finished": "#a9a59c", "stopped": "#7fb2e5",
                  "failed": "#f2b59b"}  # fmt: skip
@@ -47,8 +47,8 @@ class RunsList(QWidget):
         super().__init__(parent)
         self.root: Path | None = None
         self.runs: list[RunSummary] = []
-        self._job: Job | None = None
-        self._gen = 0
+        # A refresh supersedes the one before, so a slow old listing never overwrites a newer one.
+        self._listing = LatestRequest("List training runs", parent=self)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -96,13 +96,9 @@ class RunsList(QWidget):
         if self.root is None:
             self._show([])
             return
-        self._gen += 1
-        gen, root = self._gen, self.root
+        root = self.root
         self.status.setText("Checking runs…")
-        job = Job(lambda _p: list_runs(root), name="List training runs", parent=self)
-        job.succeeded.connect(lambda runs: self._show(runs) if gen == self._gen else None)
-        job.failed.connect(lambda msg: self.status.setText(msg))
-        self._job = job.start()
+        self._listing.submit(lambda _p: list_runs(root), on_result=self._show, on_error=self.status.setText)
 
     def _show(self, runs: list[RunSummary]) -> None:
         selected = self.selected()

@@ -104,10 +104,10 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.launch import (
         DEFAULT_PORT,
         LaunchPlan,
+        commands_text,
         free_port,
         launch_command,
         node_requirements,
-        per_node_commands,
     )
 
     cfg = load_config(config)
@@ -126,10 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
             plan.cpu = False
         for line in node_requirements(config, cfg.base_path, cfg.dataset_path):
             print(f"# {line}")
-        for rank, line in enumerate(per_node_commands(plan)):
-            if args.machines > 1:
-                print(f"# machine {rank}")
-            print(line)
+        print(commands_text(plan))
         return 0
     from ..train.supervisor import EXIT_INTERRUPTED, LogEcho, Supervisor, supervise
 

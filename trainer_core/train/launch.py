@@ -101,6 +101,17 @@ def per_node_commands(plan: LaunchPlan) -> list[str]:
     return [format_command(*launch_command(plan, r)) for r in range(plan.machines)]
 
 
+def commands_text(plan: LaunchPlan) -> str:
+    """What to paste into a shell: the one command, or each machine's line under a `# machine N` comment."""
+    lines = per_node_commands(plan)
+    if plan.machines == 1:
+        return lines[0]
+    out = []
+    for rank, line in enumerate(lines):
+        out += [f"# machine {rank}" + (" (main)" if rank == 0 else ""), line]
+    return "\n".join(out)
+
+
 def node_requirements(config: Path, base: Path, dataset: Path) -> list[str]:
     """What every machine of a multi-node run must have, printed above the per-machine lines."""
     return [

@@ -620,6 +620,7 @@ class StateInfo:
     step: int
     saved: float | None
     path: Path
+    world_size: int | None = None  # processes that saved it: a resume must start as many (None: unreadable)
 
 
 def checkpoint_states(run_dir: str | Path) -> list[StateInfo]:
@@ -628,7 +629,8 @@ def checkpoint_states(run_dir: str | Path) -> list[StateInfo]:
     for d in state_dirs(Path(run_dir) / "checkpoints"):
         try:
             info = json.loads((d / TRAIN_STATE_FILE).read_text(encoding="utf-8"))
-            out.append(StateInfo(int(info["step"]), info.get("saved"), d))
+            world = info.get("world_size")
+            out.append(StateInfo(int(info["step"]), info.get("saved"), d, int(world) if world else None))
         except (OSError, ValueError, KeyError):
             out.append(StateInfo(int(d.name[len(STATE_PREFIX) :]), None, d))
     return out
