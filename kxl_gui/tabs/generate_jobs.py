@@ -65,6 +65,7 @@ def warm_engine(progress: Progress | None = None) -> None:
                     getattr(diffusers, name)  # diffusers and transformers import their classes lazily
                 for name in ("CLIPTextModel", "CLIPTextModelWithProjection"):
                     getattr(transformers, name)
+                import trainer_core.generate.kdiffusion_scheduler  # noqa: F401
                 import trainer_core.generate.lokr_apply  # noqa: F401
                 import trainer_core.generate.pipeline  # noqa: F401
                 import trainer_core.generate.samplers  # noqa: F401

@@ -131,7 +131,7 @@ def test_from_infotext_restores_what_the_png_records():
 
 def test_from_infotext_names_what_it_could_not_restore():
     text = a1111_text(
-        Sampler="Restart", **{"Hires upscaler": "4x-UltraSharp", "Model hash": "ffff", "Model": "sdxl-x"}
+        Sampler="DPM adaptive", **{"Hires upscaler": "4x-UltraSharp", "Model hash": "ffff", "Model": "sdxl-x"}
     )
     text = text.replace("<lora:my-style:0.8>", "<lora:elsewhere:0.5> <hypernet:h:1>")
     current = GenerationForm(model=OTHER)
@@ -140,7 +140,7 @@ def test_from_infotext_names_what_it_could_not_restore():
         "<lora:elsewhere> not found in the workspace; it was kept out of the prompt",
         "<hypernet:h> not found in the workspace; it was kept out of the prompt",
         "checkpoint sdxl-x is not among the models here; kept other.safetensors",
-        "sampler 'Restart' is not available here; kept 'Euler a'",
+        "sampler 'DPM adaptive' is not available here; kept 'Euler a'",
         "upscaler '4x-UltraSharp' is not available here; kept 'Latent'",
     ]
     form = restored.form

@@ -1,20 +1,40 @@
-"""A1111 sampler/schedule names -> diffusers schedulers, checked against the sigma vectors of specs §4."""
+"""A1111 samplers: every listed sampler and schedule type against A1111's own code, and on the tiny model.
+
+The reference latents (tests/core/data/sampler_vectors.json) were made by running A1111 v1.10.1's sampler code and
+k-diffusion on an analytic model (tests/core/data/make_sampler_vectors.py, which this file imports for that model);
+here the same model, seeds and img2img start go through A1111Scheduler the way the diffusers pipelines drive it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
+from pathlib import Path
 
 import pytest
 
 import trainer_core.hf_quiet  # noqa: F401
 from trainer_core.errors import KxlError
-from trainer_core.generate.samplers import SAMPLERS, make_scheduler, resolve_sampler
+from trainer_core.generate.samplers import SAMPLERS, SCHEDULES, make_scheduler, resolve_sampler
 from trainer_core.paths import sdxl_config_dir
+
+torch = pytest.importorskip("torch")
+# torchsde notes query times a float32 rounding outside a tree's span (it clamps); A1111 prints the same
+pytestmark = pytest.mark.filterwarnings("ignore:Should have t")
+
+DATA = Path(__file__).parent / "data"
+VECTORS = json.loads((DATA / "sampler_vectors.json").read_text(encoding="utf-8"))
+_spec = importlib.util.spec_from_file_location("make_sampler_vectors", DATA / "make_sampler_vectors.py")
+oracle_model = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(oracle_model)
 
 KARRAS = [14.6146, 9.1029, 5.4784, 3.1686, 1.7494, 0.9141, 0.4469, 0.2014, 0.0819, 0.0292, 0.0]
 UNIFORM = [14.6146, 7.8399, 4.6092, 2.9183, 1.9502, 1.3449, 0.9324, 0.625, 0.3687, 0.0292, 0.0]
 EXPONENTIAL = [14.6146, 7.3249, 3.6712, 1.84, 0.9222, 0.4622, 0.2317, 0.1161, 0.0582, 0.0292, 0.0]
+# model calls A1111 makes for a 3-step pass (second order: 2 x 3 - 1; DDIM: len(range(0, 1000, 333)) - 1 = 3;
+# PLMS: 3 + its two-call first step; UniPC: len(range(0, 1000, 333)) = 4 steps; Restart below 20 steps: Heun)
+CALLS_AT_3_STEPS = {"DPM++ SDE": 5, "DPM++ 2S a": 5, "DPM2": 5, "DPM2 a": 5, "Heun": 5, "Restart": 5, "PLMS": 4,
+                    "UniPC": 4}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +43,77 @@ def base_config():
     return json.loads((sdxl_config_dir() / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
 
 
-def _sigmas(base_config, sampler, schedule="Automatic"):
-    scheduler, _ = make_scheduler(base_config, sampler, schedule)
-    scheduler.set_timesteps(10)
-    return [round(float(s), 4) for s in scheduler.sigmas]
+def _case_id(case: dict) -> str:
+    extra = ("-hires" if case.get("hires") else "") + ("-v" if case.get("prediction") else "")
+    return f"{case['sampler']}-{case['schedule']}-{case['steps']}{extra}"
+
+
+def _run(base_config, case: dict, seeds: list[int]):
+    """Our latent for a reference case: A1111Scheduler driven as the SDXL pipelines drive it (scale_model_input,
+    model, step with the per-image generators), from A1111's initial noise."""
+    from trainer_core.generate.pipeline import hires_schedule
+
+    config = dict(base_config)
+    if case.get("prediction") == "v":
+        config["prediction_type"] = "v_prediction"
+    scheduler, _ = make_scheduler(config, case["sampler"], case["schedule"])
+    scheduler.use_image_seeds(seeds)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    shape = VECTORS["shape"][1:]
+    first_noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    hires = case.get("hires")
+    if hires:
+        scheduler.denoise_steps = hires["steps"]
+        scheduler.set_timesteps(hires_schedule(hires["steps"], hires["denoise"])[0])
+        x = scheduler.add_noise(oracle_model.hires_init(), first_noise)
+    else:
+        scheduler.set_timesteps(case["steps"])
+        x = first_noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = oracle_model.analytic_eps(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(eps, t, x, generator=generators).prev_sample
+    return x, scheduler
+
+
+def _expected(case: dict):
+    return torch.tensor(case["latent"], dtype=torch.float32).reshape(VECTORS["shape"])
+
+
+@pytest.mark.parametrize("case", VECTORS["cases"], ids=_case_id)
+def test_sampler_equals_a1111(base_config, case):
+    got, scheduler = _run(base_config, case, VECTORS["seeds"])
+    # the same model calls at the same (fractional) timesteps: the reference keeps 4 decimals
+    assert len(scheduler.timesteps) == len(case["model_timesteps"])
+    assert torch.allclose(scheduler.timesteps, torch.tensor(case["model_timesteps"]), rtol=0, atol=1e-4)
+    expected = _expected(case)
+    assert expected.abs().max() < 5  # unit-scale latents, so the bound below is absolute
+    assert (got - expected).abs().max() <= 1e-4, (got - expected).abs().max()
+
+
+def test_every_listed_sampler_and_schedule_has_a1111_vectors():
+    automatic = {
+        c["sampler"] for c in VECTORS["cases"] if c["schedule"] == "Automatic" and not c.get("hires")
+    }
+    assert set(SAMPLERS) <= automatic
+    assert set(SCHEDULES) - {"Automatic"} <= {c["schedule"] for c in VECTORS["cases"]}
+    hires = {c["sampler"] for c in VECTORS["cases"] if c.get("hires")}
+    assert {"DPM++ SDE", "DPM++ 2S a", "Restart", "DPM2", "DPM fast", "DDIM", "UniPC", "PLMS"} <= hires
+
+
+@pytest.mark.parametrize(
+    ("sampler", "steps"),
+    [("Euler a", 8), ("DPM++ SDE", 8), ("DPM++ 2S a", 8), ("DPM2 a", 8), ("Restart", 21)],
+)
+def test_sampler_noise_is_per_image_and_follows_the_seed(base_config, sampler, steps):
+    case = next(
+        c for c in VECTORS["cases"]
+        if (c["sampler"], c["schedule"], c["steps"]) == (sampler, "Automatic", steps) and not c.get("hires")
+    )  # fmt: skip
+    expected = _expected(case)
+    alone, _ = _run(base_config, case, VECTORS["seeds"][1:])  # image 2 of the batch, made on its own
+    assert (alone[0] - expected[1]).abs().max() <= 1e-4
+    other, _ = _run(base_config, case, [1, 2])
+    assert (other - expected).abs().max() > 0.05  # the noise matters: another seed, another latent
 
 
 @pytest.mark.parametrize(
@@ -35,310 +122,138 @@ def _sigmas(base_config, sampler, schedule="Automatic"):
         ("Euler a", "Automatic", UNIFORM),
         ("Euler", "Automatic", UNIFORM),
         ("Euler", "Karras", KARRAS),
+        ("Euler a", "Karras", KARRAS),
         ("Euler", "Exponential", EXPONENTIAL),
         ("DPM++ 2M", "Automatic", KARRAS),
         ("DPM++ 2M Karras", "Automatic", KARRAS),  # legacy combined name
         ("DPM++ 2M SDE", "Automatic", EXPONENTIAL),
+        ("DPM++ 2S a", "Automatic", KARRAS),
         ("LMS", "Karras", KARRAS),
     ],
 )
 def test_sigma_schedules_match_a1111(base_config, sampler, schedule, expected):
-    assert _sigmas(base_config, sampler, schedule) == expected
+    scheduler, _ = make_scheduler(base_config, sampler, schedule)
+    scheduler.set_timesteps(10)
+    assert [round(float(s), 4) for s in scheduler.sigmas] == expected
+    # the first pass starts from noise * sigmas[0], not noise * sqrt(sigmas[0]^2 + 1)
+    assert scheduler.init_noise_sigma == pytest.approx(14.6146, abs=1e-4)
 
 
-def test_ddim_timesteps_match_a1111(base_config):
+def test_discarding_samplers_drop_the_next_to_last_sigma(base_config):
+    scheduler, _ = make_scheduler(base_config, "DPM2")
+    scheduler.set_timesteps(10)
+    karras_11 = make_scheduler(base_config, "Euler", "Karras")[0]
+    karras_11.set_timesteps(11)
+    assert torch.equal(scheduler.sigmas, torch.cat([karras_11.sigmas[:-2], karras_11.sigmas[-1:]]))
+
+
+def test_ddim_calls_the_model_at_a1111_timesteps(base_config):
     scheduler, resolved = make_scheduler(base_config, "DDIM")
     scheduler.set_timesteps(10)
-    assert [int(t) for t in scheduler.timesteps] == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
-    assert resolved.infotext_schedule == "Automatic"
+    # A1111's list is 1, 101, ..., 901 and its DDIM loop skips the first entry: 9 calls for 10 steps
+    assert [int(t) for t in scheduler.timesteps] == [901, 801, 701, 601, 501, 401, 301, 201, 101]
+    assert resolved.infotext_schedule == "Automatic" and scheduler.init_noise_sigma == 1.0
+    # A1111 ignores the schedule type for its timestep samplers (and writes it as chosen)
+    karras, resolved = make_scheduler(base_config, "DDIM", "Karras")
+    karras.set_timesteps(10)
+    assert torch.equal(karras.timesteps, scheduler.timesteps) and resolved.infotext_schedule == "Karras"
 
 
-def test_scheduler_classes_and_options(base_config):
-    scheduler, _ = make_scheduler(base_config, "DPM++ 3M SDE")
-    assert type(scheduler).__name__ == "Brownian3MSDEScheduler"
-    assert scheduler.config.algorithm_type == "sde-dpmsolver++" and scheduler.config.solver_order == 3
-    assert scheduler.config.solver_type == "heun" and not scheduler.config.lower_order_final
-    scheduler, _ = make_scheduler(base_config, "DPM++ 2M SDE")
-    assert (type(scheduler).__name__, scheduler.config.solver_type) == (
-        "BrownianDPMSolverMultistepScheduler",
-        "midpoint",
-    )
-    scheduler, _ = make_scheduler(base_config, "Euler a")
-    assert type(scheduler).__name__ == "EulerAncestralDiscreteScheduler"
-    assert scheduler.config.timestep_spacing == "linspace"
-    # betas come from the checkpoint's config, not from diffusers defaults
-    assert scheduler.config.beta_end == 0.012 and scheduler.config.beta_schedule == "scaled_linear"
+def test_unipc_below_its_order_is_a_clear_error(base_config):
+    scheduler, _ = make_scheduler(base_config, "UniPC")
+    with pytest.raises(KxlError, match="UniPC needs at least 3 steps in a pass; this pass has 2"):
+        scheduler.set_timesteps(2)  # range(0, 1000, 500) + 1: two timesteps
 
 
-def test_every_listed_sampler_builds_with_automatic(base_config):
-    for name in SAMPLERS:
-        scheduler, resolved = make_scheduler(base_config, name)
-        scheduler.set_timesteps(8)
-        assert resolved.sampler == name and resolved.schedule != "Automatic"
+def test_the_latent_stays_float32_and_the_unet_gets_its_dtype(base_config):
+    scheduler, _ = make_scheduler(base_config, "DPM++ 2M")
+    scheduler.model_dtype = torch.float16
+    scheduler.set_timesteps(4)
+    x = torch.randn(1, 4, 4, 4) * scheduler.init_noise_sigma
+    t = scheduler.timesteps[0]
+    model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
+    assert model_input.dtype == torch.float16
+    torch.testing.assert_close(model_input[:1].float(), x / (14.6146**2 + 1) ** 0.5, rtol=2e-3, atol=2e-3)
+    out = scheduler.step(torch.zeros(1, 4, 4, 4, dtype=torch.float16), t, x.half())
+    assert out.prev_sample.dtype == torch.float32
 
 
-def test_infotext_schedule_labels():
-    assert resolve_sampler("DPM++ 2M", "Automatic").infotext_schedule == "Karras"
-    assert resolve_sampler("Euler a", "Automatic").infotext_schedule == "Automatic"
-    assert resolve_sampler("Euler", "Karras").infotext_schedule == "Karras"
+def test_infotext_schedule_labels_are_a1111s():
+    cases = {
+        ("DPM++ 2M", "Automatic"): ("Karras", "Karras"),
+        ("Euler a", "Automatic"): ("Uniform", "Automatic"),
+        ("Euler", "Uniform"): ("Uniform", "Uniform"),  # chosen explicitly: A1111 writes it
+        ("Euler", "Karras"): ("Karras", "Karras"),
+        ("DPM++ 2S a", "Automatic"): ("Karras", "Karras"),
+        ("Restart", "Automatic"): ("Karras", "Karras"),
+        ("DPM++ 2M SDE Heun", "Automatic"): ("Exponential", "Exponential"),
+        ("DDIM", "Automatic"): ("DDIM", "Automatic"),
+        ("UniPC", "Automatic"): ("DDIM", "Automatic"),
+    }
+    for (sampler, schedule), labels in cases.items():
+        resolved = resolve_sampler(sampler, schedule)
+        assert (resolved.schedule, resolved.infotext_schedule) == labels, (sampler, schedule)
     legacy = resolve_sampler("DPM++ 2M SDE Exponential")
-    assert (legacy.sampler, legacy.schedule, legacy.infotext_schedule) == (
-        "DPM++ 2M SDE",
-        "Exponential",
-        "Exponential",
-    )
+    assert (legacy.sampler, legacy.schedule, legacy.infotext_schedule) == ("DPM++ 2M SDE", "Exponential",
+                                                                         "Exponential")  # fmt: skip
+    assert resolve_sampler("DPM++ 2M SDE Heun Karras").sampler == "DPM++ 2M SDE Heun"
+
+
+def test_every_sampler_and_schedule_round_trips_through_infotext():
+    from trainer_core.generate.infotext import create_infotext, parse_infotext
+
+    for sampler in SAMPLERS:
+        for schedule in SCHEDULES:
+            resolved = resolve_sampler(sampler, schedule)
+            text = create_infotext(
+                "cat",
+                "",
+                {"Steps": 20, "Sampler": resolved.sampler, "Schedule type": resolved.infotext_schedule},
+            )
+            params = parse_infotext(text)
+            back = resolve_sampler(params["Sampler"], params["Schedule type"])
+            assert (back.sampler, back.schedule, back.note) == (sampler, resolved.schedule, ""), schedule
 
 
 def test_unknown_sampler_falls_back_with_a_note_unknown_schedule_fails():
-    resolved = resolve_sampler("Restart", "Automatic")
-    assert resolved.sampler == "Euler a" and "Restart" in resolved.note
+    resolved = resolve_sampler("DPM adaptive", "Automatic")
+    assert resolved.sampler == "Euler a" and "DPM adaptive" in resolved.note
     with pytest.raises(KxlError, match="unknown or unsupported schedule type 'Turbo'"):
         resolve_sampler("Euler", "Turbo")
 
 
-def test_sigma_schedule_on_a_sampler_without_it_is_a_clear_error(base_config):
-    with pytest.raises(KxlError, match="'Euler a' cannot use the Karras schedule"):
-        make_scheduler(base_config, "Euler a", "Karras")
+def test_second_order_samplers_count_prompt_edits_over_twice_the_steps():
+    from trainer_core.generate.scheduled_conditioning import schedule_steps
+
+    doubled = {name for name in SAMPLERS if schedule_steps(name, 10) == 20}
+    # A1111's "second_order" option: one model call more per step, except Restart's extra restart calls
+    assert doubled == {"DPM++ SDE", "DPM++ 2S a", "DPM2", "DPM2 a", "Heun", "Restart"}
+    assert schedule_steps("DDIM", 10) == 10 and schedule_steps("UniPC", 10) == 10
 
 
-# ---------------------------------------------------------------------------------- A1111 SDE samplers
-# References below are k-diffusion's published algorithms written out here (sample_dpmpp_sde, sample_dpmpp_2m_sde,
-# sample_dpmpp_3m_sde, BrownianTreeNoiseSampler as A1111 seeds it), run in k-diffusion's sigma space; the
-# schedulers run the way diffusers' pipelines drive them. Both use the same fake epsilon model.
-
-SEEDS = [1234, 98765]
-
-
-def _reference_tree_noise(shape, sigma_min, sigma_max, seeds):
-    """k-diffusion's BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=[...]): a torchsde.BrownianTree per image."""
-    import torch
+def test_brownian_trees_equal_k_diffusions_per_image():
+    """k-diffusion's BrownianTreeNoiseSampler with a list of seeds, written out: a torchsde tree per image."""
     import torchsde
-
-    lo, hi = float(sigma_min), float(sigma_max)
-    trees = [
-        torchsde.BrownianTree(lo, torch.zeros(shape[1:]), hi, entropy=s, tol=1e-6, pool_size=24)
-        for s in seeds
-    ]
-
-    def noise(sigma, sigma_next):
-        a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
-        t0, t1, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
-        w = torch.stack([tree(float(t0), float(t1)) for tree in trees]) * sign
-        return w / (b - a).abs().sqrt()
-
-    return noise
-
-
-class _KModel:
-    """k-diffusion's CompVisDenoiser around a fake epsilon model: fractional t from log-sigma interpolation."""
-
-    def __init__(self, scheduler, eps):
-        import torch
-
-        ac = scheduler.alphas_cumprod.to(torch.float32)
-        self.log_sigmas = (((1 - ac) / ac) ** 0.5).log()
-        self.eps = eps
-
-    @property
-    def sigma_min(self):
-        return float(self.log_sigmas[0].exp())
-
-    @property
-    def sigma_max(self):
-        return float(self.log_sigmas[-1].exp())
-
-    def sigma_to_t(self, sigma):
-        log_sigma = sigma.log()
-        dists = log_sigma - self.log_sigmas[:, None]
-        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
-        lo, hi = self.log_sigmas[low], self.log_sigmas[low + 1]
-        w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
-        return ((1 - w) * low + w * (low + 1)).view(sigma.shape)
-
-    def __call__(self, x, sigma):
-        sigma = sigma.reshape(())
-        c_in = 1 / (sigma**2 + 1) ** 0.5
-        return x - sigma * self.eps(x * c_in, self.sigma_to_t(sigma.reshape(1))[0])
-
-
-def _fake_eps(x, t):
-    import torch
-
-    t = torch.as_tensor(t, dtype=torch.float32)
-    return 0.8 * torch.tanh(x) + 0.2 * torch.sin(t / 97.0) * x.flip(-1)
-
-
-def _k_sigmas(kind, n, model):
-    import torch
-
-    if kind == "Karras":
-        ramp = torch.linspace(0, 1, n)
-        lo, hi = model.sigma_min ** (1 / 7), model.sigma_max ** (1 / 7)
-        sigmas = (hi + ramp * (lo - hi)) ** 7
-    else:
-        sigmas = torch.linspace(math.log(model.sigma_max), math.log(model.sigma_min), n).exp()
-    return torch.cat([sigmas, sigmas.new_zeros([1])])
-
-
-def _k_dpmpp_sde(model, x, sigmas, noise):
-    sigma_fn, t_fn = (lambda t: t.neg().exp()), (lambda s: s.log().neg())
-
-    def ancestral(a, b):
-        up = min(b, (b**2 * (a**2 - b**2) / a**2) ** 0.5)
-        return (b**2 - up**2) ** 0.5, up
-
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
-        if sigmas[i + 1] == 0:
-            x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
-            continue
-        t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
-        h = t_next - t
-        s = t + h * 0.5
-        sd, su = ancestral(sigma_fn(t), sigma_fn(s))
-        x_2 = (sigma_fn(t_fn(sd)) / sigma_fn(t)) * x - (t - t_fn(sd)).expm1() * denoised
-        x_2 = x_2 + noise(sigma_fn(t), sigma_fn(s)) * su
-        denoised_2 = model(x_2, sigma_fn(s))
-        sd, su = ancestral(sigma_fn(t), sigma_fn(t_next))
-        x = (sigma_fn(t_fn(sd)) / sigma_fn(t)) * x - (t - t_fn(sd)).expm1() * denoised_2
-        x = x + noise(sigma_fn(t), sigma_fn(t_next)) * su
-    return x
-
-
-def _k_dpmpp_2m_sde(model, x, sigmas, noise):
-    old, h_last = None, None
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
-        h = None
-        if sigmas[i + 1] == 0:
-            x = denoised
-        else:
-            h = sigmas[i].log() - sigmas[i + 1].log()
-            x = sigmas[i + 1] / sigmas[i] * (-h).exp() * x + (-2 * h).expm1().neg() * denoised
-            if old is not None:
-                x = x + 0.5 * (-2 * h).expm1().neg() * (h / h_last) * (denoised - old)  # midpoint
-            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h).expm1().neg().sqrt()
-        old, h_last = denoised, h
-    return x
-
-
-def _k_dpmpp_3m_sde(model, x, sigmas, noise):
-    d_1 = d_2 = h_1 = h_2 = None
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
-        h = None
-        if sigmas[i + 1] == 0:
-            x = denoised
-        else:
-            h = sigmas[i].log() - sigmas[i + 1].log()
-            h_eta = 2 * h
-            x = (-h_eta).exp() * x + (-h_eta).expm1().neg() * denoised
-            phi_2 = h_eta.neg().expm1() / h_eta + 1
-            if h_2 is not None:
-                r0, r1 = h_1 / h, h_2 / h
-                d1_0, d1_1 = (denoised - d_1) / r0, (d_1 - d_2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
-            elif h_1 is not None:
-                x = x + phi_2 * (denoised - d_1) / (h_1 / h)
-            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h).expm1().neg().sqrt()
-        d_1, d_2 = denoised, d_1
-        h_1, h_2 = h, h_1
-    return x
-
-
-def _run_scheduler(scheduler, noise, steps, seeds):
-    from trainer_core.generate.brownian_noise import seed_brownian_noise
-
-    scheduler.set_timesteps(steps)
-    seed_brownian_noise(scheduler, seeds)
-    x = noise * scheduler.init_noise_sigma
-    calls = 0
-    for t in scheduler.timesteps:
-        eps = _fake_eps(scheduler.scale_model_input(x, t), t)
-        x = scheduler.step(eps, t, x).prev_sample
-        calls += 1
-    return x, calls
-
-
-@pytest.mark.parametrize(
-    ("sampler", "reference", "schedule", "discard", "steps"),
-    [
-        ("DPM++ SDE", _k_dpmpp_sde, "Karras", False, 6),
-        ("DPM++ 2M SDE", _k_dpmpp_2m_sde, "Exponential", False, 6),
-        ("DPM++ 2M SDE", _k_dpmpp_2m_sde, "Karras", False, 20),
-        ("DPM++ 3M SDE", _k_dpmpp_3m_sde, "Exponential", True, 7),
-    ],
-)
-def test_sde_samplers_equal_k_diffusion_with_a1111_brownian_noise(
-    base_config, sampler, reference, schedule, discard, steps
-):
-    import torch
-
-    scheduler, _ = make_scheduler(base_config, sampler, schedule)
-    model = _KModel(scheduler, _fake_eps)
-    sigmas = _k_sigmas(schedule, steps + 1, model) if discard else _k_sigmas(schedule, steps, model)
-    if discard:  # A1111 discard_next_to_last_sigma
-        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-    noise = torch.randn([2, 4, 8, 8], generator=torch.Generator().manual_seed(7))
-    got, calls = _run_scheduler(scheduler, noise, steps, SEEDS)
-    # The schedule equals k-diffusion's to float32 rounding (numpy vs torch). The Brownian tree is sensitive to
-    # the last bits of its query times, so the algorithm is compared on the scheduler's own sigmas.
-    unique_sigmas = torch.unique_consecutive(scheduler.sigmas)
-    assert torch.allclose(unique_sigmas, sigmas, rtol=1e-5, atol=1e-6)
-    sigmas = unique_sigmas
-    tree = _reference_tree_noise(noise.shape, sigmas[sigmas > 0].min(), sigmas.max(), SEEDS)
-    expected = reference(model, noise * sigmas[0], sigmas, tree)
-    assert calls == (2 * steps - 1 if sampler == "DPM++ SDE" else steps)
-    assert (got - expected).abs().max() < 1e-5 * expected.abs().max(), (got - expected).abs().max()
-    # the noise matters: other seeds give another result
-    other, _ = _run_scheduler(make_scheduler(base_config, sampler, schedule)[0], noise, steps, [1, 2])
-    assert (other - expected).abs().max() > 1e-2
-
-
-def test_brownian_trees_equal_k_diffusions_and_diffusers_per_image():
-    import torch
-    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
 
     from trainer_core.generate.brownian_noise import BrownianNoise
 
+    seeds = VECTORS["seeds"]
     x = torch.zeros([2, 4, 8, 8])
-    reference = _reference_tree_noise(x.shape, 0.0292, 14.6146, SEEDS)
-    ours = BrownianNoise(x, 0.0292, 14.6146, SEEDS)
-    theirs = BrownianTreeNoiseSampler(
-        x, 0.0292, 14.6146, seed=SEEDS
-    )  # diffusers' BrownianInterval(halfway_tree)
-    single = BrownianNoise(x[1:], 0.0292, 14.6146, SEEDS[1:])
+    trees = [torchsde.BrownianTree(0.0292, torch.zeros(4, 8, 8), 14.6146, entropy=s, tol=1e-6, pool_size=24)
+             for s in seeds]  # fmt: skip
+    ours = BrownianNoise(x, 0.0292, 14.6146, seeds)
+    single = BrownianNoise(x[1:], 0.0292, 14.6146, seeds[1:])
     for a, b in [(14.6146, 9.1), (9.1, 3.3), (3.3, 3.29), (0.5, 0.0292), (2.0, 7.0)]:
-        want = reference(torch.tensor(a), torch.tensor(b))
-        assert torch.equal(ours(a, b), want)
-        assert torch.equal(theirs(torch.tensor(a), torch.tensor(b)), want)
-        assert torch.equal(single(a, b)[0], want[1])  # image 2 alone = image 2 of the batch
+        lo, hi, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
+        want = torch.stack([tree(lo, hi) for tree in trees]) * sign / abs(b - a) ** 0.5
+        torch.testing.assert_close(ours(a, b), want, rtol=1e-6, atol=1e-6)
+        assert torch.equal(single(a, b)[0], ours(a, b)[1])  # image 2 alone = image 2 of the batch
     assert not torch.allclose(want[0], want[1])
     with pytest.raises(ValueError, match="2 seed"):
-        BrownianNoise(torch.zeros([3, 4, 8, 8]), 0.03, 14.6, SEEDS)
+        BrownianNoise(torch.zeros([3, 4, 8, 8]), 0.03, 14.6, seeds)
 
 
-def test_sde_samplers_keep_their_a1111_defaults_and_names():
-    from trainer_core.generate.infotext import create_infotext, parse_infotext
-
-    sde = resolve_sampler("DPM++ SDE")
-    assert (sde.schedule, sde.infotext_schedule) == ("Karras", "Karras")
-    assert SAMPLERS["DPM++ SDE"].second_order and not SAMPLERS["DPM++ 2M SDE"].second_order
-    text = create_infotext(
-        "cat", "", {"Steps": 20, "Sampler": "DPM++ SDE", "Schedule type": sde.infotext_schedule}
-    )
-    params = parse_infotext(text)
-    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ SDE", "Karras")
-    a1111 = "cat\nSteps: 20, Sampler: DPM++ 2M SDE, Schedule type: Exponential, CFG scale: 7, Seed: 5, Size: 64x64"
-    params = parse_infotext(a1111)
-    back = resolve_sampler(params["Sampler"], params["Schedule type"])
-    assert (back.sampler, back.schedule, back.note) == ("DPM++ 2M SDE", "Exponential", "")
-    assert resolve_sampler("DPM++ SDE Karras").sampler == "DPM++ SDE"  # legacy combined name
-
-
-# ------------------------------------------------------------------ the SDE samplers on the tiny model
+# ------------------------------------------------------------------------------------------ on the tiny model
 
 
 @pytest.fixture(scope="module")
@@ -365,33 +280,62 @@ def _images(comps, sampler, seed, batch_size=1, **extra):
     return [np.asarray(im.image, dtype=np.int16) for im in images], calls, images
 
 
-@pytest.mark.parametrize("sampler", ["DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE"])
-def test_sde_samplers_on_the_tiny_model_are_per_image_and_reproducible(tiny, sampler):
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_runs_on_the_tiny_model_and_names_itself(tiny, sampler):
     import numpy as np
 
-    (alone_5,), calls, images = _images(tiny, sampler, 5)
-    assert calls.count((8, 8)) == (2 * 3 - 1 if sampler == "DPM++ SDE" else 3)
-    assert np.isfinite(alone_5).all() and alone_5.std() > 0
-    assert f"Sampler: {sampler}," in images[0].infotext
+    from trainer_core.generate.infotext import parse_infotext
+    from trainer_core.generate.pipeline import _loop_length
+
+    (image,), calls, images = _images(tiny, sampler, 5)
+    resolved = resolve_sampler(sampler)
+    assert len(calls) == CALLS_AT_3_STEPS.get(sampler, 3) == _loop_length(tiny, resolved, 3)
+    assert np.isfinite(image).all() and image.std() > 5
+    params = parse_infotext(images[0].infotext)
+    assert (params["Sampler"], params["Schedule type"]) == (sampler, resolved.infotext_schedule)
+    back = resolve_sampler(params["Sampler"], params["Schedule type"])
+    assert (back.sampler, back.schedule) == (sampler, resolved.schedule)
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ SDE", "DPM++ 2S a"])  # Brownian trees; per-image generators
+def test_noisy_samplers_on_the_tiny_model_are_per_image_and_reproducible(tiny, sampler):
+    import numpy as np
+
+    (alone_5,), _, _ = _images(tiny, sampler, 5)
     again, _, _ = _images(tiny, sampler, 5)
     assert np.array_equal(again[0], alone_5)
     (alone_6,), _, _ = _images(tiny, sampler, 6)
     batch, _, _ = _images(tiny, sampler, 5, batch_size=2)
-    # one Brownian tree per image: image 2 of a batch is the image of seed + 1 alone
+    # per-image generators and Brownian trees: image 2 of a batch is the image of seed + 1 alone
     assert np.abs(batch[0] - alone_5).max() <= 1 and np.abs(batch[1] - alone_6).max() <= 1
     assert np.abs(alone_5 - alone_6).max() > 10
 
 
-def test_sde_sampler_hires_pass_counts_its_model_calls(tiny):
+@pytest.mark.parametrize(
+    ("sampler", "first", "hires"),
+    # hires 4 steps at denoise 0.5: A1111 builds 8 and runs the last 4 (DDIM: 2 calls, UniPC: 3 steps)
+    [("DPM++ SDE", 5, 7), ("DDIM", 3, 2), ("UniPC", 4, 3), ("PLMS", 4, 3)],
+)
+def test_hires_pass_counts_its_model_calls(tiny, sampler, first, hires):
     from trainer_core.generate.pipeline import _loop_length, hires_schedule
-    from trainer_core.generate.scheduled_conditioning import schedule_steps
 
-    (image,), calls, _ = _images(
-        tiny, "DPM++ SDE", 3, hires=True, hires_scale=1.5, hires_steps=4, denoise=0.5
+    (image,), calls, _ = _images(tiny, sampler, 3, hires=True, hires_scale=1.5, hires_steps=4, denoise=0.5)
+    assert calls.count((8, 8)) == first and calls.count((12, 12)) == hires
+    resolved = resolve_sampler(sampler)
+    n, _ = hires_schedule(4, 0.5)
+    assert _loop_length(tiny, resolved, 3) == first and _loop_length(tiny, resolved, n, 4) == hires
+
+
+def test_beta_schedule_infotext_records_the_distribution_as_a1111_does():
+    from trainer_core.generate.pipeline import SampleSettings, _infotext_params
+    from trainer_core.generate.samplers import resolve_sampler
+
+    params = _infotext_params(SampleSettings(prompt="1girl"), resolve_sampler("Euler", "Beta"), {})
+    assert (params["Schedule type"], params["Beta schedule alpha"], params["Beta schedule beta"]) == (
+        "Beta",
+        0.6,
+        0.6,
     )
-    # A1111 "second order": 2 calls a step except the last (a single Euler call to sigma 0), in both passes.
-    assert calls.count((8, 8)) == 5 and calls.count((12, 12)) == 7
-    resolved = resolve_sampler("DPM++ SDE")
-    n, strength = hires_schedule(4, 0.5)
-    assert _loop_length(tiny, resolved, 3) == 5 and _loop_length(tiny, resolved, n, strength) == 7
-    assert schedule_steps("DPM++ SDE", 3) == 6
+    assert "Beta schedule alpha" not in _infotext_params(
+        SampleSettings(prompt="1girl"), resolve_sampler("Euler"), {}
+    )

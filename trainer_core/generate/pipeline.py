@@ -384,11 +384,11 @@ def run_txt2img(
         first_embeds = first_conds.pipeline_embeds(0, device, unet_dtype)
         hires_embeds = hires_conds.pipeline_embeds(0, device, unet_dtype) if hires_conds is not None else None
     steps_per_batch = _loop_length(components, resolved_main, settings.steps)
-    hires_n = hires_strength = None
+    hires_n = None
     hires_steps = settings.hires_steps or settings.steps
     if settings.hires:
-        hires_n, hires_strength = hires_schedule(hires_steps, settings.denoise)
-        steps_per_batch += _loop_length(components, resolved_main, hires_n, hires_strength)
+        hires_n, _ = hires_schedule(hires_steps, settings.denoise)
+        steps_per_batch += _loop_length(components, resolved_main, hires_n, hires_steps)
     total = steps_per_batch * settings.batch_count
     state: dict[str, Any] = {"done": 0, "image": 0, "pass": ""}
     n_images = settings.batch_count * settings.batch_size
@@ -433,7 +433,7 @@ def run_txt2img(
                 state["pass"] = ", hires pass"
                 latents = _hires_pass(
                     components, settings, resolved_main, hires_embeds, seeds, device, latents,
-                    hires_n, hires_strength, step_callback(hires_conds),
+                    hires_n, hires_steps, step_callback(hires_conds),
                 )  # fmt: skip
             check()
             if progress is not None:
@@ -486,55 +486,83 @@ def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.items()}
 
 
-def _first_pass(components, settings, resolved, embeds, seeds, device, on_step):
-    from .brownian_noise import seed_brownian_noise
-
+def _scheduler(components, resolved, seeds):
+    """A1111's sampler for one pass: Brownian trees from the image seeds (SDE samplers), float32 latents between
+    the UNet calls, the UNet fed in its own dtype."""
     scheduler = make_scheduler(components.scheduler.config, resolved.sampler, resolved.schedule)[0]
-    seed_brownian_noise(scheduler, seeds)  # SDE samplers: one Brownian tree per image, as A1111
+    scheduler.use_image_seeds(seeds)
+    scheduler.model_dtype = next(components.unet.parameters()).dtype
+    return scheduler
+
+
+def _image_noise(generators: Sequence[Any], shape: tuple[int, ...], device: Any) -> Any:
+    """A1111's ImageRNG first draw: one float32 standard-normal latent per image from that image's generator (the
+    same generators then give the ancestral noise)."""
+    import torch
+
+    draws = [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]
+    return torch.stack(draws).to(device)
+
+
+def _first_pass(components, settings, resolved, embeds, seeds, device, on_step):
+    scheduler = _scheduler(components, resolved, seeds)
+    generators = _generators(seeds, device)
     pipe = _pipeline(components, scheduler)
+    scale = pipe.vae_scale_factor
+    shape = (components.unet.config.in_channels, settings.height // scale, settings.width // scale)
+    noise = _image_noise(generators, shape, device)
     out = pipe(
         **_repeat(embeds, len(seeds)),
         height=settings.height,
         width=settings.width,
         num_inference_steps=settings.steps,
         guidance_scale=settings.cfg,
-        generator=_generators(seeds, device),
+        latents=noise,  # the pipeline scales it by init_noise_sigma (A1111: noise * sigmas[0])
+        generator=generators,
         output_type="latent",
         callback_on_step_end=on_step,
     )
     return out.images
 
 
-def _hires_pass(components, settings, resolved, embeds, seeds, device, latents, n_steps, strength, on_step):
+def _hires_pass(
+    components, settings, resolved, embeds, seeds, device, latents, n_steps, hires_steps, on_step
+):
     import torch.nn.functional as F
 
     target_w, target_h = (int(settings.width * settings.hires_scale) // 8 * 8,
                           int(settings.height * settings.hires_scale) // 8 * 8)  # fmt: skip
+    # A1111 img2img: the schedule of n_steps = int(H / denoise) steps, its last H steps run. The scheduler does the
+    # split itself; the pipeline runs at strength 1 so that it keeps every call the scheduler plans.
+    scheduler = _scheduler(components, resolved, seeds)  # fresh trees from the same seeds, as A1111
+    scheduler.denoise_steps = hires_steps
+    generators = _generators(seeds, device)  # fresh noise from the same seeds, as A1111 does
+    noised = None
     if settings.hires_upscaler in LATENT_UPSCALERS:
         mode, antialias = LATENT_UPSCALERS[settings.hires_upscaler]
         kwargs = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
         image: Any = F.interpolate(latents, size=(target_h // 8, target_w // 8), mode=mode, **kwargs)
+        scheduler.set_timesteps(n_steps)
+        noised = scheduler.add_noise(image, _image_noise(generators, tuple(image.shape[1:]), device))
     else:
         from PIL import Image
 
         resample = (
             Image.Resampling.NEAREST if settings.hires_upscaler == "Nearest" else Image.Resampling.LANCZOS
         )
+        # the pipeline encodes these with the VAE and noises them through scheduler.add_noise
         image = [im.resize((target_w, target_h), resample) for im in decode_latents(components.vae, latents)]
-    from .brownian_noise import seed_brownian_noise
-
-    scheduler = make_scheduler(components.scheduler.config, resolved.sampler, resolved.schedule)[0]
-    seed_brownian_noise(scheduler, seeds)  # A1111 reseeds the hires pass's trees from the same seeds
     pipe = _pipeline(components, scheduler, img2img=True)
     out = pipe(
         **_repeat(embeds, len(seeds)),
         image=image,
+        latents=noised,
         height=target_h,
         width=target_w,
-        strength=strength,
+        strength=1.0,
         num_inference_steps=n_steps,
         guidance_scale=settings.cfg,
-        generator=_generators(seeds, device),  # fresh noise from the same seeds, as A1111 does
+        generator=generators,
         output_type="latent",
         callback_on_step_end=on_step,
     )
@@ -565,16 +593,15 @@ def decode_latents(vae: Any, latents: Any) -> list[Any]:
 
 
 def _loop_length(
-    components: Any, resolved: ResolvedSampler, steps: int, strength: float | None = None
+    components: Any, resolved: ResolvedSampler, steps: int, denoise_steps: int | None = None
 ) -> int:
-    """How many denoising-loop iterations (callback calls) a pass makes: steps, x2-1 for 2nd-order samplers."""
+    """How many denoising-loop iterations (callback calls, model calls) a pass makes: the sampler's own plan
+    (2 x steps - 1 for the second-order ones, more for Restart, one fewer for DDIM, ...); `denoise_steps` for
+    the hires pass (the last H of `steps`)."""
     scheduler = make_scheduler(components.scheduler.config, resolved.sampler, resolved.schedule)[0]
+    scheduler.denoise_steps = denoise_steps
     scheduler.set_timesteps(steps)
-    length = len(scheduler.timesteps)
-    if strength is not None:
-        t_start = steps - min(int(steps * strength), steps)
-        length -= t_start * scheduler.order
-    return max(1, length)
+    return max(1, len(scheduler.timesteps))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -593,6 +620,11 @@ def _infotext_params(
         "Model hash": extra.get("Model hash"),
         "Model": extra.get("Model"),
     }
+    if resolved.schedule == "Beta":  # A1111 records the beta distribution's shape with that schedule
+        from .kdiffusion_sigmas import BETA_ALPHA, BETA_BETA
+
+        params["Beta schedule alpha"] = BETA_ALPHA
+        params["Beta schedule beta"] = BETA_BETA
     if settings.hires:
         params["Denoising strength"] = settings.denoise
         params["Hires upscale"] = settings.hires_scale
