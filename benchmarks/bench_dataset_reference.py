@@ -1,19 +1,28 @@
 """Reference builds vs copy builds vs captions alone, and the trainer's data path from references vs files.
 
-    python benchmarks/bench_dataset_reference.py [--posts 100000] [--workers 2] [--read-images 400]
+    python benchmarks/bench_dataset_reference.py [--posts 100000] [--image-max-side 32] [--workers 2]
+    python benchmarks/bench_dataset_reference.py --workspace DEMO_ROOT [--modes reference,captions,copy]
 
-Builds the card recipe (kohaku-xl-delta preset) on a demo DB with its shards three ways: `--image-mode copy`,
-`--image-mode reference`, and captions alone (`kxl dataset captions`, which touches no shard). Bytes written are
-counted by the kernel (/proc/self/io `write_bytes`, which includes the flushes) where available, else as the
-size of the output folder. Then it reads the same images through the trainer's `load_pixels` from the referenced
-dataset and from the copied one. Page cache: dropped before each read pass when running as root
-(/proc/sys/vm/drop_caches), otherwise said so in the table.
+Builds the card recipe (kohaku-xl-delta preset) on a demo DB with its shards: `--image-mode copy`,
+`--image-mode reference`, and captions alone (`kxl dataset captions`, which touches no shard). `--workspace`
+reuses a demo made earlier (`DEMO_ROOT/danbooru/danbooru2023.db` and `.../images`; a 1 M-post demo takes ~30 min
+to make at 32 px on 2 cores), else one is made in a temp folder. Bytes written are counted by the kernel
+(/proc/self/io `write_bytes`: pages sent to storage, so a 300-byte caption file counts 4 KiB) where available, else
+as the size of the output. The table gives each mode's wall time, x captions alone, bytes, % of the copy build, and
+bytes per written post; since demo images are tiny (~0.5 KB at 32 px) against danbooru2023's ~370 KB, the
+reference build's bytes per post are also given as a % of a copy of real-size images (370 KB + a 4 KiB caption
+file per post).
+
+Data path: `--read-images` images (the same random sample from both datasets) through the trainer's
+`load_pixels`, from the referenced dataset and from the copy, twice each, alternating. Page cache: dropped before
+each pass when /proc/sys/vm/drop_caches is writable (said "cold"), else "warm".
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -21,6 +30,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REAL_IMAGE_BYTES = 370_000  # danbooru2023-webp-4Mpixel: ~1.35 TB / 3.6 M images
+CAPTION_FILE_BYTES = 4096  # one page per caption file
 
 
 def _write_bytes() -> int | None:
@@ -34,6 +46,8 @@ def _write_bytes() -> int | None:
 
 
 def _folder_bytes(folder: Path) -> int:
+    if folder.is_file():
+        return folder.stat().st_size
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
@@ -46,79 +60,128 @@ def _drop_caches() -> bool:
         return False
 
 
-def _measure(fn, out: Path) -> tuple[float, int]:
+def _measure(fn, out: Path) -> tuple[float, int, float]:
+    """(wall s, bytes written, CPU s of this process and its finished children)."""
     os.sync()
     w0 = _write_bytes()
+    c0 = _cpu()
     t0 = time.perf_counter()
     fn()
     os.sync()
     wall = time.perf_counter() - t0
     w1 = _write_bytes()
-    return wall, (w1 - w0 if w0 is not None and w1 is not None else _folder_bytes(out))
+    written = w1 - w0 if w0 is not None and w1 is not None else _folder_bytes(out)
+    return wall, written, _cpu() - c0
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--posts", type=int, default=100_000)
+    ap.add_argument(
+        "--image-max-side", type=int, default=32, help="demo image size (made only without --workspace)"
+    )
+    ap.add_argument(
+        "--workspace", type=Path, help="an existing demo root (danbooru/danbooru2023.db, danbooru/images)"
+    )
+    ap.add_argument("--out", type=Path, help="where the datasets go (default: a temp folder, removed after)")
+    ap.add_argument("--modes", default="captions,reference,copy", help="which builds, in this order")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--read-images", type=int, default=400, help="images read per data-path pass")
-    ap.add_argument("--work", type=Path, help="keep the demo here (reused when it exists)")
+    ap.add_argument("--read-images", type=int, default=400, help="images read per data-path pass (0: none)")
     args = ap.parse_args()
 
     from trainer_core.dataset.captions_export import write_captions_jsonl
     from trainer_core.dataset.export import BuildOptions, build_dataset
     from trainer_core.dataset.filters import PostFilters
     from trainer_core.dataset.selection import PRESETS
-    from trainer_core.demo import init_demo
     from trainer_core.train.config import DatasetConfig
     from trainer_core.train.data import BucketPlan, load_pixels, scan_dataset
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="kxl-bench-ref-"))
-    t0 = time.perf_counter()
-    ws = init_demo(work / "ws", posts=args.posts, seed=0, models=False, image_max_side=256)
-    print(f"demo: {args.posts:,} posts in {time.perf_counter() - t0:.1f} s at {work}", flush=True)
-    plan = PRESETS["kohaku-xl-delta"]
-    rows = []
-    outs = {}
-    for mode in ("copy", "reference"):
-        out = work / f"ds-{mode}"
-        shutil.rmtree(out, ignore_errors=True)
-        opts = BuildOptions(db=ws.db_path, images=ws.images_path, out=out, plan=plan, image_mode=mode)
-        wall, written = _measure(lambda opts=opts: build_dataset(opts, workers=args.workers), out)
-        rows.append((f"build --image-mode {mode}", wall, written))
-        outs[mode] = out
-    cap = work / "captions.jsonl"
-    filters = PostFilters(
-        skip_deleted=True, skip_banned=True, images_only=True
-    )  # the build's default filters
-    wall, written = _measure(
-        lambda: write_captions_jsonl(ws.db_path, cap, plan, filters, "card", threads=args.workers), cap
-    )
-    rows.append(("captions alone (kxl dataset captions)", wall, written))
+    work = args.out or Path(tempfile.mkdtemp(prefix="kxl-bench-ref-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.workspace is not None:
+        db, images = args.workspace / "danbooru" / "danbooru2023.db", args.workspace / "danbooru" / "images"
+    else:
+        from trainer_core.demo import init_demo
 
-    base_wall, base_bytes = rows[2][1], rows[2][2]
-    copy_bytes = rows[0][2]
-    print(f"\n{'build':44} {'wall s':>8} {'x captions':>11} {'MB written':>11} {'% of copy':>10}")
-    for name, wall, written in rows:
-        print(f"{name:44} {wall:8.2f} {wall / base_wall:11.2f} {written / 1e6:11.1f} "
-              f"{100 * written / max(1, copy_bytes):9.2f}%")  # fmt: skip
-    print(f"(reference target: <= 1.2 x captions alone; bytes <= 1 % of copy; captions alone wrote "
-          f"{base_bytes / 1e6:.1f} MB)")  # fmt: skip
-
-    cfg = DatasetConfig(resolution=256, min_bucket_reso=128, max_bucket_reso=512, bucket_step=64)
-    print(f"\n{'trainer data path (load_pixels)':44} {'images':>8} {'s':>8} {'images/s':>10} {'cache':>8}")
-    for mode in ("copy", "reference", "copy", "reference"):
-        items = scan_dataset(outs[mode])
-        bplan = BucketPlan(items, cfg, 1)
-        n = min(args.read_images, len(items))
-        cold = _drop_caches()
         t0 = time.perf_counter()
-        for i in range(n):
-            load_pixels(items[i], bplan.assignment(i))
-        dt = time.perf_counter() - t0
-        print(f"{'from ' + ('the kohya folder' if mode == 'copy' else 'shard references'):44} {n:8d} {dt:8.2f} "
-              f"{n / dt:10.1f} {'cold' if cold else 'warm':>8}")  # fmt: skip
-    if args.work is None:
+        ws = init_demo(
+            work / "ws", posts=args.posts, seed=0, models=False, image_max_side=args.image_max_side
+        )
+        db, images = ws.db_path, ws.images_path
+        print(f"demo: {args.posts:,} posts in {time.perf_counter() - t0:.1f} s at {work}", flush=True)
+    from trainer_core.cli import main as kxl_main
+
+    kxl_main(["dataset", "index", "--db", str(db)])  # a big DB's column cache exists before any timing
+    plan = PRESETS["kohaku-xl-delta"]
+    rows: dict[str, tuple[float, int, float]] = {}
+    outs: dict[str, Path] = {}
+    written_posts = 0
+    for mode in args.modes.split(","):
+        if mode == "captions":
+            out = work / "captions.jsonl"
+            filters = PostFilters()  # the build's default filters
+
+            def run(out=out, filters=filters):
+                write_captions_jsonl(db, out, plan, filters, "card", threads=args.workers)
+        else:
+            out = work / f"ds-{mode}"
+            shutil.rmtree(out, ignore_errors=True)
+            opts = BuildOptions(db=db, images=images, out=out, plan=plan, image_mode=mode)
+
+            def run(opts=opts):
+                nonlocal written_posts
+                written_posts = build_dataset(opts, workers=args.workers).summary.written
+
+        rows[mode] = _measure(run, out)
+        outs[mode] = out
+        print(f"  {mode}: {rows[mode][0]:.2f} s wall, {rows[mode][1] / 1e6:.1f} MB written", flush=True)
+
+    base = rows.get("captions")
+    copy_bytes = rows["copy"][1] if "copy" in rows else None
+    print(f"\n{'build':34} {'wall s':>8} {'cpu s':>8} {'x captions':>11} {'MB written':>11} {'% of copy':>10} "
+          f"{'B/post':>8}")  # fmt: skip
+    names = {"captions": "captions alone (kxl dataset captions)", "reference": "build --image-mode reference",
+             "copy": "build --image-mode copy"}  # fmt: skip
+    for mode, (wall, written, cpu) in rows.items():
+        ratio = f"{wall / base[0]:11.2f}" if base else f"{'-':>11}"
+        share = f"{100 * written / copy_bytes:9.2f}%" if copy_bytes else f"{'-':>10}"
+        per_post = f"{written / max(1, written_posts):8.0f}"
+        print(f"{names[mode]:34} {wall:8.2f} {cpu:8.2f} {ratio} {written / 1e6:11.1f} {share} {per_post}")
+    if "reference" in rows and written_posts:
+        per_post = rows["reference"][1] / written_posts
+        real = REAL_IMAGE_BYTES + CAPTION_FILE_BYTES
+        print(f"(bars: reference <= 1.2 x captions alone, bytes <= 1 % of copy; {written_posts:,} posts written; "
+              f"reference writes {per_post:.0f} B/post = {100 * per_post / real:.3f} % of a copy of real-size "
+              f"images at {real / 1000:.0f} kB/post)")  # fmt: skip
+
+    datasets = {mode: outs.get(mode, work / f"ds-{mode}") for mode in ("copy", "reference")}
+    if args.read_images and all((d / "kxl-dataset.toml").is_file() for d in datasets.values()):
+        # (a dataset of an earlier run in --out counts: a 1 M-post copy build takes minutes)
+        cfg = DatasetConfig(resolution=256, min_bucket_reso=128, max_bucket_reso=512, bucket_step=64)
+        tables = {mode: scan_dataset(datasets[mode]) for mode in ("copy", "reference")}
+        assert len(tables["copy"]) == len(tables["reference"]), "the two datasets differ"
+        n_items = len(tables["copy"])
+        sample = random.Random(0).sample(range(n_items), min(args.read_images, n_items))
+        print(
+            f"\n{'trainer data path (load_pixels)':44} {'images':>8} {'s':>8} {'images/s':>10} {'cache':>8}"
+        )
+        for mode in ("copy", "reference", "copy", "reference"):
+            items = tables[mode]
+            bplan = BucketPlan(items, cfg, 1)
+            cold = _drop_caches()
+            t0 = time.perf_counter()
+            for i in sample:
+                load_pixels(items[i], bplan.assignment(i))
+            dt = time.perf_counter() - t0
+            where = "the kohya folder" if mode == "copy" else "shard references"
+            print(f"{'from ' + where:44} {len(sample):8d} {dt:8.2f} {len(sample) / dt:10.1f} "
+                  f"{'cold' if cold else 'warm':>8}")  # fmt: skip
+    if args.out is None:
         shutil.rmtree(work, ignore_errors=True)
 
 

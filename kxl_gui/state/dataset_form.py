@@ -21,6 +21,7 @@ DEFAULT_PRESET = "kohaku-xl-delta"
 RATINGS = ("general", "sensitive", "questionable", "explicit")  # index = the DB's rating code
 QUALITY_SCHEMES = ("card", "hakubooru", "db")
 IMAGE_FORMATS = ("copy", "webp", "png", "jpg")
+IMAGE_MODES = ("copy", "reference")  # write the images into the folder, or reference them inside the shards
 PIXEL_BUDGETS: tuple[tuple[str, int | None], ...] = (
     ("keep size", None),
     ("1024 × 1024 area", 1024 * 1024),
@@ -87,6 +88,7 @@ class DatasetForm:
     out: str = ""
     repeats: int = 1
     name: str = "kxl"
+    image_mode: str = "copy"  # "reference": no image copied; format and pixel budget then do not apply
     image_format: str = "copy"
     max_pixels: int | None = None
     workers: int = 4  # shards exported in parallel (an argument of build_dataset, not part of BuildOptions)
@@ -186,6 +188,9 @@ class DatasetForm:
             raise KxlError(f"quality tags {self.quality!r}: choose one of {', '.join(QUALITY_SCHEMES)}")
         if self.workers < 1:
             raise KxlError(f"shards in parallel must be at least 1 (got {self.workers})")
+        if self.image_mode not in IMAGE_MODES:
+            raise KxlError(f"images {self.image_mode!r}: choose one of {', '.join(IMAGE_MODES)}")
+        reference = self.image_mode == "reference"
         opts = BuildOptions(
             db=db,
             images=images,
@@ -195,8 +200,11 @@ class DatasetForm:
             quality=self.quality,
             repeats=self.repeats,
             name=self.name.strip(),
-            image_format=self.image_format,
-            max_pixels=self.max_pixels,
+            # a reference build keeps the shard bytes as they are: the (greyed-out) format and budget stay in the
+            # form for a switch back to copy, and are not part of the request
+            image_format="copy" if reference else self.image_format,
+            max_pixels=None if reference else self.max_pixels,
+            image_mode=self.image_mode,
         )
         opts.validate()
         return opts
@@ -226,6 +234,7 @@ class DatasetForm:
             out=str(opts.out),
             repeats=opts.repeats,
             name=opts.name,
+            image_mode=opts.image_mode,
             image_format=opts.image_format,
             max_pixels=opts.max_pixels,
             workers=workers,

@@ -53,7 +53,7 @@ TAB_ORDER = 10
 
 SOURCE, SELECTION, CAPTIONS, OUTPUT, RUN, SUMMARY = range(len(STEPS))
 SOURCE_FIELDS = {"db", "images"}
-OUTPUT_FIELDS = {"out", "repeats", "name"}
+OUTPUT_FIELDS = {"out", "repeats", "name", "image_mode"}
 ESTIMATE_DELAY_MS = 300  # a count per pause in typing, not per key
 SOURCE_CHECK_DELAY_MS = 400
 PREVIEW_POSTS = 20
@@ -167,6 +167,7 @@ class DatasetTab(QWidget):
         b.path(o.out_row, "out")
         b.spin(o.repeats_spin, "repeats")
         b.line(o.name_edit, "name")
+        b.bind("image_mode", lambda: o.image_mode, o.set_image_mode, o.reference_radio.toggled)
         b.combo_data(o.format_combo, "image_format")
         b.combo_data(o.budget_combo, "max_pixels")
         b.spin(o.workers_spin, "workers")
@@ -359,8 +360,14 @@ class DatasetTab(QWidget):
 
     # ---- output ---------------------------------------------------------------------------------------------
     def _update_output_note(self) -> None:
-        note = (f"Writes {self.form.subfolder()}/<id>.<ext> + <id>.txt, manifest.jsonl, skipped.jsonl, "
-                "kxl-dataset.toml and sd-scripts-dataset.toml.")  # fmt: skip
+        if self.form.image_mode == "reference":
+            note = ("Writes manifest.jsonl (every caption, and where each image is inside its shard), skipped.jsonl, "
+                    "shards.json and kxl-dataset.toml: no image and no caption file. Training, Tags and pre-flight "
+                    "read the images from the shards, which must stay where they are; for sd-scripts, "
+                    "`kxl dataset materialize` writes the copy later.")  # fmt: skip
+        else:
+            note = (f"Writes {self.form.subfolder()}/<id>.<ext> + <id>.txt, manifest.jsonl, skipped.jsonl, "
+                    "kxl-dataset.toml and sd-scripts-dataset.toml.")  # fmt: skip
         path = self.form.out_path()
         if path is not None:
             if partial_build_info(path) is not None:
@@ -382,9 +389,12 @@ class DatasetTab(QWidget):
         self.start_button.setEnabled(not self.running)
         plan = ", ".join(r.label() for r in opts.plan.ranges)
         budget = "" if opts.max_pixels is None else f" (≤ {opts.max_pixels:,} px)"
+        if opts.image_mode == "reference":
+            images, target = "referenced in the shards (no copy)", opts.out
+        else:
+            images, target = f"{opts.image_format}{budget}", opts.out / opts.subfolder
         self.run.run_summary.setText(
-            f"Ranges {plan}; seed {opts.plan.seed}; quality {opts.quality}; images {opts.image_format}{budget}"
-            f"\n→ {opts.out / opts.subfolder}"
+            f"Ranges {plan}; seed {opts.plan.seed}; quality {opts.quality}; images {images}\n→ {target}"
         )
 
     def start_build(self) -> None:
@@ -442,7 +452,8 @@ class DatasetTab(QWidget):
     def _on_built(self, result: BuildResult) -> None:
         self.result = result
         s = result.summary
-        self.progress.set_done(f"Done: {s.written:,} written, {s.missing:,} missing, {s.corrupt:,} corrupt.")
+        verb = "referenced" if result.image_mode == "reference" else "written"
+        self.progress.set_done(f"Done: {s.written:,} {verb}, {s.missing:,} missing, {s.corrupt:,} corrupt.")
         self.summary.show_result(result)
         self.context.show_status(f"Dataset written to {result.out}")
         self.context.announce_dataset(Path(result.out))

@@ -350,11 +350,12 @@ class BulkEditPanel(QScrollArea):
     def set_undo(self, info: JournalInfo | None) -> None:
         self._undo = info
         self.undo_button.setEnabled(info is not None and not self.cancel_button.isVisible())
-        self.undo_label.setText(
-            f"Undo would revert: {info.description} ({info.files:,} file(s), {info.created})"
-            if info is not None
-            else "Nothing to undo for this dataset."
-        )
+        if info is None:
+            self.undo_label.setText("Nothing to undo for this dataset.")
+            return
+        # a referenced dataset keeps every caption in one manifest: count captions, not files
+        what = f"{info.captions:,} caption(s)" if info.captions is not None else f"{info.files:,} file(s)"
+        self.undo_label.setText(f"Undo would revert: {info.description} ({what}, {info.created})")
 
     def bad_input(self, exc: KxlError) -> None:
         self.show_preview(None, str(exc))

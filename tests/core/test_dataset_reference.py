@@ -1,11 +1,14 @@
 """Referenced datasets (`--image-mode reference`): the trainer, the Tags tab and `materialize` see exactly what a
-copy build gives, and a shard that went missing or changed is caught with its name."""
+copy build gives, captions live in the manifest (edits and undo included), and a shard that went missing, was cut
+short or replaced is caught with its name."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,19 +23,24 @@ from trainer_core.train.data import BucketPlan, load_pixels, scan_dataset
 from trainer_core.train.data_loader import TrainBatches
 
 CFG = DatasetConfig(resolution=256, min_bucket_reso=128, max_bucket_reso=512, bucket_step=64)
+REFERENCE_FILES = {"manifest.jsonl", "skipped.jsonl", "shards.json", "kxl-dataset.toml"}
 
 
 def tree(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and ".kxl-cache" not in p.parts
+        if p.is_file() and ".kxl-cache" not in p.parts and ".kxl-undo" not in p.parts
     }
 
 
-def build(db: Path, images: Path, out: Path, mode: str) -> None:
-    opts = BuildOptions(db=db, images=images, out=out, plan=PRESETS["kohaku-xl-delta"], image_mode=mode)
+def build(db: Path, images: Path, out: Path, mode: str, **kw) -> None:
+    opts = BuildOptions(db=db, images=images, out=out, plan=PRESETS["kohaku-xl-delta"], image_mode=mode, **kw)
     build_dataset(opts, workers=2)
+
+
+def manifest(root: Path) -> list[dict]:
+    return [json.loads(x) for x in (root / "manifest.jsonl").read_text("utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +67,15 @@ def own_shards(built, tmp_path):
     close_shards()
 
 
+@pytest.fixture
+def both_copies(built, tmp_path):
+    """Private copies of the copy-built and the referenced dataset (tests that edit captions)."""
+    _db, _images, copy, ref = built
+    shutil.copytree(copy, tmp_path / "copy")
+    shutil.copytree(ref, tmp_path / "ref")
+    return tmp_path / "copy", tmp_path / "ref"
+
+
 def _batches(root: Path, workers: int):
     items = scan_dataset(root)
     plan = BucketPlan(items, CFG, 4)
@@ -68,34 +85,36 @@ def _batches(root: Path, workers: int):
         return plan, [b for step in range(spe) for b in batches.micro_batches(step)]
 
 
-def test_reference_build_writes_no_image_and_the_same_records(built):
+# ---- what a reference build writes --------------------------------------------------------------------------------
+def test_reference_build_writes_a_manifest_and_no_image_or_caption_file(built):
+    import tomllib
+
     _db, _images, copy, ref = built
-    files = tree(ref)
-    assert not [f for f in files if f.endswith((".webp", ".png", ".jpg"))]
-    assert {
-        "manifest.jsonl",
-        "skipped.jsonl",
-        "shards.json",
-        "kxl-dataset.toml",
-        "sd-scripts-dataset.toml",
-    } <= set(files)
-    copy_manifest = [json.loads(x) for x in (copy / "manifest.jsonl").read_text("utf-8").splitlines()]
-    ref_manifest = [json.loads(x) for x in (ref / "manifest.jsonl").read_text("utf-8").splitlines()]
-    assert len(ref_manifest) == len(copy_manifest) > 100
-    for c, r in zip(copy_manifest, ref_manifest, strict=True):
-        pointer = r.pop("ref")
-        assert r == c
+    assert set(tree(ref)) == REFERENCE_FILES  # no image, no .txt, no <repeats>_<name>/ folder
+    assert not any(p.is_dir() for p in ref.iterdir())
+    copy_lines = (copy / "manifest.jsonl").read_text("utf-8").splitlines()
+    ref_lines = (ref / "manifest.jsonl").read_text("utf-8").splitlines()
+    assert len(ref_lines) == len(copy_lines) > 100
+    for c, r in zip(copy_lines, ref_lines, strict=True):
+        record = json.loads(r)
+        pointer = record.pop("ref")
+        assert r.startswith(c[:-1] + ', "ref": {')  # a copy build's record, byte for byte, then the ref
+        assert json.dumps(record, ensure_ascii=False) == c
+        assert (copy / record["file"]).with_suffix(".txt").read_text("utf-8") == record["caption"]
         shard = Path(pointer["shard"])
-        assert shard.is_absolute() and shard.name == c["shard"]
+        assert shard.is_absolute() and shard.name == record["shard"]
         with open(shard, "rb") as fh:  # the pointer is right: these are the image's bytes
             fh.seek(pointer["offset"])
-            assert fh.read(pointer["size"]) == (copy / c["file"]).read_bytes()
+            assert fh.read(pointer["size"]) == (copy / record["file"]).read_bytes()
     assert (ref / "skipped.jsonl").read_bytes() == (copy / "skipped.jsonl").read_bytes()
-    captions = {k: v for k, v in tree(copy).items() if k.endswith(".txt")}
-    assert {k: v for k, v in files.items() if k.endswith(".txt")} == captions
-    shards = json.loads((ref / "shards.json").read_text("utf-8"))["shards"]
-    assert sum(s["posts"] for s in shards.values()) == len(ref_manifest)
-    for path, s in shards.items():
+    info_c = tomllib.loads((copy / "kxl-dataset.toml").read_text("utf-8"))
+    info_r = tomllib.loads((ref / "kxl-dataset.toml").read_text("utf-8"))
+    assert info_r["output"].pop("image_mode") == "reference"
+    assert info_r == info_c  # the same options and summary (counts, bytes, distributions)
+    shards = json.loads((ref / "shards.json").read_text("utf-8"))
+    assert shards["version"] == 2
+    assert sum(s["posts"] for s in shards["shards"].values()) == len(ref_lines)
+    for path, s in shards["shards"].items():
         st = os.stat(path)
         assert (s["size"], s["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
 
@@ -118,20 +137,108 @@ def test_identical_batches_from_references_and_copies(built, workers):
         assert torch.equal(r.pixels, c.pixels)
 
 
-def test_tags_tab_reads_referenced_images(built):
+def test_trainer_scan_is_cached_and_follows_a_manifest_edit(both_copies, tmp_path):
+    from trainer_core.tags.bulk_edit import TagEdit, edit_dataset
+    from trainer_core.tags.dataset_index import open_dataset
+    from trainer_core.train.dataset_scan import cache_roots, scan_table
+
+    _copy, ref = both_copies
+    first = scan_table(ref, cache_roots(ref))
+    assert first.report["cache"] == "miss" and len(first) > 100
+    assert scan_table(ref, cache_roots(ref)).report["cache"] == "hit"  # no manifest read on a warm start
+    index = open_dataset(ref)
+    edit_dataset(index, TagEdit("add", "zebra_stripes"), [0])
+    again = scan_table(ref, cache_roots(ref))
+    assert again.report["cache"] == "miss"
+    edited = [i for i in range(len(again)) if again.caption(i) != first.caption(i)]
+    assert len(edited) == 1 and again.caption(edited[0]).endswith(", zebra stripes")
+
+
+# ---- the Tags tab: pictures from the shards, captions in the manifest --------------------------------------------
+def test_tags_index_lists_referenced_images_with_their_captions(built):
     import numpy as np
 
     from trainer_core.tags.dataset_index import open_dataset
 
     _db, _images, copy, ref = built
     a, b = open_dataset(copy), open_dataset(ref)
-    assert b.layout == "kohya" and not b.problems and len(b.refs) == len(b) == len(a)
+    assert b.layout == "kohya" and b.captions_in_manifest and not a.captions_in_manifest
+    assert not b.problems and len(b.refs) == len(b) == len(a)
+    for i in range(len(a)):
+        assert (b.entries[i].image, b.entries[i].caption, b.entries[i].size) == (
+            a.entries[i].image,
+            a.entries[i].caption,
+            a.entries[i].size,
+        )
     for i in range(0, len(a), 7):
-        assert (b.entries[i].image, b.entries[i].caption) == (a.entries[i].image, a.entries[i].caption)
         with a.open_image(i) as x, b.open_image(i) as y:
             assert np.array_equal(np.asarray(x.convert("RGB")), np.asarray(y.convert("RGB")))
 
 
+def test_bulk_edit_and_undo_of_a_referenced_dataset_match_a_copy(both_copies, tmp_path):
+    """The same edit gives a referenced dataset the captions it gives a copy (materialize shows it byte for
+    byte); the journal holds only the changed lines; undo restores the manifest exactly."""
+    from trainer_core.dataset.materialize import materialize_dataset
+    from trainer_core.tags.bulk_edit import TagEdit, edit_dataset, preview_bulk_edit
+    from trainer_core.tags.dataset_index import open_dataset
+    from trainer_core.tags.edit_journal import last_edit, undo_last
+
+    copy, ref = both_copies
+    original = (ref / "manifest.jsonl").read_bytes()
+    ic, ir = open_dataset(copy), open_dataset(ref)
+    edit = TagEdit("replace", "solo", "alone")
+    rows = ic.images_with_tag("solo")
+    assert len(rows) > 3
+    assert preview_bulk_edit(ir, edit).changed == preview_bulk_edit(ic, edit).changed == len(rows)
+    done_c = edit_dataset(ic, edit)
+    done_r = edit_dataset(ir, edit)
+    assert done_r.describe() == done_c.describe()
+    assert done_r.files_changed == len(rows) and done_r.manifest_updated
+    assert set(tree(ref)) == REFERENCE_FILES  # still no caption file
+    header, record = (json.loads(x) for x in done_r.journal.read_text("utf-8").splitlines())
+    assert header["captions"] == len(rows) and record["path"] == "manifest.jsonl"
+    assert "before" not in record and len(record["lines"]) == len(rows)  # the changed lines, not the manifest
+    assert (last_edit(ref).files, last_edit(ref).captions) == (1, len(rows))
+    materialize_dataset(ref, tmp_path / "mat")
+    assert tree(tmp_path / "mat") == tree(copy)  # .txt captions and manifest as the edited copy has them
+
+    summary = undo_last(ref)
+    assert summary.describe().endswith(f"{len(rows):,} caption(s) restored")
+    assert (ref / "manifest.jsonl").read_bytes() == original
+    assert not (ref / ".kxl-undo").exists()
+
+
+def test_undo_is_refused_when_the_manifest_changed_since(both_copies):
+    from trainer_core.tags.bulk_edit import TagEdit, edit_dataset
+    from trainer_core.tags.dataset_index import open_dataset
+    from trainer_core.tags.edit_journal import undo_last
+
+    _copy, ref = both_copies
+    edit_dataset(open_dataset(ref), TagEdit("add", "sunset"), [0, 1])
+    edited = (ref / "manifest.jsonl").read_bytes()
+    (ref / "manifest.jsonl").write_bytes(edited.replace(b"sunset", b"sunrise", 1))
+    with pytest.raises(KxlError, match="changed since the tag edit") as err:
+        undo_last(ref)
+    assert str(ref / "manifest.jsonl") in str(err.value)
+    assert (ref / "manifest.jsonl").read_bytes() == edited.replace(b"sunset", b"sunrise", 1)
+
+
+def test_cancelled_manifest_edit_changes_nothing(both_copies):
+    from trainer_core.errors import Cancelled
+    from trainer_core.progress import CancelToken, Progress
+    from trainer_core.tags.bulk_edit import TagEdit, apply_manifest_edit
+
+    _copy, ref = both_copies
+    before = tree(ref)
+    token = CancelToken()
+    token.cancel()
+    ids = [r["id"] for r in manifest(ref)]
+    with pytest.raises(Cancelled):
+        apply_manifest_edit(ref, ids, TagEdit("add", "night"), Progress(cancel_token=token))
+    assert tree(ref) == before and not (ref / ".kxl-undo").exists()
+
+
+# ---- materialize ----------------------------------------------------------------------------------------------
 def test_materialize_equals_copy_build(built, tmp_path, capsys):
     _db, _images, copy, ref = built
     out = tmp_path / "mat"
@@ -146,22 +253,29 @@ def test_materialize_equals_copy_build(built, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_reference_build_writes_only_into_its_folder(built, tmp_path):
-    db, images, _copy, ref = built
-    before = {p: p.stat().st_mtime_ns for p in Path(images).rglob("*")}
-    out = tmp_path / "cli-ref"
-    rc = kxl_main(["dataset", "build", "--db", str(db), "--images", str(images), "--out", str(out),
-                   "--preset", "kohaku-xl-delta", "--image-mode", "reference"])  # fmt: skip
-    assert rc == 0
-    assert {p: p.stat().st_mtime_ns for p in Path(images).rglob("*")} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["cli-ref"]
-    assert tree(out) == tree(ref)
+@pytest.mark.parametrize(
+    "hostile", ["1_kxl/../../evil.webp", "/tmp/evil.webp", "../1_kxl/5.webp", "1_kxl/5.webp/x"]
+)
+def test_materialize_never_writes_where_a_record_points(built, tmp_path, capsys, hostile):
+    _db, _images, _copy, ref = built
+    src = tmp_path / "ds" / "ref"
+    shutil.copytree(ref, src)
+    lines = (src / "manifest.jsonl").read_text("utf-8").splitlines(keepends=True)
+    record = json.loads(lines[1])
+    record["file"] = hostile
+    lines[1] = json.dumps(record, ensure_ascii=False) + "\n"
+    (src / "manifest.jsonl").write_text("".join(lines), encoding="utf-8")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert kxl_main(["dataset", "materialize", str(src), "--out", str(tmp_path / "ds" / "mat")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.jsonl: line 2: not a valid image reference" in err and hostile in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not Path("/tmp/evil.webp").exists()
 
 
 def test_hostile_member_names_are_never_paths(built, tmp_path):
-    """Only `<digits>.<ext>` members count; a member named like a path is skipped, and nothing lands outside."""
-    import tarfile
-
+    """Only `<digits>.<ext>` members count; a member named like a path is skipped, and nothing lands outside,
+    neither when building nor when materializing."""
     from support import write_tar
 
     db, images, _copy, _ref = built
@@ -171,20 +285,81 @@ def test_hostile_member_names_are_never_paths(built, tmp_path):
     with tarfile.open(some) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
     pid = members[0][0].split(".")[0]
-    write_tar(some, [(f"../../{pid}.webp", members[0][1]), (f"/tmp/{pid}.webp", members[0][1]), *members[1:]])
+    evil = [(f"../../{pid}.webp", members[0][1]), (f"/tmp/{pid}.webp", members[0][1]),
+            (f"../../../../tmp/evil-{pid}.webp", members[0][1])]  # fmt: skip
+    write_tar(some, [*evil, *members[1:]])
     out = tmp_path / "ds" / "ref"
     build(db, shards, out, "reference")
+    materialized = tmp_path / "ds" / "mat"
+    from trainer_core.dataset.materialize import materialize_dataset
+
+    materialize_dataset(out, materialized)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "images"]
-    assert [p.name for p in (tmp_path / "ds").iterdir()] == ["ref"]
-    names = {json.loads(x)["file"] for x in (out / "manifest.jsonl").read_text("utf-8").splitlines()}
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["mat", "ref"]
+    assert not Path(f"/tmp/{pid}.webp").exists() and not Path(f"/tmp/evil-{pid}.webp").exists()
+    names = {r["file"] for r in manifest(out)}
     assert all(n.startswith("1_kxl/") and "/" not in n[6:] for n in names)
+    assert f"1_kxl/{pid}.webp" not in names  # its only member was one of the hostile names
+    assert {p.relative_to(materialized).as_posix() for p in materialized.rglob("*.webp")} == names
 
 
+def test_cli_reference_build_writes_only_into_its_folder(built, tmp_path, capsys):
+    db, images, _copy, ref = built
+    before = {p: p.stat().st_mtime_ns for p in Path(images).rglob("*")}
+    out = tmp_path / "cli-ref"
+    rc = kxl_main(["dataset", "build", "--db", str(db), "--images", str(images), "--out", str(out),
+                   "--preset", "kohaku-xl-delta", "--image-mode", "reference"])  # fmt: skip
+    assert rc == 0
+    assert "images are referenced inside their shards" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in Path(images).rglob("*")} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["cli-ref"]
+    assert tree(out) == tree(ref)
+
+
+def test_a_development_format_dataset_is_refused_with_a_hint(built, tmp_path):
+    _db, _images, _copy, ref = built
+    old = tmp_path / "old"
+    shutil.copytree(ref, old)
+    info = json.loads((old / "shards.json").read_text("utf-8"))
+    info["version"] = 1
+    (old / "shards.json").write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(KxlError, match="format 1; this version reads format 2") as err:
+        scan_dataset(old)
+    assert str(old / "shards.json") in str(err.value) and "build the dataset again" in str(err.value)
+
+
+def test_a_folder_of_image_files_can_be_referenced_too(built, tmp_path):
+    """Images as loose `<id>.<ext>` files: each file is its own "shard" (offset 0, guarded by its size and
+    mtime); materialize gives the copy build, and a replaced file is caught."""
+    from trainer_core.dataset.materialize import materialize_dataset
+
+    db, images, _copy, _ref = built
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    for shard in sorted(images.glob("data-*.tar"))[:40]:
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                (folder / m.name).write_bytes(tar.extractfile(m).read())
+    build(db, folder, tmp_path / "copy", "copy")
+    build(db, folder, tmp_path / "ref", "reference")
+    records = manifest(tmp_path / "ref")
+    assert len(records) > 10 and all(r["ref"]["offset"] == 0 for r in records)
+    materialize_dataset(tmp_path / "ref", tmp_path / "mat")
+    assert tree(tmp_path / "mat") == tree(tmp_path / "copy")
+    close_shards()
+    victim = Path(records[0]["ref"]["shard"])
+    victim.write_bytes(victim.read_bytes()[::-1])
+    with pytest.raises(KxlError, match="image shard changed since the dataset was built") as err:
+        scan_dataset(tmp_path / "ref")
+    assert str(err.value.path) == str(victim)
+
+
+# ---- shards that changed ------------------------------------------------------------------------------------------
 def test_missing_shard_names_its_posts(own_shards):
-    out, shards = own_shards
-    manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text("utf-8").splitlines()]
-    victim = manifest[0]["ref"]["shard"]
-    posts = sorted(m["id"] for m in manifest if m["ref"]["shard"] == victim)
+    out, _shards = own_shards
+    records = manifest(out)
+    victim = records[0]["ref"]["shard"]
+    posts = sorted(m["id"] for m in records if m["ref"]["shard"] == victim)
     os.rename(victim, victim + ".gone")
     with pytest.raises(KxlError) as err:
         scan_dataset(out)
@@ -206,19 +381,50 @@ def test_truncated_shard_is_caught(own_shards):
     assert str(err.value.path) == victim
 
 
-def test_replaced_shard_same_size_and_mtime_is_caught_by_the_fingerprint(own_shards):
+def test_shard_cut_short_while_open_is_caught_at_the_read(own_shards):
     out, _shards = own_shards
     items = scan_dataset(out)
-    ref = items[0].ref
+    plan = BucketPlan(items, CFG, 1)
+    victim = items[0].ref.shard
+    last = max(
+        (i for i in range(len(items)) if items[i].ref.shard == victim), key=lambda i: items[i].ref.offset
+    )
+    load_pixels(items[0], plan.assignment(0))  # the shard is open (and was checked) in this process
+    with open(victim, "r+b") as fh:
+        fh.truncate(items[last].ref.offset + 10)
+    with pytest.raises(KxlError, match="image shard is truncated") as err:
+        load_pixels(items[last], plan.assignment(last))
+    assert str(err.value.path) == victim and str(items[last].ref.post) in str(err.value)
+
+
+def test_replaced_shard_same_size_and_mtime_is_caught_by_the_header_fingerprint(own_shards):
+    """Another tar of exactly the same size and mtime (the same members, packed in another order): the sizes
+    and mtimes say nothing, the member header at the recorded offset does."""
+    from collections import Counter
+
+    out, _shards = own_shards
+    items = scan_dataset(out)
+    fullest = Counter(items[i].ref.shard for i in range(len(items))).most_common(1)[0][0]
+    first = min(
+        (i for i in range(len(items)) if items[i].ref.shard == fullest), key=lambda i: items[i].ref.offset
+    )
+    ref = items[first].ref
     st = os.stat(ref.shard)
-    with open(ref.shard, "r+b") as fh:  # other bytes where the image was, size and mtime kept
-        fh.seek(ref.offset + 40)
-        fh.write(b"\x00" * 64)
+    with tarfile.open(ref.shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    assert len(members) > 1
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in reversed(members):
+            tar.addfile(m, io.BytesIO(data))
+    packed = buf.getvalue().ljust(st.st_size, b"\0")[: st.st_size]
+    with open(ref.shard, "wb") as fh:
+        fh.write(packed)
     os.utime(ref.shard, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert os.stat(ref.shard).st_size == st.st_size
+    assert (os.stat(ref.shard).st_size, os.stat(ref.shard).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     plan = BucketPlan(scan_dataset(out), CFG, 1)  # size and mtime look right: the scan passes
     with pytest.raises(KxlError, match="was modified") as err:
-        load_pixels(items[0], plan.assignment(0))
+        load_pixels(items[first], plan.assignment(first))
     assert str(err.value.path) == ref.shard and str(ref.post) in str(err.value)
 
 
@@ -243,3 +449,215 @@ def test_preflight_reports_referenced_shards(built, tmp_path):
     report = preflight(cfg)
     texts = [i.message for i in report.items if i.topic == "dataset"]
     assert any("by reference from" in t and "all present" in t for t in texts), texts
+
+
+# ---- the header reader agrees with tarfile ------------------------------------------------------------------------
+def _odd_shards(folder: Path, names: list[str], slots: list[list[int]], images: dict[int, bytes]) -> None:
+    """Six shards (`names`) holding the ids of `slots`: one tar_headers.py reads itself (a directory, a link, a
+    "./" name and a later duplicate around the images), and ones it must hand to tarfile (pax headers, a GNU long
+    name, a bad checksum in the middle, a cut in the last image, an empty file)."""
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes, **kw) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.pax_headers = kw.get("pax_headers", {})
+        tar.addfile(info, io.BytesIO(data))
+
+    def packed(members: list[tuple[str, bytes]]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                add(tar, name, data)
+        return buf.getvalue()
+
+    a, b = slots[0]
+    with tarfile.open(folder / names[0], "w", format=tarfile.USTAR_FORMAT) as tar:
+        directory = tarfile.TarInfo("sub")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+        add(tar, f"{a}.webp", images[a])
+        link = tarfile.TarInfo("link.webp")
+        link.type, link.linkname = tarfile.SYMTYPE, f"{a}.webp"
+        tar.addfile(link)
+        add(tar, f"./{b}.webp", images[b])
+        add(tar, f"{b}.webp", b"a later duplicate never wins")
+    (c,) = slots[1]
+    with tarfile.open(folder / names[1], "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "x" * 120 + ".txt", b"long name")
+        add(tar, f"{c}.webp", images[c], pax_headers={"comment": "h\u00e9llo"})
+    (d,) = slots[2]
+    with tarfile.open(folder / names[2], "w", format=tarfile.GNU_FORMAT) as tar:
+        add(tar, "y" * 120, b"long name")
+        add(tar, f"{d}.webp", images[d])
+    e, f = slots[3]
+    data = bytearray(packed([(f"{e}.webp", images[e]), (f"{f}.webp", images[f])]))
+    data[512 + (len(images[e]) + 511) // 512 * 512 + 10] ^= 0xFF  # the second header's checksum fails
+    (folder / names[3]).write_bytes(bytes(data))
+    g, h = slots[4]
+    data = packed([(f"{g}.webp", images[g]), (f"{h}.webp", images[h])])
+    cut = 1024 + (len(images[g]) + 511) // 512 * 512 + len(images[h]) // 2
+    (folder / names[4]).write_bytes(data[:cut])
+    (folder / names[5]).write_bytes(b"")
+
+
+def _webp(k: int) -> bytes:
+    from trainer_core.danbooru.demo_images import encode_webp, render_post_image
+
+    return encode_webp(render_post_image(["1girl", "smile"], 48 + 3 * k, 40, k))
+
+
+def test_header_reader_takes_tarfiles_answer_or_hands_over(tmp_path):
+    """Both readers of tar_headers.py (the batch one, then the exact one) give tarfile's members for the shard
+    they handle, and hand the others over (None) before reporting anything."""
+    import numpy as np
+
+    from trainer_core.dataset.image_header import simple_webp_size
+    from trainer_core.dataset.image_refs import fingerprint_int
+    from trainer_core.dataset.images import ShardReadError, scan_tar_refs
+    from trainer_core.dataset.tar_headers import MEMBER_EXTS, scan_wanted, settle, walk_shard
+
+    slots = [[11, 12], [13], [14], [15, 16], [17, 18], [19]]
+    images = {pid: _webp(pid) for slot in slots for pid in slot}
+    names = [f"s{j}.tar" for j in range(6)]
+    _odd_shards(tmp_path, names, slots, images)
+    want = np.array(sorted(images), dtype=np.int64)
+    for name in names:
+        shard = tmp_path / name
+        wanted = set(images)
+        fd = os.open(shard, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            exact = scan_wanted(fd, size, wanted)
+            walk = walk_shard(fd, size)
+            batch = settle([walk])[0] if walk is not None else None
+        finally:
+            os.close(fd)
+        assert wanted == set(images)  # never changed
+        if name != "s0.tar":
+            assert exact is None and batch is None, name  # tarfile's rules decide these
+            continue
+        # directories, links, "./" names and a later duplicate: both fast readers take it, as tarfile reads it
+        slow = [m for m in scan_tar_refs(shard, name, set(images)) if not isinstance(m, ShardReadError)]
+        expected = [(m.post_id, m.ext, m.offset, m.size) for m in slow]
+        assert expected == [
+            (11, "webp", 1024, len(images[11])),
+            (12, "webp", expected[1][2], len(images[12])),
+        ]
+        assert [(m.post_id, m.ext, m.offset, m.size) for m in exact] == expected
+        assert all(m.head == images[m.post_id][: len(m.head)] for m in exact)
+        pick = batch.first_wanted(want)
+        got = [(int(batch.ids[i]), MEMBER_EXTS[int(batch.ext[i])], int(batch.offset[i]), int(batch.size[i]))
+               for i in pick]  # fmt: skip
+        assert got == expected
+        assert [int(batch.fp[i]) for i in pick] == [fingerprint_int(m.header) for m in exact]
+        sizes = [(int(batch.width[i]), int(batch.height[i])) for i in pick]
+        assert sizes == [simple_webp_size(images[m.post_id][:30], m.size) for m in exact]
+
+
+def test_odd_shards_give_a_copy_builds_records(tmp_path):
+    """Pax and GNU headers, a damaged shard, a truncated one, an empty one: the reference build reports the
+    same images, skipped posts and shard errors as a copy build (tarfile decides where the fast reader cannot)."""
+    from collections import defaultdict
+
+    import tomllib
+
+    from trainer_core.danbooru.db_reader import open_db
+    from trainer_core.danbooru.demo_db import generate_demo_db
+    from trainer_core.dataset.filters import PostFilters
+    from trainer_core.dataset.materialize import materialize_dataset
+    from trainer_core.dataset.selection import select_posts
+
+    db = tmp_path / "danbooru2023.db"
+    generate_demo_db(db, 2000, 0)
+    plan = PRESETS["kohaku-xl-delta"]
+    conn = open_db(db)
+    try:
+        selected = select_posts(conn, plan, PostFilters()).ids.tolist()
+    finally:
+        conn.close()
+    by_bucket = defaultdict(list)
+    for pid in selected:
+        by_bucket[pid % 1000].append(pid)
+    pairs = [ids[:2] for ids in by_bucket.values() if len(ids) >= 2]
+    singles = [ids[:1] for ids in by_bucket.values() if len(ids) == 1]
+    assert len(pairs) >= 3 and len(singles) >= 3
+    slots = [pairs[0], singles[0], singles[1], pairs[1], pairs[2], singles[2]]
+    names = [f"data-0{slot[0] % 1000:03d}.tar" for slot in slots]
+    images = {pid: _webp(k) for k, pid in enumerate(pid for slot in slots for pid in slot)}
+    shards = tmp_path / "images"
+    shards.mkdir()
+    _odd_shards(shards, names, slots, images)
+    for mode in ("copy", "reference"):
+        opts = BuildOptions(db=db, images=shards, out=tmp_path / mode, plan=plan, image_mode=mode)
+        build_dataset(opts, workers=2)
+    copy_lines = (tmp_path / "copy" / "manifest.jsonl").read_text("utf-8").splitlines()
+    ref_records = manifest(tmp_path / "reference")
+    assert len(copy_lines) >= 5
+    assert [
+        json.dumps({k: v for k, v in r.items() if k != "ref"}, ensure_ascii=False) for r in ref_records
+    ] == (copy_lines)
+    assert (tmp_path / "reference/skipped.jsonl").read_bytes() == (
+        tmp_path / "copy/skipped.jsonl"
+    ).read_bytes()
+    info_c = tomllib.loads((tmp_path / "copy/kxl-dataset.toml").read_text("utf-8"))
+    info_r = tomllib.loads((tmp_path / "reference/kxl-dataset.toml").read_text("utf-8"))
+    assert info_r["summary"] == info_c["summary"]
+    assert names[5] in {e["shard"] for e in info_c["summary"]["shard_errors"]}  # the empty file
+    assert info_c["summary"]["corrupt"] == 1  # the image cut in half
+    materialize_dataset(tmp_path / "reference", tmp_path / "mat")
+    assert tree(tmp_path / "mat") == tree(tmp_path / "copy")
+
+
+def test_simple_webp_size_agrees_with_image_size():
+    """The quick WebP size (one image, and a batch in numpy) answers only where image_size of the whole file
+    answers the same; mutated headers make it step aside."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from trainer_core.dataset.image_header import image_size, simple_webp_size, simple_webp_sizes
+
+    rnd = random.Random(5)
+    samples = []
+    for lossless in (False, True):
+        for w, h in ((1, 1), (17, 3), (300, 200), (640, 31)):
+            buf = io.BytesIO()
+            mode = "RGBA" if lossless else "RGB"
+            Image.new(mode, (w, h), (10, 200, 30)).save(buf, format="WEBP", lossless=lossless)
+            samples.append(buf.getvalue())
+    blobs = []
+    for data in samples:
+        for _ in range(300):
+            mutated = bytearray(data)
+            for _ in range(rnd.randint(0, 2)):
+                mutated[rnd.randrange(min(len(mutated), 40))] = rnd.randrange(256)
+            blobs.append(bytes(mutated))
+    heads = np.array([list(b[:30].ljust(30, b"\0")) for b in blobs], dtype=np.uint8)
+    widths, heights = simple_webp_sizes(heads, np.array([len(b) for b in blobs]))
+    answered = 0
+    for blob, w, h in zip(blobs, widths.tolist(), heights.tolist(), strict=True):
+        got = simple_webp_size(blob[:3584], len(blob))
+        assert (w, h) == (got or (0, 0))  # the batch form is the single form
+        if got is not None:
+            answered += 1
+            whole = image_size(blob)
+            assert whole is not None and whole[1:] == got
+    assert answered > 500 and answered < len(blobs)
+
+
+# ---- the wizard's request -------------------------------------------------------------------------------------
+def test_wizard_form_asks_for_a_reference_build_and_round_trips():
+    from kxl_gui.state.dataset_form import DatasetForm
+
+    form = DatasetForm(db="/d/danbooru2023.db", images="/d/images", out="/d/out")
+    assert form.image_mode == "copy" and form.to_engine().image_mode == "copy"
+    form.image_format, form.max_pixels = "webp", 1024 * 1024  # chosen for a copy, then Reference picked
+    form.image_mode = "reference"
+    opts = form.to_engine()
+    assert (opts.image_mode, opts.image_format, opts.max_pixels) == ("reference", "copy", None)
+    back = DatasetForm.from_engine(opts, workers=form.workers)
+    assert back.image_mode == "reference" and back.to_engine() == opts
+    form.image_mode = "mirror"
+    with pytest.raises(KxlError, match="images 'mirror': choose one of copy, reference"):
+        form.to_engine()

@@ -184,6 +184,47 @@ def test_start_over_and_cancel_in_the_resume_question(tab, qtbot, demo_ws, tmp_p
     assert tab.result.resumed_buckets == 0 and not tab.error_label.isVisible()
 
 
+def test_reference_build_by_clicks_writes_no_image_and_says_so(tab, qtbot, demo_ws, tmp_path):
+    """The Output page offers Copy (the default) or Reference; a click on Reference greys out the format and
+    pixel budget, the note and the run summary say what will be written, and the build writes the CLI's
+    referenced dataset (no image, no caption file) and says the images are referenced."""
+    out, cli_out = tmp_path / "ref", tmp_path / "cli-ref"
+    tab.show()
+    qtbot.waitExposed(tab)
+    for _ in range(3):
+        click(tab.next_button)
+    o = tab.output
+    assert o.copy_radio.isChecked() and not o.reference_radio.isChecked() and tab.form.image_mode == "copy"
+    assert "for sd-scripts and other tools" in o.copy_radio.text()
+    assert "train here straight from the shards, no copy" in o.reference_radio.text()
+    assert o.format_combo.isEnabled() and o.budget_combo.isEnabled()
+    type_into(tab.out_edit, str(out))
+    click(o.reference_radio)
+    assert tab.form.image_mode == "reference" and o.reference_radio.isChecked()
+    assert not o.format_combo.isEnabled() and not o.budget_combo.isEnabled()
+    assert "no image and no caption file" in tab.output_note.text()
+    click(tab.next_button)
+    assert "images referenced in the shards (no copy)" in tab.run.run_summary.text()
+    with qtbot.waitSignal(tab.build_finished, timeout=60_000):
+        click(tab.start_button)
+    assert not tab.error_label.isVisible(), tab.error_label.text()
+    assert tab.stack.currentIndex() == 5 and tab.result.image_mode == "reference"
+    summary = tab.summary.summary_label.text()
+    assert f"<b>{tab.result.summary.written:,}</b> images referenced in their shards (none copied)" in summary
+    assert "Done:" in tab.rate_label.text() and "referenced" in tab.rate_label.text()
+    assert sorted(p.name for p in out.iterdir()) == ["kxl-dataset.toml", "manifest.jsonl", "shards.json",
+                                                     "skipped.jsonl"]  # fmt: skip
+    rc = kxl_main(["dataset", "build", "--db", str(demo_ws.db_path), "--images", str(demo_ws.images_path),
+                   "--out", str(cli_out), "--preset", "kohaku-xl-delta", "--image-mode", "reference"])  # fmt: skip
+    assert rc == 0 and tree(out) == tree(cli_out)
+
+    for _ in range(2):  # summary -> run -> output: back to a copy, the format and budget come back
+        click(tab.back_button)
+    click(o.copy_radio)
+    assert tab.form.image_mode == "copy" and o.format_combo.isEnabled() and o.budget_combo.isEnabled()
+    assert "<id>.txt" in tab.output_note.text()
+
+
 # ---- the summary hands the dataset over to the other tabs ----------------------------------------------------------
 def _click_tab(window, title: str) -> None:
     from PySide6.QtCore import Qt

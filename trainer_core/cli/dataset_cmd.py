@@ -144,9 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--image-mode",
         choices=("copy", "reference"),
         default="copy",
-        help="copy: write every image into the dataset (default; what sd-scripts needs); reference: write no "
-        "image, only where each one is inside its shard (our trainer reads it from there; see "
-        "`kxl dataset materialize`)",
+        help="copy: write every image and caption file into the dataset (default; for sd-scripts and other "
+        "tools); reference: write no image and no caption file, only the manifest (captions included) with where "
+        "each image is inside its shard: this app trains straight from the shards (see `kxl dataset materialize`)",
     )
     o.add_argument("--workers", type=int, default=4, help="shards read in parallel (default 4)")
     o.add_argument(
@@ -233,12 +233,16 @@ def run_build(args: argparse.Namespace) -> int:
     if result.resumed_buckets:
         print(f"resumed an interrupted build ({result.resumed_buckets} bucket(s) were already done)")
     print(f"dataset: {result.out}")
+    if result.image_mode == "reference":
+        print(
+            "images are referenced inside their shards (none copied); `kxl dataset materialize` makes a copy"
+        )
     print(format_summary(result.summary))
     return 0
 
 
 def run_materialize(args: argparse.Namespace) -> int:
-    from ..dataset.image_refs import materialize_dataset
+    from ..dataset.materialize import materialize_dataset
     from ..progress import text_progress
 
     n = materialize_dataset(args.dataset, args.out, progress=text_progress(unit="images"))

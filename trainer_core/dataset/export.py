@@ -1,10 +1,9 @@
 """Build a kohya-ready dataset folder from the metadata DB and the image shards.
 
-Layout written into the output folder:
+Layout written into the output folder (a copy build, the default):
     <repeats>_<name>/<id>.<ext>   image: the shard bytes unchanged (default) or re-encoded
     <repeats>_<name>/<id>.txt     caption, UTF-8, one line, no newline (captions.py)
     manifest.jsonl                one record per written image, ordered by id
-    shards.json                   reference builds only: each referenced shard's size and mtime (image_refs.py)
     skipped.jsonl                 selected posts without an image (missing / corrupt), ordered by id
     sd-scripts-dataset.toml       a kohya-ss/sd-scripts `--dataset_config` for this folder (sd_scripts_config.py)
     kxl-dataset.toml              how it was built + the summary; written last: its presence means "complete"
@@ -25,12 +24,12 @@ this process or another, stops with "dataset build is already running (pid N)" b
 lock left by a killed build names a dead process and is taken over. The lock is not part of the dataset: a
 finished folder holds none, and the folder checks below ignore it.
 
-Image modes: `copy` (default) writes every image; `reference` writes no image at all: each manifest record
-gets `"ref": {"shard", "offset", "size", "fp"}` (image_refs.py), found from the tar headers alone (plus
-the first and last 16 KiB of each image for its fingerprint and, where those do not settle it, enough of the
-image to read its size), and the trainer reads the bytes out of the shards. Every other output (captions,
-manifest fields, skipped.jsonl, summary) is the same as a copy build's, so `kxl dataset materialize` turns it
-into a copy build byte for byte.
+Image modes: `copy` (default) writes the layout above; `reference` (reference_build.py) writes only
+manifest.jsonl (a copy build's records plus where each image is inside its shard, and the captions),
+skipped.jsonl, shards.json and kxl-dataset.toml, reading nothing of the shards but member headers and the
+images' first bytes. The records, skipped posts and summary are a copy build's, so `kxl dataset materialize`
+(materialize.py) turns it into a copy build byte for byte. The trainer, the Tags tab and the pre-flight read its
+images out of the shards (image_refs.py). The copy mode stays the choice for sd-scripts and other tools.
 
 Ctrl+C (KeyboardInterrupt in the thread that runs the build) and a cancel both stop the export the same way:
 queued buckets never start, running ones stop at their next tar member (their marks are not written, so a
@@ -64,26 +63,16 @@ from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionBuilder, CaptionChunk, Q
 from .column_cache import ColumnCache, column_cache_for
 from .durable import MarkWriter, write_new_file
 from .filters import PostFilters
-from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size
-from .image_refs import (
-    FP_EDGE,
-    SHARDS_FILE,
-    ShardInfo,
-    fingerprint_parts,
-    pread_exact,
-    shards_file_text,
-    tail_start,
-)
+from .image_header import image_size
+from .image_refs import SHARDS_FILE
 from .images import (
     BUCKETS,
     Hit,
     ImageSource,
-    MemberRef,
     ShardReadError,
     open_image_source,
     read_folder_file,
     scan_tar,
-    scan_tar_refs,
 )
 from .sd_scripts_config import write_sd_scripts_config
 from .selection import SelectionPlan, select_posts
@@ -188,6 +177,7 @@ class BuildResult:
     out: Path
     summary: DatasetSummary
     resumed_buckets: int = 0
+    image_mode: str = "copy"  # "reference": no image was written, the dataset reads them from the shards
 
 
 # ---- output folder state ----------------------------------------------------------------------------------------
@@ -356,33 +346,6 @@ def _prepare_image(hit: Hit, opts: BuildOptions) -> tuple[bytes, str, int, int]:
         return buf.getvalue(), fmt, width, height
 
 
-class _MemberFile:
-    """A tar member (or a whole file) as a read-only file object for image_header's WebP view: reads are preads."""
-
-    def __init__(self, fd: int, offset: int, size: int) -> None:
-        self.fd, self.offset, self.size, self.pos = fd, offset, size, 0
-
-    def seek(self, pos: int) -> None:
-        self.pos = pos
-
-    def read(self, n: int) -> bytes:
-        n = max(0, min(n, self.size - self.pos))
-        data = pread_exact(self.fd, n, self.offset + self.pos)
-        self.pos += len(data)
-        return data
-
-
-def _member_size(m: MemberRef, head: bytes) -> tuple[int, int] | None:
-    """(width, height) from the member's header bytes the way image_header.image_file_size reads a file, or None
-    when that does not settle it (the caller then decodes it like a copy build would)."""
-    found = image_size(head)
-    if found is None and len(head) < m.size and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        found = _webp(_FileView(_MemberFile(m.fd, m.offset, m.size), head, m.size))
-        if found is not None and not (found[1] > 0 and found[2] > 0 and found[1] * found[2] <= MAX_PIXELS):
-            found = None
-    return (found[1], found[2]) if found is not None else None
-
-
 _OBJECT_REPR_RE = re.compile(r"<[^<>]*? at 0x[0-9A-Fa-f]+>")
 
 
@@ -438,8 +401,6 @@ class _Builder:
         self.metas: dict[int, dict] | None = None  # captions computed up front (small builds)
         self.marks: MarkWriter | None = None
         self.cache: ColumnCache | None = None  # the DB's column cache, when the build uses one
-        self.reference = opts.image_mode == "reference"
-        self.shard_stats: dict[str, ShardInfo] = {}  # reference builds: each shard as it was when read
 
     def _thread_state(self):
         state = getattr(self.local, "state", None)
@@ -504,97 +465,14 @@ class _Builder:
             "bytes": len(data),
         }
 
-    def write_ref(self, m: MemberRef, path: Path, meta: dict, written: list[str] | None = None) -> dict:
-        """Reference build: write the caption, measure and fingerprint the member in place; its record."""
-        member = f"{m.post_id}.{m.ext}"
-        if m.available < m.size:  # what reading it would raise in a copy build (tarfile's message)
-            return {"id": m.post_id, "status": "corrupt", "reason": "unreadable tar member (unexpected end of data)",
-                    "shard": m.origin}  # fmt: skip
-        shard = os.path.abspath(path)  # as given, made absolute: no symlink resolved (multi-node mounts)
-        if shard not in self.shard_stats:
-            st = os.fstat(m.fd)
-            with self.lock:
-                self.shard_stats.setdefault(shard, ShardInfo(shard, st.st_size, st.st_mtime_ns))
-        try:
-            head = pread_exact(m.fd, min(m.size, HEAD_BYTES), m.offset)
-            start = tail_start(m.size)
-            if m.size <= start:
-                tail = b""
-            elif m.size <= len(head):
-                tail = head[start:]
-            else:
-                tail = pread_exact(m.fd, m.size - start, m.offset + start)
-            fp = fingerprint_parts(m.size, head[:FP_EDGE], tail)
-            size = None if self.opts.verify_images else _member_size(m, head)
-            data = pread_exact(m.fd, m.size, m.offset) if size is None else None
-        except OSError as exc:
-            return {"id": m.post_id, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
-                    "shard": m.origin}  # fmt: skip
-        if size is not None:
-            width, height = size
-            ext = "jpg" if m.ext == "jpeg" else m.ext
-        else:
-            try:
-                _data, ext, width, height = _prepare_image(Hit(m.post_id, data, m.ext, m.origin), self.opts)
-            except Exception as exc:  # noqa: BLE001 - as in write_hit: every Pillow error means "corrupt"
-                return {
-                    "id": m.post_id,
-                    "status": "corrupt",
-                    "shard": m.origin,
-                    "reason": _stable_reason(f"not a readable image ({type(exc).__name__}: {exc})", member),
-                }
-        caption_path = f"{self.sub_prefix}{m.post_id}.txt"
-        write_new_file(caption_path, meta["caption"].encode("utf-8"))
-        if written is not None:
-            written.append(caption_path)
-        return {
-            "id": m.post_id,
-            "file": f"{self.opts.subfolder}/{m.post_id}.{ext}",
-            "caption": meta["caption"],
-            "rating": meta["rating"],
-            "quality": meta["quality"],
-            "year": meta["year"],
-            "width": width,
-            "height": height,
-            "shard": m.origin,
-            "bytes": m.size,
-            "ref": {"shard": shard, "offset": m.offset, "size": m.size, "fp": fp},
-        }
-
-    def _folder_ref(self, pid: int, meta: dict, written: list[str]) -> dict | None:
-        """Reference build from a folder of loose files: the file itself, from offset 0."""
-        name = self.src.files.get(pid)
-        if name is None:
-            return None
-        path = self.src.root / name
-        ext = name.rsplit(".", 1)[-1].lower()
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            return {
-                "id": pid,
-                "status": "corrupt",
-                "reason": f"unreadable file ({exc.strerror})",
-                "shard": name,
-            }
-        try:
-            size = os.fstat(fd).st_size
-            return self.write_ref(MemberRef(pid, ext, name, fd, 0, size, size), path, meta, written)
-        finally:
-            os.close(fd)
-
     def _scan_shard(self, shard: Path, wanted: set[int], metas: dict[int, dict], records: dict[int, dict],
                     written: list[str] | None) -> None:  # fmt: skip
-        scan = scan_tar_refs if self.reference else scan_tar
-        for item in scan(shard, self.src.origin(shard), wanted, self.progress.check_cancelled):
+        for item in scan_tar(shard, self.src.origin(shard), wanted, self.progress.check_cancelled):
             if isinstance(item, ShardReadError):
                 with self.lock:
                     self.shard_errors[item.origin] = item.message
                 continue
-            if isinstance(item, MemberRef):
-                records[item.post_id] = self.write_ref(item, shard, metas[item.post_id], written)
-            else:
-                records[item.post_id] = self.write_hit(item, metas[item.post_id], written)
+            records[item.post_id] = self.write_hit(item, metas[item.post_id], written)
             if written is not None:
                 self.advance(1)
 
@@ -609,14 +487,6 @@ class _Builder:
                 if not wanted:
                     break
                 self._scan_shard(shard, wanted, metas, records, written)
-        elif self.reference:
-            for pid in sorted(wanted):
-                check()
-                rec = self._folder_ref(pid, metas[pid], written)
-                if rec is not None:
-                    wanted.discard(pid)
-                    records[pid] = rec
-                    self.advance(1)
         else:
             for pid in sorted(wanted):
                 check()
@@ -680,6 +550,8 @@ def build_dataset(
 def _build_owned(
     opts: BuildOptions, src: ImageSource, workers: int, on_partial: str, progress: Progress, db_cache: str
 ) -> BuildResult:
+    if opts.image_mode == "reference":
+        return _build_reference(opts, src, workers, on_partial, progress, db_cache)
     out = opts.out
     conn = open_db(opts.db)
     try:
@@ -762,8 +634,6 @@ def _build_owned(
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in skipped)
     atomic_write_text_checked(out / SKIPPED_FILE, "".join(lines), _RESUME_HINT)
     write_sd_scripts_config(out, SD_SCRIPTS_FILE, opts.subfolder, opts.repeats, _RESUME_HINT)
-    if builder.reference:
-        _write_shards_file(out, opts.images, written, builder.shard_stats)
     info = dict(wanted_options)
     info["summary"] = summary.to_toml_dict()
     atomic_write_text_checked(out / DATASET_FILE, tomli_w.dumps(info), _RESUME_HINT)
@@ -772,29 +642,53 @@ def _build_owned(
     return BuildResult(out, summary, skipped_buckets)
 
 
-def _write_shards_file(out: Path, images: Path, written: list[dict], seen: dict[str, ShardInfo]) -> None:
-    """shards.json: every referenced shard's size and mtime. Shards of buckets done before a resume were not seen
-    by this process and are stat'ed now; a shard that changed while this build read it stops the build."""
-    posts: dict[str, int] = {}
-    for r in written:
-        shard = r["ref"]["shard"]
-        posts[shard] = posts.get(shard, 0) + 1
-    infos: dict[str, ShardInfo] = {}
-    for shard in posts:
+def _build_reference(
+    opts: BuildOptions, src: ImageSource, workers: int, on_partial: str, progress: Progress, db_cache: str
+) -> BuildResult:
+    """A reference build (reference_build.py): selection and captions as `kxl dataset captions` makes them (caption
+    worker processes started ahead for a big DB), the images located from the shards' headers. It writes nothing
+    before the end, so an interrupted one resumes by running again."""
+    from .caption_stream import CaptionWorkers
+    from .reference_build import write_reference_outputs
+
+    out = opts.out
+    caption_workers = CaptionWorkers.for_db(opts.db)  # they start while the selection runs
+    try:
+        conn = open_db(opts.db)
         try:
-            st = os.stat(shard)
-        except OSError as exc:
-            raise KxlError(f"image shard vanished during the build ({exc.strerror})", path=shard) from None
-        now = ShardInfo(shard, st.st_size, st.st_mtime_ns)
-        if shard in seen and seen[shard] != now:
-            raise KxlError("image shard changed while the build read it", path=shard,
-                           hint="run the build again with --restart once the shards are stable")  # fmt: skip
-        infos[shard] = now
-    atomic_write_text_checked(out / SHARDS_FILE, shards_file_text(Path(os.path.abspath(images)), infos, posts),
-                              _RESUME_HINT)  # fmt: skip
+            progress.stage("Reading the metadata DB")
+            fingerprint = db_fingerprint(conn, opts.db)
+            scheme = quality_scheme(opts.quality, conn)
+            wanted_options = opts.describe(fingerprint, scheme)
+            _check_output(out, wanted_options, on_partial, opts.subfolder)
+            cache = column_cache_for(
+                opts.db,
+                conn,
+                db_cache,
+                progress=progress,
+                pool=None if caption_workers is None else caption_workers.pool,
+                pool_size=0 if caption_workers is None else caption_workers.n_proc,
+            )
+            progress.stage("Selecting posts")
+            selection = select_posts(conn, opts.plan, opts.filters, opts.db, progress, cache=cache)
+        finally:
+            conn.close()
+        build_dir = out / BUILD_DIR
+        atomic_write_text_checked(build_dir / OPTIONS_FILE, tomli_w.dumps(wanted_options))
+        summary = write_reference_outputs(opts, src, selection.ids, scheme, workers, progress, cache,
+                                          caption_workers)  # fmt: skip
+    finally:
+        if caption_workers is not None:
+            caption_workers.close()
+    info = dict(wanted_options)
+    info["summary"] = summary.to_toml_dict()
+    atomic_write_text_checked(out / DATASET_FILE, tomli_w.dumps(info), _RESUME_HINT)
+    shutil.rmtree(build_dir, ignore_errors=True)
+    progress.update(int(selection.ids.size), int(selection.ids.size))
+    return BuildResult(out, summary, 0, image_mode="reference")
 
 
-def _export_buckets(builder: _Builder, remaining: list[tuple[int, np.ndarray]], workers: int) -> None:
+def _export_buckets(builder, remaining: list[tuple[int, np.ndarray]], workers: int) -> None:
     """Run `builder.run_bucket` over `remaining` on `workers` threads; stop early on a failure, cancel or Ctrl+C.
 
     The waiting happens in the calling thread, which is where Ctrl+C lands (KeyboardInterrupt). Whatever stops

@@ -363,6 +363,62 @@ def _webp(data: bytes) -> tuple[str, int, int] | None:
     return None
 
 
+_SIMPLE_WEBP = struct.Struct("<4sI4s4sI")  # RIFF, riff size, WEBP, first chunk's fourcc and size
+
+
+def simple_webp_size(head: bytes, size: int) -> tuple[int, int] | None:
+    """(width, height) of a still WebP of `size` bytes that is one VP8 or VP8L chunk filling the whole RIFF (what
+    danbooru2023-webp holds), from its first 30 bytes; None for any other file, which `image_size` then reads.
+
+    A shortcut for a reference build, which sizes millions of images it does not read: where it answers, the
+    answer is `image_size(whole file)`'s (the same checks of the same bytes, tested), in a few microseconds."""
+    if len(head) < 30 or not head.startswith(b"RIFF"):
+        return None
+    _riff, riff_size, webp, fourcc, chunk = _SIMPLE_WEBP.unpack_from(head)
+    riff_end = riff_size + 8
+    if webp != b"WEBP" or riff_size < 8 or riff_end > size or 20 + chunk + (chunk & 1) != riff_end:
+        return None
+    found = _bitstream_size(fourcc, head, 20, chunk)
+    if found is None or found[0] * found[1] > MAX_PIXELS:
+        return None
+    return found
+
+
+def simple_webp_sizes(heads, sizes):
+    """`simple_webp_size` for many images at once: `heads` (n, 30) uint8 (each image's first 30 bytes, zero-
+    padded when shorter), `sizes` (n,) their byte counts -> (width, height) int64 arrays, 0 where it has no
+    answer. The same checks, as numpy masks (a reference build sizes a shard's images in one go)."""
+    import numpy as np
+
+    h = np.asarray(heads, dtype=np.uint8).reshape(-1, 30).astype(np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+
+    def u32(at: int):
+        return h[:, at] | h[:, at + 1] << 8 | h[:, at + 2] << 16 | h[:, at + 3] << 24
+
+    def is_(at: int, text: bytes):
+        return np.logical_and.reduce([h[:, at + i] == b for i, b in enumerate(text)])
+
+    riff_end = u32(4) + 8
+    chunk = u32(16)
+    ok = (sizes >= 30) & is_(0, b"RIFF") & is_(8, b"WEBP") & (riff_end >= 16) & (riff_end <= sizes)
+    ok &= 20 + chunk + (chunk & 1) == riff_end
+    # lossy: key frame, profile <= 3, shown, first partition inside the chunk, start code
+    tag = h[:, 20] | h[:, 21] << 8 | h[:, 22] << 16
+    lossy = ok & is_(12, b"VP8 ") & (chunk >= 10) & is_(23, b"\x9d\x01\x2a")
+    lossy &= ((tag & 1) == 0) & (((tag >> 1) & 7) <= 3) & (((tag >> 4) & 1) == 1) & ((tag >> 5) < chunk)
+    lw = (h[:, 26] | h[:, 27] << 8) & 0x3FFF
+    lh = (h[:, 28] | h[:, 29] << 8) & 0x3FFF
+    lossy &= (lw > 0) & (lh > 0)
+    # lossless: signature 0x2f, version 0
+    bits = h[:, 21] | h[:, 22] << 8 | h[:, 23] << 16 | h[:, 24] << 24
+    lossless = ok & is_(12, b"VP8L") & (chunk >= 5) & (h[:, 20] == 0x2F) & ((bits >> 29) == 0)
+    width = np.where(lossy, lw, np.where(lossless, (bits & 0x3FFF) + 1, 0))
+    height = np.where(lossy, lh, np.where(lossless, ((bits >> 14) & 0x3FFF) + 1, 0))
+    fits = width * height <= MAX_PIXELS
+    return np.where(fits, width, 0), np.where(fits, height, 0)
+
+
 def _webp_extended(data: bytes, riff_end: int) -> tuple[str, int, int] | None:
     header = _chunk(data, 12, riff_end)
     if header is None or header[2] < 10:

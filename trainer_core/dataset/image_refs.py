@@ -1,33 +1,41 @@
 """Images of a *referenced* dataset: read straight out of the tar shards by byte offset, never copied.
 
-A dataset built with `--image-mode reference` (export.py) holds captions, manifest.jsonl and the configs, but no
-image files. Each manifest record carries `"ref": {"shard", "offset", "size", "fp"}`: the shard's absolute path,
-where the member's bytes start in it, how many there are, and a fingerprint of them. `shards.json` beside the
-manifest records each shard's size and mtime at build time.
+A dataset built with `--image-mode reference` (reference_build.py) holds `manifest.jsonl`, `skipped.jsonl`,
+`shards.json` and `kxl-dataset.toml`, and nothing else: no image, no caption file, no `<repeats>_<name>/`
+folder. Each manifest record is a copy build's record (id, file, caption, rating, quality, year, width, height,
+shard, bytes) plus `"ref": {"shard", "offset", "size", "fp"}`: the shard's absolute path, where the member's
+bytes start in it, how many there are, and a fingerprint of the member's tar header. `shards.json` records each
+shard's size and mtime at build time.
+
+**Captions live in the manifest.** Its `caption` field is the caption the trainer trains on and the one the Tags
+tab shows and edits (one atomic rewrite of the manifest; bulk_edit.py). A copy build's `<id>.txt` files would
+cost one file creation each (0.2-0.7 ms of kernel time on the project's VM: most of a reference build's time);
+`kxl dataset materialize` (materialize.py) writes them, from the manifest, when a kohya folder is wanted.
+
+**Fingerprint.** A 64-bit hash of the member's 512-byte tar header block (name, mode, size, mtime, checksum
+...), which the build reads anyway while it walks the headers, so no image byte is hashed at build time. A read
+fetches header and data with one `pread` from offset - 512 and compares: a shard that was re-packed, re-ordered
+or replaced by another download (other offsets, names or mtimes inside) fails on the first image read. A loose
+image file (a folder source, offset 0) has no header and one fixed fingerprint: its own size and mtime in
+shards.json guard it. What none of this sees is an image's bytes edited in place with the shard's
+size and mtime put back: that needs deliberate tampering, and catching it would mean hashing all 1.3 TB.
 
 Reading (`read_ref`): one file descriptor per shard per process (kept open; a forked or spawned data worker opens
 its own), `os.pread` at the offset (no tarfile, no seek: safe from threads). The first time a process opens a
 shard it compares the shard's size and mtime with the recorded ones, so a shard that was replaced, re-packed or
-truncated since the build stops with an error naming it instead of feeding the trainer other bytes; every read
-then checks the fingerprint of the bytes it got, which catches a change that kept size and mtime.
-
-The fingerprint is blake2b-64 over the byte count, the first FP_EDGE bytes and the last FP_EDGE bytes (not a
-sha256 of everything): the build then reads at most 2 x 16 KiB per image (plus the header) instead of all
-1.3 TB of the shards, and a re-packed shard (shifted offsets) or a re-encoded image still changes it (the
-WebP/JPEG header and the first and last coded bytes differ). What it cannot see is an edit confined to the
-middle of a large image with size and mtime kept; that needs deliberate tampering, not a re-download.
+truncated since the build stops with an error naming it instead of feeding the trainer other bytes. A shard
+mounted from another disk or a network share works the same; a multi-node run needs the same shard paths on
+every node (the paths are absolute and checked on each).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import re
-import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +43,9 @@ from typing import Any
 from ..errors import KxlError
 
 SHARDS_FILE = "shards.json"
-FP_EDGE = 16 * 1024  # bytes hashed at each end of an image for its fingerprint
-_FP_PERSON = b"kxl-ref-v1"
+MANIFEST_FILE = "manifest.jsonl"
+FORMAT_VERSION = 2  # shards.json "version": 1 was a development format (captions in .txt, other fingerprint)
+TAR_HEADER = 512  # a tar member's data follows its 512-byte header block
 _MASK64 = (1 << 64) - 1
 
 
@@ -61,23 +70,53 @@ class ImageRef:
 
 
 # ---- fingerprint ----------------------------------------------------------------------------------------------
-def fingerprint_parts(size: int, head: bytes, tail: bytes) -> str:
-    """Fingerprint from the first min(size, FP_EDGE) bytes and the bytes after max(FP_EDGE, size - FP_EDGE)."""
-    h = hashlib.blake2b(digest_size=8, person=_FP_PERSON)
-    h.update(size.to_bytes(8, "little"))
-    h.update(head)
-    h.update(tail)
-    return h.hexdigest()
+def header_span(offset: int) -> int:
+    """Bytes of tar header read (and fingerprinted) before the data at `offset`: 512 for a tar member, 0 for a
+    loose file (offset 0)."""
+    return TAR_HEADER if offset >= TAR_HEADER else 0
 
 
-def tail_start(size: int) -> int:
-    """Where the fingerprint's tail starts (it never overlaps the head)."""
-    return max(FP_EDGE, size - FP_EDGE)
+# 64 odd multipliers, one per 8-byte word of a header block (a fixed sequence: part of the format)
+_FP_WEIGHTS = None
 
 
-def fingerprint(data: bytes) -> str:
-    n = len(data)
-    return fingerprint_parts(n, data[:FP_EDGE], data[tail_start(n) :])
+def _fp_weights():
+    import numpy as np
+
+    global _FP_WEIGHTS
+    if _FP_WEIGHTS is None:
+        i = np.arange(64, dtype=np.uint64)
+        _FP_WEIGHTS = (i * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0xBF58476D1CE4E5B9)) | np.uint64(1)
+    return _FP_WEIGHTS
+
+
+def header_fingerprints(headers: Any) -> Any:
+    """Fingerprints of many 512-byte header blocks at once ((n, 512) uint8 -> (n,) int64): the weighted sum of
+    their 64 little-endian words mod 2**64, then mixed. Every single changed word changes it (odd weights), and
+    it costs ~0.2 us per header in numpy, where a hash call per member cost more than reading the header."""
+    import numpy as np
+
+    words = np.ascontiguousarray(headers, dtype=np.uint8).reshape(-1, TAR_HEADER).view("<u8")
+    with np.errstate(over="ignore"):
+        h = (words * _fp_weights()).sum(axis=1, dtype=np.uint64)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(29)
+    return h.view(np.int64)
+
+
+def fingerprint_int(header: bytes) -> int:
+    """The fingerprint of one image whose tar header block is `header` (b"" for a loose file: a zero block), as
+    the signed int64 `header_fingerprints` gives."""
+    import numpy as np
+
+    block = np.frombuffer(header.ljust(TAR_HEADER, b"\0"), dtype=np.uint8)
+    return int(header_fingerprints(block)[0])
+
+
+def fingerprint(header: bytes) -> str:
+    """`fingerprint_int` as the 16 hex digits a manifest record holds."""
+    return fp_from_int(fingerprint_int(header))
 
 
 def fp_to_int(fp: str) -> int:
@@ -175,24 +214,25 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
 def read_ref(ref: ImageRef) -> bytes:
     """The image's bytes, checked: KxlError naming the shard when it is missing, changed or the bytes differ."""
     fd = _shards.fd(ref)
+    span = header_span(ref.offset)
     try:
-        data = pread_exact(fd, ref.size, ref.offset)
+        data = pread_exact(fd, span + ref.size, ref.offset - span)
     except OSError as exc:
         raise KxlError(f"cannot read image shard ({exc.strerror or exc})", path=ref.shard) from None
-    if len(data) != ref.size:
+    if len(data) != span + ref.size:
         raise KxlError(
             f"image shard is truncated: post {ref.post} needs bytes {ref.offset:,}..{ref.offset + ref.size:,}",
             path=ref.shard,
             hint="restore the shard or rebuild the dataset",
         )
-    if fingerprint(data) != ref.fp:
+    if fingerprint(data[:span]) != ref.fp:
         raise KxlError(
-            f"image shard was modified: the bytes of post {ref.post} at offset {ref.offset:,} are not the ones "
-            "the dataset was built from",
+            f"image shard was modified: the tar member at offset {ref.offset:,} is not the one post {ref.post} "
+            "had when the dataset was built",
             path=ref.shard,
             hint="restore the shard or rebuild the dataset",
         )
-    return data
+    return data[span:] if span else data
 
 
 def open_ref_image(ref: ImageRef) -> Any:
@@ -208,22 +248,31 @@ def is_reference_dataset(root: str | Path) -> bool:
 
 
 def read_shards_file(root: str | Path) -> dict[str, ShardInfo]:
-    """shards.json -> {absolute path: ShardInfo}; KxlError naming the file when it is damaged."""
+    """shards.json -> {absolute path: ShardInfo}; KxlError naming the file when it is damaged or of another
+    format."""
     path = Path(root) / SHARDS_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {
+        version = data.get("version")
+        shards = {
             str(p): ShardInfo(str(p), int(v["size"]), int(v["mtime_ns"])) for p, v in data["shards"].items()
         }
     except FileNotFoundError:
         raise KxlError("file missing: this referenced dataset is incomplete", path=path) from None
     except (OSError, UnicodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KxlError(f"not a readable shard list ({exc})", path=path) from None
+    if version != FORMAT_VERSION:
+        raise KxlError(
+            f"referenced dataset of format {version!r}; this version reads format {FORMAT_VERSION}",
+            path=path,
+            hint="build the dataset again with the same options (`kxl dataset build --image-mode reference`)",
+        )
+    return shards
 
 
 def shards_file_text(images_root: Path, shards: dict[str, ShardInfo], posts: dict[str, int]) -> str:
     body = {
-        "version": 1,
+        "version": FORMAT_VERSION,
         "images": str(images_root),
         "shards": {
             p: {"size": s.size, "mtime_ns": s.mtime_ns, "posts": posts.get(p, 0)}
@@ -244,6 +293,101 @@ def ref_from_record(record: dict, shards: dict[str, ShardInfo]) -> ImageRef | No
                         info.mtime_ns, int(record["id"]))  # fmt: skip
     except (KeyError, TypeError, ValueError):
         return None
+
+
+# A record's `file` in a referenced dataset: `<repeats>_<name>/<id>.<ext>`, with the name the builder allows
+# (export._NAME_RE). Checked before a record counts, since materialize turns it into a path.
+_FILE_RE = re.compile(r"(([1-9]\d{0,8})_[A-Za-z0-9][A-Za-z0-9 ._+-]{0,63})/(\d{1,12})\.([A-Za-z0-9]{1,8})")
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """One image of a referenced dataset, as its manifest line describes it (validated)."""
+
+    line: int  # 1-based line number in manifest.jsonl
+    record: dict  # the parsed line
+    subset: str  # `<repeats>_<name>`
+    repeats: int
+    name: str  # `<id>.<ext>`
+    caption: str  # the caption field as stored
+    ref: ImageRef
+
+    @property
+    def post(self) -> int:
+        return self.ref.post
+
+
+def iter_reference_records(
+    root: str | Path, shards: dict[str, ShardInfo] | None = None
+) -> Iterator[RefRecord]:
+    """Every record of a referenced dataset's manifest, in file order. A line that is not a complete, valid
+    record (JSON, id, a `<repeats>_<name>/<id>.<ext>` file of that id, caption, size, a ref into a listed
+    shard) is a KxlError naming the manifest and the line: a referenced dataset holds nothing else."""
+    root = Path(root)
+    shards = read_shards_file(root) if shards is None else shards
+    path = root / MANIFEST_FILE
+    try:
+        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed below; the generator owns it
+    except FileNotFoundError:
+        raise KxlError("file missing: a referenced dataset needs its manifest", path=path) from None
+    except OSError as exc:
+        raise KxlError(f"cannot read the manifest ({exc.strerror or exc})", path=path) from None
+    with fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, 1):  # noqa: B007 - lineno is used after the loop, in messages
+                if not line.strip():
+                    continue
+                yield _ref_record(line, lineno, shards)
+        except UnicodeDecodeError as exc:
+            raise KxlError(f"line {lineno + 1}: not UTF-8 ({exc.reason})", path=path) from None
+        except _BadRecord as exc:
+            raise KxlError(f"line {exc.args[0]}: not a valid image reference ({exc.args[1]})", path=path,
+                           hint="rebuild the dataset, or restore the manifest") from None  # fmt: skip
+        except OSError as exc:
+            raise KxlError(f"cannot read the manifest ({exc.strerror or exc})", path=path) from None
+
+
+class _BadRecord(Exception):
+    pass
+
+
+def _ref_record(line: str, lineno: int, shards: dict[str, ShardInfo]) -> RefRecord:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _BadRecord(lineno, f"not JSON: {exc.msg}") from None
+    if not isinstance(rec, dict):
+        raise _BadRecord(lineno, "not a JSON object")
+    file, caption, ref = rec.get("file"), rec.get("caption"), rec.get("ref")
+    m = _FILE_RE.fullmatch(file) if isinstance(file, str) else None
+    if m is None:
+        raise _BadRecord(lineno, f"'file' must be <repeats>_<name>/<id>.<ext>, not {file!r}")
+    if type(rec.get("id")) is not int or rec["id"] != int(m.group(3)):
+        raise _BadRecord(lineno, "'id' is missing or differs from the file name")
+    if not isinstance(caption, str):
+        raise _BadRecord(lineno, "no 'caption' text")
+    if not all(type(rec.get(k)) is int and rec[k] > 0 for k in ("width", "height")):
+        raise _BadRecord(lineno, "'width' and 'height' must be positive whole numbers")
+    if not isinstance(ref, dict):
+        raise _BadRecord(lineno, "no 'ref'")
+    info = shards.get(ref.get("shard")) if isinstance(ref.get("shard"), str) else None
+    if info is None:
+        raise _BadRecord(lineno, f"its shard {ref.get('shard')!r} is not in {SHARDS_FILE}")
+    offset, size, fp = ref.get("offset"), ref.get("size"), ref.get("fp")
+    if (
+        type(offset) is not int
+        or type(size) is not int
+        or offset < 0
+        or size <= 0
+        or offset + size > info.size
+    ):
+        raise _BadRecord(lineno, "'offset' and 'size' do not lie inside the shard")
+    if not isinstance(fp, str) or not re.fullmatch(r"[0-9a-f]{16}", fp):
+        raise _BadRecord(lineno, "'fp' must be 16 hex digits")
+    image = ImageRef(info.path, offset, size, fp, info.size, info.mtime_ns, rec["id"])
+    subset = m.group(1)
+    return RefRecord(lineno, rec, subset, int(m.group(2)), f"{m.group(3)}.{m.group(4)}", caption, image)
 
 
 def check_shards(shards: dict[str, ShardInfo], posts_of: Iterable[tuple[str, int]] | None = None) -> None:
@@ -280,76 +424,3 @@ def check_shards(shards: dict[str, ShardInfo], posts_of: Iterable[tuple[str, int
         path=missing[0],
         hint="mount or copy the shards back at these paths (the same paths on every machine of a multi-node run)",
     )
-
-
-# ---- materialize ----------------------------------------------------------------------------------------------
-_FILE_RE = re.compile(r"(\d+_[^/\\]+)/(\d{1,12}\.[A-Za-z0-9]{1,8})")
-
-
-def materialize_dataset(src: str | Path, out: str | Path, progress: Any = None) -> int:
-    """Turn a referenced dataset into a kohya folder of image files at `out` (new, or an empty folder): the same
-    files, byte for byte, as a copy build of the same recipe. Written into a temp folder beside `out` and renamed
-    at the end, so `out` is never a half-written dataset. Returns the number of images written."""
-    import tomli_w
-    import tomllib
-
-    from ..progress import ensure_progress
-    from .durable import write_new_file
-    from .stats import DATASET_FILE, MANIFEST_FILE, SD_SCRIPTS_FILE, SKIPPED_FILE, is_finished_dataset
-
-    src, out = Path(src), Path(out)
-    progress = ensure_progress(progress)
-    if not is_reference_dataset(src):
-        raise KxlError(f"not a referenced dataset (no {SHARDS_FILE})", path=src,
-                       hint="only datasets built with --image-mode reference can be materialized")  # fmt: skip
-    if not is_finished_dataset(src):
-        raise KxlError("the dataset build is not finished", path=src, hint="resume the build first")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise KxlError("output folder exists and is not empty", path=out, hint="choose a new or empty folder")
-    shards = read_shards_file(src)
-    records = []
-    with open(src / MANIFEST_FILE, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            rec = json.loads(line)
-            ref = ref_from_record(rec, shards)
-            m = _FILE_RE.fullmatch(str(rec.get("file", "")))
-            if ref is None or m is None:  # a name from a file is a path only once it is proven harmless
-                raise KxlError(f"line {lineno}: not a valid image reference", path=src / MANIFEST_FILE)
-            records.append((rec, ref, m.group(1), m.group(2)))
-    check_shards(shards, ((ref.shard, ref.post) for _rec, ref, _s, _n in records))
-    info = tomllib.loads((src / DATASET_FILE).read_text(encoding="utf-8"))
-    info.get("output", {}).pop("image_mode", None)  # a copy build's options have no image_mode
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.materialize-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        progress.stage(f"Writing {len(records):,} images")
-        lines = []
-        for done, (rec, ref, sub, name) in enumerate(records, 1):
-            (tmp / sub).mkdir(exist_ok=True)
-            write_new_file(str(tmp / sub / name), read_ref(ref), direct=True)
-            caption = name[: name.rfind(".")] + ".txt"
-            shutil.copyfile(src / sub / caption, tmp / sub / caption)
-            rec.pop("ref")
-            lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
-            if done % 256 == 0 or done == len(records):
-                progress.update(done, len(records))
-                progress.check_cancelled()
-        (tmp / MANIFEST_FILE).write_text("".join(lines), encoding="utf-8")
-        for name in (SKIPPED_FILE, SD_SCRIPTS_FILE):
-            shutil.copyfile(src / name, tmp / name)
-        (tmp / DATASET_FILE).write_text(tomli_w.dumps(info), encoding="utf-8")  # last, as a build writes it
-        if hasattr(os, "sync"):
-            os.sync()  # the files are on disk before the folder gets its final name
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise KxlError(f"cannot write the materialized dataset ({exc.strerror or exc})", path=out) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return len(records)

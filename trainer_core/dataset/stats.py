@@ -102,6 +102,19 @@ def summarize(written: list[dict], skipped: list[dict], selected: int) -> Datase
     return s
 
 
+def summarize_counts(selected: int, written: int, bytes_written: int, ratings: Counter, qualities: Counter,
+                     years: Counter, missing_ids: list[int], corrupt_items: list[dict]) -> DatasetSummary:  # fmt: skip
+    """The summary `summarize` gives, from label counts (quality and year None counted as "none") instead of a
+    million manifest records (a reference build counts while it writes)."""
+    s = DatasetSummary(selected=selected, written=written, bytes_written=bytes_written)
+    s.per_rating = _ordered(ratings, RATING_LABELS)
+    s.per_quality = _ordered(qualities, (*QUALITY_LABELS, "none"))
+    s.per_year = _ordered(years, (*YEAR_TAGS, "none"))
+    s.missing_ids, s.corrupt_items = list(missing_ids), list(corrupt_items)
+    s.missing, s.corrupt = len(s.missing_ids), len(s.corrupt_items)
+    return s
+
+
 def read_jsonl(path: Path) -> list[dict]:
     out = []
     try:

@@ -10,11 +10,16 @@ the line ending are kept. Every changed file is replaced atomically, and `manife
 rewritten for the same files so the two never disagree. Before any caption is written, the previous bytes of
 every file about to change are saved in an undo journal (edit_journal), so `undo_last` can restore them, also
 after a crash, a cancel or a GUI restart.
+
+A referenced dataset (dataset/image_refs.py) keeps its captions in the manifest only: `apply_manifest_edit`
+edits the `caption` fields there (the same rules), and the manifest is replaced in one atomic rename, so a
+cancel or a crash leaves every caption old or every one new. Its journal holds only the changed lines.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,14 @@ from ..errors import Cancelled, KxlError
 from ..progress import Progress, ensure_progress
 from .caption_processing import KEEP_TOKENS_SEPARATOR
 from .dataset_index import CAPTION_SUFFIX, MANIFEST_FILE, DatasetIndex
-from .edit_journal import JournalFile, discard_journal, rewrite_journal, write_journal
+from .edit_journal import (
+    JournalFile,
+    JournalLines,
+    discard_journal,
+    rewrite_journal,
+    split_lines,
+    write_journal,
+)
 from .text import normalize_tag_name, tag_to_caption_text, unescape_prompt_text
 
 OPERATIONS = ("add", "remove", "replace")
@@ -403,10 +415,91 @@ def edit_dataset(
     entries: Sequence[int] | np.ndarray | None = None,
     progress: Progress | None = None,
 ) -> BulkEditSummary:
-    """`apply_bulk_edit` on the caption files of `entries` (positions in the index; None = every image)."""
+    """`apply_bulk_edit` on the caption files of `entries` (positions in the index; None = every image), or
+    `apply_manifest_edit` on their records when the dataset keeps its captions in the manifest."""
     rows = _entry_positions(index, entries)
+    if index.captions_in_manifest:
+        return apply_manifest_edit(index.root, [index.refs[int(i)].post for i in rows], edit, progress)
     files = [_relative(index.root, index.caption_path(int(i))) for i in rows]
     return apply_bulk_edit(index.root, files, edit, progress)
+
+
+_LINE_ID = re.compile(r'\{"id": (-?\d+),')  # how every manifest line the builder writes starts
+
+
+def apply_manifest_edit(
+    root: str | Path, posts: Iterable[int], edit: TagEdit, progress: Progress | None = None
+) -> BulkEditSummary:
+    """Edit the `caption` of the manifest records of `posts` (post ids) in a referenced dataset: only the first
+    line of a caption is edited (as in a caption file), each changed record is written back as the builder
+    writes records (json.dumps, key order kept), every other line keeps its bytes. One atomic rewrite of the
+    manifest after the undo journal; a cancel before it changes nothing. A record without a text caption is
+    skipped and listed."""
+    root = Path(root)
+    progress = ensure_progress(progress)
+    wanted = {int(p) for p in posts}
+    summary = BulkEditSummary(edit, len(wanted))
+    path = root / MANIFEST_FILE
+    try:
+        before = path.read_bytes()
+        before.decode("utf-8")
+    except OSError as exc:
+        raise KxlError(f"cannot be read ({exc.strerror or exc})", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise KxlError(f"not UTF-8 (bad byte at offset {exc.start})", path=path) from None
+    lines = split_lines(before)
+    progress.stage(f"editing {len(wanted):,} caption(s)")
+    changed: list[tuple[int, str]] = []  # (line number, previous line)
+    seen = 0
+    for n, raw in enumerate(lines):
+        if n % 8192 == 0:
+            progress.update(seen, len(wanted))
+            progress.check_cancelled()
+        line = raw.decode("utf-8")
+        m = _LINE_ID.match(line)
+        record = None
+        if m is None:  # not the builder's layout: the id only from the parsed record
+            record = _json_record(line)
+            pid = record.get("id") if record is not None else None
+        else:
+            pid = int(m.group(1))
+        if type(pid) is not int or pid not in wanted:
+            continue
+        seen += 1
+        record = record if record is not None else _json_record(line)
+        caption = record.get("caption") if record is not None else None
+        if not isinstance(caption, str):
+            summary.skipped.append(f"{MANIFEST_FILE} line {n + 1}: post {pid} has no caption text")
+            continue
+        parsed = _FileText.parse(caption)
+        change = edit_caption(parsed.line, edit)
+        if not change.changed:
+            continue
+        summary.tags_added += change.added
+        summary.tags_removed += change.removed
+        summary.tags_replaced += change.replaced
+        record["caption"] = parsed.with_line(change.text).decode("utf-8")
+        ending = line[len(line.rstrip("\r\n")) :]
+        changed.append((n, line))
+        lines[n] = (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
+    progress.update(len(wanted), len(wanted))
+    if not changed:
+        return summary
+    after = b"".join(lines)
+    del lines
+    progress.check_cancelled()
+    summary.journal = write_journal(root, edit.describe(), [JournalLines(MANIFEST_FILE, changed, before, after)],
+                                    captions=len(changed))  # fmt: skip
+    progress.stage(f"writing the manifest ({len(changed):,} caption(s) changed)")
+    try:
+        atomic_write_bytes(path, after)
+    except BaseException:
+        discard_journal(summary.journal)  # nothing was written: no edit to undo
+        summary.journal = None
+        raise
+    summary.files_changed = len(changed)
+    summary.manifest_updated = True
+    return summary
 
 
 @dataclass(frozen=True)
@@ -425,7 +518,7 @@ def _editable(index: DatasetIndex, i: int) -> bool:
     entry = index.entries[i]
     if not entry.has_caption_file:
         return False
-    if entry.caption:
+    if entry.caption or index.captions_in_manifest:
         return True
     try:
         index.caption_path(i).read_bytes().decode("utf-8")

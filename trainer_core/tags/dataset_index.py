@@ -5,8 +5,10 @@ Layouts understood (first match wins):
    builder writes), optionally with the builder's `<root>/manifest.jsonl`;
 2. a single kohya image folder picked directly (`.../10_name`), or any plain folder of images + `.txt` files
    (repeats 1);
-   A *referenced* dataset (dataset/image_refs.py: `shards.json`, no image files) is a kohya folder whose images
-   are the manifest's `ref` records with a caption file there; `open_image(i)` reads them out of their shards.
+   A *referenced* dataset (dataset/image_refs.py: `shards.json` and a manifest, no image or caption file) is
+   listed from its manifest as the kohya folder it stands for (`<repeats>_<name>/<id>.<ext>` entries, in the
+   same order); its captions are the manifest's `caption` fields (`captions_in_manifest`: bulk edits rewrite
+   the manifest), and `open_image(i)` reads the image out of its shard.
 3. a manifest-only folder: `manifest.jsonl` lines name each image with a `file` path relative to the root.
 The `.txt` file is the truth for captions (it is what the trainer reads); the manifest supplies width, height,
 rating, quality and year, and its caption is used only for an image that has no `.txt`.
@@ -31,13 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset.image_refs import (
-    ImageRef,
-    is_reference_dataset,
-    open_ref_image,
-    read_shards_file,
-    ref_from_record,
-)
+from ..dataset.image_refs import ImageRef, is_reference_dataset, iter_reference_records, open_ref_image
 from ..errors import KxlError
 from ..progress import Progress, ensure_progress
 from .caption_processing import KEEP_TOKENS_SEPARATOR
@@ -61,7 +57,10 @@ class DatasetEntry:
     rating: str | None = None  # from the manifest when it has them
     quality: str | None = None
     year: str | None = None
-    has_caption_file: bool = False
+    has_caption_file: bool = (
+        False  # the caption is stored where an edit can rewrite it (a referenced dataset's
+    )
+    # captions are in its manifest: always)
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -115,6 +114,9 @@ class DatasetIndex:
         self.entries = entries
         self.problems = problems
         self.refs: dict[int, ImageRef] = {}  # entry index -> where its bytes are (referenced datasets)
+        self.captions_in_manifest = (
+            False  # a referenced dataset: captions live in manifest.jsonl, not in .txt files
+        )
         self._problem_lock = threading.Lock()
         self._build_tag_index()
 
@@ -264,6 +266,8 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
         raise KxlError("dataset folder not found", path=root)
     progress = ensure_progress(progress)
     progress.stage("scanning dataset folder")
+    if is_reference_dataset(root):
+        return _open_referenced(root, progress)
     problems: list[DatasetProblem] = []
     manifest = _read_manifest(root / MANIFEST_FILE, problems) if (root / MANIFEST_FILE).is_file() else {}
 
@@ -278,20 +282,6 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
         folders = [("", int(match.group(1)) if match else 1)]
         layout = "folder"
 
-    shards = {}
-    if is_reference_dataset(root):
-        try:
-            shards = read_shards_file(root)
-        except KxlError as exc:
-            problems.append(DatasetProblem(MANIFEST_FILE, str(exc)))
-    refs: dict[str, ImageRef] = {}  # image path relative to the root -> its reference
-    if shards:
-        for record in manifest.values():
-            ref = ref_from_record(record, shards)
-            if ref is not None and isinstance(record.get("file"), str):
-                refs[record["file"].replace("\\", "/")] = ref
-
-    referenced: set[str] = set()  # entries whose image is a reference, not a file
     entries: list[DatasetEntry] = []
     caption_files: list[bool] = []
     for rel, repeats in folders:
@@ -304,18 +294,6 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
                 images.append(e.name)
             elif suffix == CAPTION_SUFFIX:
                 txts.add(e.name)
-        if refs:  # referenced images are listed where their caption is (a real file of the same name wins)
-            prefix = f"{rel}/" if rel else ""
-            have = set(images)
-            for txt in txts:
-                stem = txt[: -len(CAPTION_SUFFIX)]
-                record = manifest.get(stem)
-                file = record.get("file") if record is not None else None
-                if isinstance(file, str) and file.replace("\\", "/") in refs:
-                    name = file.replace("\\", "/").rsplit("/", 1)[-1]
-                    if file.replace("\\", "/") == prefix + name and name not in have:
-                        images.append(name)
-                        referenced.add(prefix + name)
         if repeats == 0:
             problems.append(DatasetProblem(rel, "repeats is 0: the trainer skips this folder"))
         for name in sorted(images, key=_file_order):
@@ -358,11 +336,35 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
             progress.check_cancelled()
     progress.update(total, total)
     progress.stage("indexing tags")
-    index = DatasetIndex(root, layout, entries, problems)
-    if refs:
-        for i, entry in enumerate(entries):
-            if entry.image in referenced:
-                index.refs[i] = refs[entry.image]
+    return DatasetIndex(root, layout, entries, problems)
+
+
+def _open_referenced(root: Path, progress: Progress) -> DatasetIndex:
+    """A referenced dataset, listed from its manifest (image_refs validates every record; a damaged one is a
+    KxlError naming the line: without it there is no knowing which images the dataset has)."""
+    progress.stage("reading the manifest")
+    found: list[tuple[tuple, DatasetEntry, ImageRef]] = []
+    problems: list[DatasetProblem] = []
+    for done, r in enumerate(iter_reference_records(root), 1):
+        text = r.caption.lstrip("\ufeff").split("\n", 1)[0].strip()  # as `_read_caption` reads a .txt
+        stem = r.name[: r.name.rfind(".")]
+        entry = DatasetEntry(stem, f"{r.subset}/{r.name}", r.repeats, text, has_caption_file=True)
+        _apply_manifest(entry, r.record)
+        if not text:
+            problems.append(DatasetProblem(entry.image, f"empty caption ({MANIFEST_FILE} line {r.line}; "
+                                           "sd-scripts stops with an assertion on it)"))  # fmt: skip
+        found.append(((_folder_order(r.subset), _file_order(r.name)), entry, r.ref))
+        if done % 8192 == 0:
+            progress.check_cancelled()
+    if not found:
+        raise KxlError(
+            "no images here: the referenced dataset's manifest lists none", path=root / MANIFEST_FILE
+        )
+    found.sort(key=lambda item: item[0])  # the order a kohya folder of the same images is listed in
+    progress.stage("indexing tags")
+    index = DatasetIndex(root, "kohya", [entry for _key, entry, _ref in found], problems)
+    index.refs = {i: ref for i, (_key, _entry, ref) in enumerate(found)}
+    index.captions_in_manifest = True
     return index
 
 

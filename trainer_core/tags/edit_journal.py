@@ -2,7 +2,10 @@
 
 Line 1 is a header (what the edit was, when, how many files); every further line is one file the edit changes:
 its path relative to the dataset, its previous bytes (as text, or base64 when they are not UTF-8) and the
-SHA-256 of the bytes the edit writes. The journal is written atomically *before* the first caption is touched,
+SHA-256 of the bytes the edit writes. A big file of which an edit rewrites a few lines (the manifest of a
+referenced dataset, where the captions live) is journaled as those lines' previous text plus the SHA-256 of
+the whole file before and after (`JournalLines`), so an edit of 10 captions in a 1 M-line manifest journals 10
+lines, not the manifest. The journal is written atomically *before* the first caption is touched,
 so after a crash or a cancel every listed file is either still old (nothing to restore) or new (restored), and
 undo works across GUI restarts. A file whose bytes are neither is one somebody changed since the edit: undo then
 refuses rather than lose that change.
@@ -40,12 +43,23 @@ class JournalFile:
 
 
 @dataclass(frozen=True)
+class JournalLines:
+    """A text file of which the edit replaced some lines (never adding or removing one)."""
+
+    path: str  # relative to the dataset root, "/"-separated
+    lines: list[tuple[int, str]]  # (0-based line number, its previous text with its line ending)
+    before: bytes  # the whole file before and after, for the two checksums (not stored)
+    after: bytes
+
+
+@dataclass(frozen=True)
 class JournalInfo:
     path: Path
     number: int
     description: str
     files: int
     created: str  # local time, "YYYY-MM-DD HH:MM:SS"
+    captions: int | None = None  # captions changed, when they are not one file each (a referenced dataset)
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,9 @@ def _encode(data: bytes) -> dict[str, str]:
         return {"before_b64": base64.b64encode(data).decode("ascii")}
 
 
-def _journal_text(description: str, files: Sequence[JournalFile]) -> str:
+def _journal_text(
+    description: str, files: Sequence[JournalFile | JournalLines], captions: int | None = None
+) -> str:
     header = {
         "format": JOURNAL_FORMAT,
         "version": 1,
@@ -94,19 +110,27 @@ def _journal_text(description: str, files: Sequence[JournalFile]) -> str:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "files": len(files),
     }
+    if captions is not None:
+        header["captions"] = captions  # captions kept in a file with other data: counted, not a file each
     lines = [json.dumps(header, ensure_ascii=False)]
     for f in files:
-        record = {"path": f.path, **_encode(f.before), "after_sha256": _sha256(f.after)}
+        if isinstance(f, JournalLines):
+            record = {"path": f.path, "lines": [[i, text] for i, text in f.lines],
+                      "before_sha256": _sha256(f.before), "after_sha256": _sha256(f.after)}  # fmt: skip
+        else:
+            record = {"path": f.path, **_encode(f.before), "after_sha256": _sha256(f.after)}
         lines.append(json.dumps(record, ensure_ascii=False))
     return "\n".join(lines) + "\n"
 
 
-def write_journal(root: str | Path, description: str, files: Sequence[JournalFile]) -> Path:
-    """Record a new edit (atomically) and drop journals older than the last KEEP_JOURNALS."""
+def write_journal(root: str | Path, description: str, files: Sequence[JournalFile | JournalLines],
+                  captions: int | None = None) -> Path:  # fmt: skip
+    """Record a new edit (atomically) and drop journals older than the last KEEP_JOURNALS. `captions`: how many
+    captions the edit changes, when they are not one file each (a referenced dataset's manifest)."""
     existing = _journals(root)
     number = existing[-1][0] + 1 if existing else 1
     path = undo_dir(root) / f"{number}.jsonl"
-    atomic_write_text(path, _journal_text(description, files))
+    atomic_write_text(path, _journal_text(description, files, captions))
     for _, old in existing[: max(0, len(existing) + 1 - KEEP_JOURNALS)]:
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
@@ -135,9 +159,9 @@ def last_edit(root: str | Path) -> JournalInfo | None:
     try:
         with open(path, encoding="utf-8") as fh:
             header = json.loads(fh.readline())
-        return JournalInfo(
-            path, number, str(header["description"]), int(header["files"]), str(header["created"])
-        )
+        captions = header.get("captions")
+        return JournalInfo(path, number, str(header["description"]), int(header["files"]), str(header["created"]),
+                           captions if type(captions) is int else None)  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return JournalInfo(path, number, "an edit with an unreadable journal", 0, "")
 
@@ -161,7 +185,18 @@ def _read_journal(path: Path) -> tuple[dict, list[dict]]:
     for line_no, record in enumerate(records[1:], 2):
         if not isinstance(record.get("path"), str) or not isinstance(record.get("after_sha256"), str):
             raise KxlError(f"undo journal line {line_no} lacks 'path' or 'after_sha256'", path=path)
-        if not isinstance(record.get("before", record.get("before_b64")), str):
+        if "lines" in record:
+            ok = (
+                isinstance(record["lines"], list)
+                and isinstance(record.get("before_sha256"), str)
+                and all(
+                    isinstance(x, list) and len(x) == 2 and type(x[0]) is int and isinstance(x[1], str)
+                    for x in record["lines"]
+                )
+            )
+            if not ok:
+                raise KxlError(f"undo journal line {line_no} has damaged line records", path=path)
+        elif not isinstance(record.get("before", record.get("before_b64")), str):
             raise KxlError(f"undo journal line {line_no} lacks the previous content", path=path)
     return records[0], records[1:]
 
@@ -195,7 +230,6 @@ def undo_last(root: str | Path, progress: Progress | None = None) -> UndoSummary
     already_old = 0
     for record in records:
         path = _target(root, record["path"], journal)
-        before = _before_bytes(record)
         try:
             current = path.read_bytes()
         except FileNotFoundError:
@@ -203,22 +237,55 @@ def undo_last(root: str | Path, progress: Progress | None = None) -> UndoSummary
         except OSError as exc:
             raise KxlError(f"cannot be read to undo the edit ({exc.strerror or exc})", path=path) from None
         digest = _sha256(current)
-        if digest == record["after_sha256"]:
-            restore.append((path, before))
-        elif current == before:
+        if "lines" in record:
+            before = _patched(current, record["lines"]) if digest == record["after_sha256"] else None
+            if before is not None and _sha256(before) == record["before_sha256"]:
+                restore.append((path, before))
+                continue
+            if digest == record["before_sha256"]:
+                already_old += 1
+                continue
+        elif digest == record["after_sha256"]:
+            restore.append((path, _before_bytes(record)))
+            continue
+        elif current == _before_bytes(record):
             already_old += 1
-        else:
-            raise KxlError(
-                f"changed since the tag edit ({header.get('description', 'last edit')}); undo refused so that "
-                "the change is not lost",
-                path=path,
-                hint=f"put the file back as the edit left it, or delete {journal} to give up this undo step",
-            )
+            continue
+        raise KxlError(
+            f"changed since the tag edit ({header.get('description', 'last edit')}); undo refused so that "
+            "the change is not lost",
+            path=path,
+            hint=f"put the file back as the edit left it, or delete {journal} to give up this undo step",
+        )
     progress.stage(f"restoring {len(restore):,} file(s)")
     for done, (path, before) in enumerate(restore, 1):
         progress.check_cancelled()
         atomic_write_bytes(path, before)
         progress.update(done, len(restore))
     discard_journal(journal)
-    captions = sum(1 for path, _ in restore if path.suffix == ".txt")
+    captions = header.get("captions")
+    if type(captions) is not int or not restore:
+        captions = sum(1 for path, _ in restore if path.suffix == ".txt")
     return UndoSummary(str(header.get("description", "")), len(restore), already_old, captions)
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """A file's lines with their endings, cut at b"\\n" only (JSON Lines text may hold U+2028 and the like,
+    which str.splitlines would also cut at); the line numbers of JournalLines count these."""
+    parts = data.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _patched(current: bytes | None, lines: list[list]) -> bytes | None:
+    """`current` with the journaled lines put back; None when the file no longer has those lines."""
+    if current is None:
+        return None
+    parts = split_lines(current)
+    for i, previous in lines:
+        if not 0 <= i < len(parts):
+            return None
+        parts[i] = previous.encode("utf-8")
+    return b"".join(parts)

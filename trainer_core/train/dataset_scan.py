@@ -30,11 +30,14 @@ and GiB of Python objects at 3.67 M images). Now:
   dataset) scans itself and must arrive at the same content digest, else the run stops instead of training two
   ranks on different data. A rank-0 error reaches every rank, so none waits for the DDP timeout.
 
-**Referenced datasets** (dataset/image_refs.py: a `shards.json` beside the manifest, captions but no image files):
-an image's name, size and place in its shard come from the manifest's `ref` records; an image counts when its
-caption file is there (as with files). Its "stat" for the fingerprint is (bytes, shard mtime), and the refs are
-part of the fingerprint and of the stored scan (`ref.npy`, the shard list in meta.json). Every scan, cached or
-not, checks that each shard is there with its recorded size and mtime: a missing one names its posts.
+**Referenced datasets** (dataset/image_refs.py: `shards.json` and a manifest, no image or caption file): the
+manifest is the whole listing. Its records give every image's subset, name, caption, size and place in its
+shard; the items are ordered as the same images would be in a kohya folder (subset, then file name), so a
+referenced dataset and its copy give identical batches. The fingerprint is the manifest's (size, mtime_ns) and
+shards.json's bytes: an unchanged dataset starts from the cache without reading the manifest, and a caption
+edited in the Tags tab (which rewrites the manifest) makes the next start scan it again. The refs are part of
+the stored scan (`ref.npy`, the shard list in meta.json). Every scan, cached or not, checks that each shard is
+there with its recorded size and mtime: a missing one names its posts.
 
 The derived data of a scan is cached beside it: the bucket of every image for one set of bucket settings
 (`plan-<key>.npy`) and sd-scripts' tag frequency (`tag_frequency.json`, rank 0 only).
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -61,12 +65,14 @@ from typing import Any
 import numpy as np
 
 from ..dataset.image_refs import (
+    SHARDS_FILE,
     ImageRef,
     ShardInfo,
     check_shards,
     fp_from_int,
     fp_to_int,
     is_reference_dataset,
+    iter_reference_records,
     read_shards_file,
 )
 from ..errors import KxlError
@@ -264,10 +270,6 @@ class _Listing:
         self.item_subset = array("i")
         self.stat = array("q")  # 4 per item
         self._encoded: list[bytes] | None = None
-        self.shards: list[ShardInfo] = []  # referenced dataset: its shards
-        self.refs = array(
-            "q"
-        )  # referenced dataset: 6 per item: shard index (-1: a file), offset, bytes, fp, w, h
 
     def encoded_names(self) -> list[bytes]:
         if self._encoded is None:
@@ -280,40 +282,7 @@ class _Listing:
         h.update(b"\0".join(self.encoded_names()))
         h.update(self.item_subset.tobytes())
         h.update(self.stat.tobytes())
-        if self.shards:
-            h.update(json.dumps([[sh.path, sh.size, sh.mtime_ns] for sh in self.shards]).encode())
-            h.update(self.refs.tobytes())
         return h.hexdigest()[:32]
-
-
-def _reference_index(root: Path) -> tuple[list[ShardInfo], dict[str, tuple]]:
-    """A referenced dataset's shards, and `<subset>/<stem>` -> (image name, shard index, offset, bytes, fp, w, h)
-    from its manifest's `ref` records. KxlError naming the manifest line when a record is damaged."""
-    infos = read_shards_file(root)
-    shards = [infos[p] for p in sorted(infos)]
-    index_of = {sh.path: k for k, sh in enumerate(shards)}
-    path = root / MANIFEST_FILE
-    out: dict[str, tuple] = {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if '"ref": ' not in line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                    ref, file = rec["ref"], rec["file"].replace("\\", "/")
-                    sub, _, name = file.rpartition("/")
-                    row = (name, index_of[ref["shard"]], int(ref["offset"]), int(ref["size"]),
-                           fp_to_int(ref["fp"]), int(rec["width"]), int(rec["height"]))  # fmt: skip
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    raise KxlError(f"line {lineno}: not a valid image reference ({type(exc).__name__}: {exc})",
-                                   path=path, hint="rebuild the dataset") from None  # fmt: skip
-                out[f"{sub}/{name[: name.rfind('.')]}"] = row
-    except FileNotFoundError:
-        raise KxlError("file missing: a referenced dataset needs its manifest", path=path) from None
-    except (OSError, UnicodeError) as exc:
-        raise KxlError(f"cannot read the manifest ({exc})", path=path) from None
-    return shards, out
 
 
 def _sort_key(name: str) -> str:
@@ -337,9 +306,6 @@ def list_dataset(root: str | Path) -> _Listing:
             hint="put images and .txt captions in a folder named like 10_mydata inside the dataset folder",
         )
     out = _Listing(root)
-    refs: dict[str, tuple] = {}
-    if is_reference_dataset(root):
-        out.shards, refs = _reference_index(root)
     use_dir_fd = os.stat in os.supports_dir_fd
     for s, sub_name in enumerate(subsets):
         sub = root / sub_name
@@ -357,15 +323,6 @@ def list_dataset(root: str | Path) -> _Listing:
         images = [n for n in images if n[0] != "." or n[: n.rfind(".")].lstrip(".")]
         captions = {n for n in entries if n.endswith(CAPTION_SUFFIX)}
         del entries
-        referenced: dict[str, tuple] = {}
-        if refs:  # a referenced image counts where its caption is (an image file of the same stem wins)
-            have = {n[: n.rfind(".")] for n in images}
-            for txt in captions:
-                stem = txt[: -len(CAPTION_SUFFIX)]
-                row = refs.get(f"{sub_name}/{stem}")
-                if row is not None and stem not in have:
-                    referenced[row[0]] = row
-            images.extend(referenced)
         images.sort(key=_sort_key if os.name == "nt" else None)
         fd = os.open(sub, os.O_RDONLY) if use_dir_fd else None
         try:
@@ -374,18 +331,11 @@ def list_dataset(root: str | Path) -> _Listing:
                 txt = name[: name.rfind(".")] + CAPTION_SUFFIX
                 if txt not in captions:
                     raise KxlError("image has no caption file (.txt next to it)", path=sub / name)
-                row = referenced.get(name)
-                if row is not None:
-                    st_size, st_mtime_ns = row[3], out.shards[row[1]].mtime_ns
-                    out.refs.extend(row[1:])
-                else:
-                    try:
-                        st = stat(name, dir_fd=fd) if fd is not None else stat(sub / name)
-                    except OSError as exc:
-                        raise KxlError(f"cannot read image ({exc})", path=sub / name) from None
-                    st_size, st_mtime_ns = st.st_size, st.st_mtime_ns
-                    if refs:
-                        out.refs.extend((-1, 0, 0, 0, 0, 0))
+                try:
+                    st = stat(name, dir_fd=fd) if fd is not None else stat(sub / name)
+                except OSError as exc:
+                    raise KxlError(f"cannot read image ({exc})", path=sub / name) from None
+                st_size, st_mtime_ns = st.st_size, st.st_mtime_ns
                 try:
                     ct = stat(txt, dir_fd=fd) if fd is not None else stat(sub / txt)
                 except OSError as exc:
@@ -694,14 +644,8 @@ def _fill(
     sizes = np.zeros((n, 2), dtype=np.int32)
     if prev is not None:
         sizes[img_same] = np.asarray(prev.arrays["size"])[jj[img_same]]
-    need_mask = ~img_same
-    ref_rows = np.frombuffer(listing.refs, dtype=np.int64).reshape(n, 6) if listing.shards else None
-    if ref_rows is not None:  # referenced images: the build measured them (their refs are in the fingerprint)
-        is_ref = ref_rows[:, 0] >= 0
-        sizes[is_ref] = ref_rows[is_ref, 4:6]
-        need_mask &= ~is_ref
-    need = np.flatnonzero(need_mask).tolist()
-    from_manifest, from_refs = 0, n - int(img_same.sum()) - len(need)
+    need = np.flatnonzero(~img_same).tolist()
+    from_manifest = 0
     if need:
         manifest = None
         with contextlib.suppress(OSError, UnicodeError):
@@ -745,15 +689,13 @@ def _fill(
         "stat": stats.copy(),
         "caption_blob": blob,
     }
-    if ref_rows is not None:
-        arrays[REF_ARRAY] = np.ascontiguousarray(ref_rows[:, :4])
     cached_captions, cached_sizes = int(txt_same.sum()), int(img_same.sum())
     report = {"captions_cached": cached_captions, "captions_read": n - cached_captions,
               "sizes_cached": cached_sizes, "sizes_manifest": from_manifest,
-              "sizes_ref": from_refs, "sizes_header": n - cached_sizes - from_manifest - from_refs, "captions_s": round(t1 - t0, 3),
+              "sizes_header": n - cached_sizes - from_manifest, "captions_s": round(t1 - t0, 3),
               "sizes_s": round(time.perf_counter() - t1, 3)}  # fmt: skip
     return ScanTable(root, listing.subsets, listing.repeats, arrays, fingerprint, report=report,
-                     caption_sha=sink.sha.digest(), shards=listing.shards)  # fmt: skip
+                     caption_sha=sink.sha.digest())  # fmt: skip
 
 
 # ==================================================================================================== cache files
@@ -926,6 +868,8 @@ def scan_table(root: str | Path, caches: list[Path] | None = None, write: bool =
 
 def _scan_table(root: str | Path, caches: list[Path] | None, write: bool) -> ScanTable:
     root = Path(root)
+    if is_reference_dataset(root):
+        return _scan_reference(root, list(caches or []), write)
     t0 = time.perf_counter()
     listing = list_dataset(root)
     fp = listing.fingerprint()
@@ -974,6 +918,151 @@ def _scan_table(root: str | Path, caches: list[Path] | None, write: bool) -> Sca
         return table
     stored.report = table.report
     return stored
+
+
+# ==================================================================================================== referenced
+def reference_fingerprint(root: Path) -> str:
+    """What a referenced dataset's scan depends on: the manifest's size and mtime, and shards.json's bytes."""
+    manifest = root / MANIFEST_FILE
+    try:
+        st = os.stat(manifest)
+        shards = (root / SHARDS_FILE).read_bytes()
+    except FileNotFoundError as exc:
+        raise KxlError("file missing: this referenced dataset is incomplete", path=exc.filename) from None
+    except OSError as exc:
+        raise KxlError(f"cannot read the dataset ({exc.strerror or exc})", path=exc.filename) from None
+    h = hashlib.sha256(f"kxl-scan-ref:{VERSION}".encode())
+    h.update(f"{st.st_size}:{st.st_mtime_ns}:".encode())
+    h.update(shards)
+    return h.hexdigest()[:32]
+
+
+def _scan_reference(root: Path, caches: list[Path], write: bool) -> ScanTable:
+    t0 = time.perf_counter()
+    fp = reference_fingerprint(root)
+    for cache_root in caches:
+        table = load_scan(cache_root / f"scan-{fp}", root, fp)
+        if table is not None:
+            table.report.update(cache="hit", listing_s=round(time.perf_counter() - t0, 3), images=len(table))
+            return table
+    tmp = tmp_root = None
+    for cache_root in caches if write else []:
+        try:
+            tmp, tmp_root = _new_temp_folder(cache_root, fp), cache_root
+            break
+        except OSError:
+            continue  # a read-only dataset folder: the next place
+    try:
+        table = _read_reference(root, fp, tmp)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    table.report.update(cache="miss" if caches else "off", listing_s=round(time.perf_counter() - t0, 3),
+                        images=len(table))  # fmt: skip
+    if tmp is None:
+        return table
+    try:
+        folder = store_scan(table, tmp_root, tmp)
+    except OSError:
+        table.arrays["caption_blob"] = np.array(table.arrays["caption_blob"])
+        shutil.rmtree(tmp, ignore_errors=True)
+        return table
+    stored = load_scan(folder, root, fp)
+    if stored is None:
+        table.cache_dir = folder
+        return table
+    stored.report = table.report
+    return stored
+
+
+def _read_reference(root: Path, fingerprint: str, spool: Path | None) -> ScanTable:
+    """A referenced dataset's scan from its manifest (image_refs validates every record). The captions are
+    gathered in manifest order, then written in item order (subset, then name, as a kohya folder lists them);
+    with a spool folder the gathering goes to a temp file there, so a 3.6 M-image dataset is never in memory."""
+    infos = read_shards_file(root)
+    shards = [infos[p] for p in sorted(infos)]
+    shard_index = {sh.path: k for k, sh in enumerate(shards)}
+    subsets: dict[str, int] = {}  # subset name -> repeats
+    subset_of, names, rows = [], [], array("q")  # rows: 8 per record (see below)
+    cap_off = [0]
+    raw_path = spool / "captions-by-id.bin" if spool is not None else None
+    raw = open(raw_path, "w+b") if raw_path is not None else io.BytesIO()  # noqa: SIM115 - closed below
+    manifest_mtime = os.stat(root / MANIFEST_FILE).st_mtime_ns
+    try:
+        t0 = time.perf_counter()
+        for r in iter_reference_records(root, infos):
+            lines = r.caption.splitlines()  # the first line, stripped: what `_caption` takes from a .txt
+            caption = lines[0].strip() if lines else ""
+            if not caption:
+                raise KxlError(
+                    f"line {r.line}: the caption of post {r.post} is empty", path=root / MANIFEST_FILE
+                )
+            data = caption.encode("utf-8")
+            raw.write(data)
+            cap_off.append(cap_off[-1] + len(data))
+            subsets.setdefault(r.subset, r.repeats)
+            subset_of.append(r.subset)
+            names.append(r.name)
+            ref = r.ref
+            rows.extend((shard_index[ref.shard], ref.offset, ref.size, fp_to_int(ref.fp),
+                         int(r.record["width"]), int(r.record["height"]), len(data), 0))  # fmt: skip
+        if not names:
+            raise KxlError("the referenced dataset lists no image", path=root / MANIFEST_FILE)
+        ordered = sorted(subsets, key=_sort_key)
+        s_index = {name: i for i, name in enumerate(ordered)}
+        item_subset = np.fromiter((s_index[x] for x in subset_of), dtype=np.int32, count=len(names))
+        # as a kohya folder's scan orders them: subset, then file name (case-blind on Windows)
+        name_keys = np.array([_sort_key(x) for x in names] if os.name == "nt" else names)
+        order = np.lexsort((name_keys, item_subset)).tolist()
+        del name_keys
+        n = len(order)
+        all_rows = np.frombuffer(rows, dtype=np.int64).reshape(n, 8)
+        starts = np.asarray(cap_off[:-1], dtype=np.int64)
+        lengths = np.diff(np.asarray(cap_off, dtype=np.int64))
+        raw.flush()
+        sink = _CaptionSink(spool / CAPTION_BLOB if spool is not None else None, int(lengths.sum()))
+        try:
+            blob_in = (
+                raw.getvalue() if isinstance(raw, io.BytesIO) else _map_blob(raw_path) if cap_off[-1] else b""
+            )
+            caption_off = np.zeros(n + 1, dtype=np.int64)
+            for j, i in enumerate(order):
+                a = int(starts[i])
+                sink.write(memoryview(blob_in[a : a + int(lengths[i])]))
+                caption_off[j + 1] = sink.pos
+            del blob_in
+            blob = sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+    finally:
+        raw.close()
+        if raw_path is not None:
+            with contextlib.suppress(OSError):
+                raw_path.unlink()
+    idx = np.asarray(order, dtype=np.int64)
+    names_enc = [os.fsencode(names[i]) for i in order]
+    name_off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in names_enc], out=name_off[1:])
+    picked = all_rows[idx]
+    shard_mtime = np.array([sh.mtime_ns for sh in shards], dtype=np.int64)
+    manifest_col = np.full(n, manifest_mtime, dtype=np.int64)
+    stat = np.stack([picked[:, 2], shard_mtime[picked[:, 0]], picked[:, 6], manifest_col], axis=1)
+    arrays = {
+        "item_subset": item_subset[idx],
+        "name_blob": np.frombuffer(b"".join(names_enc), dtype=np.uint8),
+        "name_off": name_off,
+        "caption_off": caption_off,
+        "size": np.ascontiguousarray(picked[:, 4:6]).astype(np.int32),
+        "stat": np.ascontiguousarray(stat),
+        "caption_blob": blob,
+        REF_ARRAY: np.ascontiguousarray(picked[:, :4]),
+    }
+    report = {"captions_cached": 0, "captions_read": n, "sizes_cached": 0, "sizes_manifest": n, "sizes_header": 0,
+              "captions_s": round(time.perf_counter() - t0, 3), "sizes_s": 0.0}  # fmt: skip
+    return ScanTable(root, ordered, [subsets[x] for x in ordered], arrays, fingerprint, report=report,
+                     caption_sha=sink.sha.digest(), shards=shards)  # fmt: skip
 
 
 # ==================================================================================================== ranks
