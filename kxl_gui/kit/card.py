@@ -14,7 +14,11 @@ from .inline_message import InlineMessage
 class Card(QFrame):
     """`body` is where the caller adds its widgets; `message` is the card's own inline message line."""
 
-    def __init__(self, title: str, subtitle: str = "", parent: QWidget | None = None) -> None:
+    def __init__(
+        self, title: str, subtitle: str = "", parent: QWidget | None = None, fill: bool = False
+    ) -> None:
+        """`fill`: the body takes the card's spare height (a preview that should grow with the window); by default
+        the content stays at the top, so cards sharing a grid row line up."""
         super().__init__(parent)
         self.setObjectName("card")
         # Preferred (not Maximum) vertically: cards sharing a grid row grow to the same height.
@@ -34,9 +38,10 @@ class Card(QFrame):
         self.body.setSpacing(6)
         lay.addWidget(self.title)
         lay.addWidget(self.subtitle)
-        lay.addLayout(self.body)
+        lay.addLayout(self.body, 1 if fill else 0)
         lay.addWidget(self.message)
-        lay.addStretch(1)  # in a grid row of taller cards the content stays at the top
+        if not fill:
+            lay.addStretch(1)
 
     def set_subtitle(self, text: str) -> None:
         self.subtitle.setText(text)

@@ -143,7 +143,7 @@ class SelectionPage(Card):
 
 class CaptionsPage(Card):
     def __init__(self) -> None:
-        super().__init__("Captions: HakuBooru format")
+        super().__init__("Captions: HakuBooru format", fill=True)
         self.quality_combo = QComboBox()
         for label, key in QUALITY_CHOICES:
             self.quality_combo.addItem(label, key)
