@@ -4,8 +4,8 @@
     python scripts/train_demo_base.py --resume        # go on from the last saved state in --work
     python scripts/train_demo_base.py --scale 0.25    # every stage at a quarter of its steps
 
-Stages: VAE, UNet + text encoders (the base), then the gamma and beta fine-tunes (trainer_core/models/
-demo_base_training.py has the recipe). A state is saved every --save-every seconds (atomic, safetensors); a stage's
+Stages: VAE, UNet + text encoders (the base), a colour stage that goes on training the base (colour words), then
+the gamma and beta fine-tunes (trainer_core/models/demo_base_training.py has the recipe). A state is saved every --save-every seconds (atomic, safetensors); a stage's
 result is kept in --work when it ends, so --resume restarts inside the stage that was running. The output folder
 gets the base (fp16 single file), gamma and beta as compact deltas (trainer_core/models/demo_base_files.py) and
 manifest.json (sha256 of every file, the command, steps, final losses, wall time), written last.
@@ -34,6 +34,7 @@ from trainer_core.models.demo_base_files import (  # noqa: E402
     sha256_file,
 )
 from trainer_core.models.demo_base_training import (  # noqa: E402
+    BASE_STAGES,
     STAGES,
     DemoBaseTrainer,
     Recipe,
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         info = json.loads(run_info_path.read_text(encoding="utf-8"))
         if info["recipe"] != json.loads(json.dumps(asdict(recipe))):
             raise SystemExit(f"--resume: {work} holds a run with another recipe; use the same --seed/--scale")
+        info.setdefault("resumed_commands", []).append(command)
     else:
         for f in work.glob("*.safetensors"):
             f.unlink()
@@ -134,15 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     resume_stage, resume_step, resume_losses = None, 0, []
     if args.resume and state_path.is_file():
         _t, meta = load_state(state_path)
-        resume_stage, resume_step, resume_losses = meta["stage"], meta["step"], meta["losses"]
-        info["wall_s"] = meta.get("wall_s", info["wall_s"])
+        # A state of a stage that has finished since is stale: its wall time would undo the time spent after it.
+        if not stage_result(work, meta["stage"]).is_file():
+            resume_stage, resume_step, resume_losses = meta["stage"], meta["step"], meta["losses"]
+            info["wall_s"] = meta.get("wall_s", info["wall_s"])
     trainer = DemoBaseTrainer(comps, recipe, state_path, args.save_every, log)
 
     for stage in STAGES:
         done = stage_result(work, stage)
         if done.is_file():
             tensors, meta = load_state(done)
-            if stage in ("vae", "unet"):
+            if stage == "vae" or stage in BASE_STAGES:
                 load_modules(comps, tensors)
             info["stages"][stage] = meta["summary"]
             log(f"{stage}: already done ({meta['summary']})")
@@ -159,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             dead = trainer.silence_dead_latent_channels()
             log(f"vae: decoder ignores the constant latent channels {dead}")
             result = {f"model/vae.{k}": v for k, v in comps.vae.state_dict().items()}
-        elif stage == "unet":
-            trainer.train_unet("unet", progress, extra)
-            base_file = out / SHIPPED["original"]
-            save_single_file(comps, base_file, "fp16", _metadata("original", args.seed))
+        elif stage in BASE_STAGES:
+            trainer.train_unet(stage, progress, extra)
+            if stage == BASE_STAGES[-1]:
+                save_single_file(comps, out / SHIPPED["original"], "fp16", _metadata("original", args.seed))
             result = {
                 f"model/{n}.{k}": v for n, m in comps.models().items() for k, v in m.state_dict().items()
             }
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "native_size": 128,
         "seed": args.seed,
         "command": info["command"],
-        "resumed_commands": [] if not args.resume else [command],
+        "resumed_commands": info.get("resumed_commands", []),  # every resume of the run, in order
         "wall_s": round(wall(), 1),
         "torch_threads": args.threads,
         "stages": info["stages"],

@@ -68,15 +68,22 @@ COUNT_WEIGHTS: dict[str, float] = {
 COUNT_TAG_SET = frozenset({*COUNT_TAGS, "solo", "multiple_girls", "multiple_boys", "no_humans"})
 EXPRESSION_TAGS = tuple(sorted(HAPPY_EYES | SQUINT_EYES | ROUND_EYES | SMILE_TAGS | OPEN_MOUTH_TAGS))
 
+KEPT_TAGS = COUNT_TAG_SET | frozenset(HAIR_COLOURS) | frozenset(BACKGROUNDS)
+"""Tags caption dropout never drops: count, hair and background decide most of the picture (and what the reader
+checks); a caption without them would teach that an unnamed background still comes out as a given colour."""
+
 FORBIDDEN_TAGS = frozenset({"hakuframe"})
 """The demo dataset's new concept: the base (and gamma/beta) never see it, so a LoKr has something to teach."""
 
 
-def random_post_tags(rng: np.random.Generator, backgrounds: Sequence[str] = BACKGROUNDS) -> list[str]:
+def random_post_tags(
+    rng: np.random.Generator, backgrounds: Sequence[str] = BACKGROUNDS, flat_share: float = 0.7
+) -> list[str]:
     """One random tag set the generator can draw, its background taken from `backgrounds`.
 
     Demo posts (and so prompts) write counts as danbooru does, `1girl, solo` / `2girls, multiple_girls`, and flat
     colours with `simple_background`; those companions come with their usual frequency so they mean nothing new.
+    `flat_share` is the share of flat-colour backgrounds among the posts that have a background.
     """
     counts = list(COUNT_WEIGHTS)
     weights = np.asarray([COUNT_WEIGHTS[c] for c in counts])
@@ -99,7 +106,7 @@ def random_post_tags(rng: np.random.Generator, backgrounds: Sequence[str] = BACK
         flat = [b for b in backgrounds if b in FLAT_BACKGROUNDS]
         scenes = [b for b in backgrounds if b not in FLAT_BACKGROUNDS]
         # Flat colours are what prompts ask for most and what the reader can check: 70 % of the pictures.
-        bg = str(rng.choice(flat if (flat and (not scenes or rng.random() < 0.7)) else scenes))
+        bg = str(rng.choice(flat if (flat and (not scenes or rng.random() < flat_share)) else scenes))
         tags.append(bg)
         if bg == "gradient_background" and rng.random() < 0.5:  # a coloured gradient names its colour too
             tags.append(str(rng.choice(list(FLAT_BACKGROUNDS))))
@@ -110,15 +117,31 @@ def random_post_tags(rng: np.random.Generator, backgrounds: Sequence[str] = BACK
     return tags
 
 
-def caption_for(tags: Sequence[str], rng: np.random.Generator) -> str:
+def caption_for(
+    tags: Sequence[str],
+    rng: np.random.Generator,
+    card_order: float = 0.5,
+    tag_dropout: float = 0.0,
+    prompt_order: float = 0.0,
+) -> str:
     """The trainer's caption of a post: caption-form tags joined by ", ".
 
-    Half the time fully shuffled (the tiny-demo preset's shuffle_caption), half the time in the card's order with the
-    count tags first and the rest shuffled, which is how demo posts and read-back prompts are written.
+    A share `prompt_order` of captions keeps the tags in `random_post_tags`' order (count, hair, eyes, expression,
+    background: the read-back prompts' order); of the rest, a share `card_order` is in the card's order, count tags
+    first and the rest shuffled (how demo posts are written), the others fully shuffled (the tiny-demo preset's
+    shuffle_caption). `tag_dropout` drops each other tag (eye colours, expressions) with that probability, so that
+    short prompts naming only count, hair and background (the read-back set) look like training captions.
     """
     order = [tags[int(i)] for i in rng.permutation(len(tags))]
-    if rng.random() < 0.5:
+    if prompt_order > 0.0 and rng.random() < prompt_order:
+        # Why: a tiny text encoder learns "the colour word before `hair`" sooner at fixed places; shuffled
+        # captions alone left `aqua hair, red background` drawing red hair.
+        order = list(tags)
+    elif rng.random() < card_order:
         order = [t for t in order if t in COUNT_TAG_SET] + [t for t in order if t not in COUNT_TAG_SET]
+    if tag_dropout > 0.0:
+        drop = rng.random(len(order)) < tag_dropout
+        order = [t for t, d in zip(order, drop, strict=True) if t in KEPT_TAGS or not d]
     return ", ".join(tag_to_caption_text(t) for t in order)
 
 

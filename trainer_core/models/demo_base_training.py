@@ -11,6 +11,13 @@ Recipe (chosen by short experiments on 2 CPU cores):
   pictures, captions shuffled every step, 10 % all-zero conditioning (what the Generate tab feeds for an empty
   negative prompt, so classifier-free guidance works); both text encoders train with it at a lower LR; the shipped
   weights are an EMA.
+- colour: the base's training goes on from the UNet stage's EMA weights with what makes colour words bind: 90 %
+  flat-colour backgrounds, captions mostly in the read-back prompts' form (60 % in their exact tag order, eye and
+  expression tags dropped 60 % of the time each), timesteps drawn with density ~ t (the noisy steps where a
+  sampler decides the colours), offset noise (0.1) and the text encoders at a higher LR than the UNet. Why:
+  generated latents of the UNet stage alone had their channel means off (a black background came out light blue),
+  the signature of a model that reads flat colours from the noise's mean rather than from the prompt, and colour
+  words bled across tags (`aqua hair, red background` drew red hair). The shipped base is this stage's EMA.
 - gamma / beta: short fine-tunes of the base on two disjoint halves of the backgrounds with the CLIP token and
   position embeddings at a high LR, so they drift the way the Kohaku XL card describes.
 """
@@ -35,7 +42,8 @@ from .demo_base_data import (
     render_pixels,
 )
 
-STAGES = ("vae", "unet", "gamma", "beta")
+STAGES = ("vae", "unet", "colour", "gamma", "beta")
+BASE_STAGES = ("unet", "colour")  # stages that train the base itself (EMA weights); the last one is shipped
 EMBEDDING_SUFFIXES = ("token_embedding.weight", "position_embedding.weight")
 
 # The two fine-tunes see disjoint halves of the backgrounds (alternating, so each half mixes flat and scenes).
@@ -53,6 +61,12 @@ class StageSettings:
     warmup: int = 50
     pool: int = 0  # pictures encoded once for a UNet stage
     backgrounds: tuple[str, ...] = BACKGROUNDS
+    flat_share: float = 0.7  # share of flat-colour backgrounds in the pool
+    card_order: float = 0.5  # share of captions in the card's order (count tags first)
+    prompt_order: float = 0.0  # share of captions in the read-back prompts' order (count, hair, background)
+    tag_dropout: float = 0.0  # drop rate of eye and expression tags in captions
+    high_noise: float = 0.0  # timestep density grows as t**high_noise (0: uniform)
+    offset_noise: float = 0.0  # std of a per-picture, per-channel constant added to the noise
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,11 @@ class Recipe:
     seed: int = 1234
     vae: StageSettings = StageSettings(steps=1000, batch=8, lr=1e-3, warmup=30)
     unet: StageSettings = StageSettings(steps=3000, batch=32, lr=1e-3, text_lr=1e-3, warmup=50, pool=6000)
+    # Continues the base (see the module docstring): mostly flat colours, captions in the read-back prompts' form,
+    # timesteps weighted towards high noise, offset noise, the text encoders at a higher LR than the UNet.
+    colour: StageSettings = StageSettings(steps=1200, batch=24, lr=5e-4, text_lr=1e-3, warmup=20, pool=2400,
+                                          flat_share=0.9, card_order=0.8, prompt_order=0.6, tag_dropout=0.6,
+                                          high_noise=1.0, offset_noise=0.1)  # fmt: skip
     gamma: StageSettings = StageSettings(steps=120, batch=16, lr=2e-4, text_lr=2e-4, embedding_lr=2e-3, warmup=10,
                                          pool=1500, backgrounds=GAMMA_BACKGROUNDS)  # fmt: skip
     beta: StageSettings = StageSettings(steps=120, batch=16, lr=2e-4, text_lr=2e-4, embedding_lr=2e-3, warmup=10,
@@ -348,7 +367,7 @@ class DemoBaseTrainer:
         vae = self.comps.vae
         sf = vae.config.scaling_factor
         rng = np.random.default_rng(seeded(self.recipe.seed, 2, STAGES.index(stage)))
-        tags = [random_post_tags(rng, st.backgrounds) for _ in range(st.pool)]
+        tags = [random_post_tags(rng, st.backgrounds, st.flat_share) for _ in range(st.pool)]
         seeds = rng.integers(0, 2**31, st.pool).tolist()
         means, stds = [], []
         with torch.no_grad():
@@ -388,7 +407,7 @@ class DemoBaseTrainer:
             betas=(0.9, 0.99),
         )  # fmt: skip
         all_names = names["unet"] + names["text"] + names["emb"]
-        use_ema = stage == "unet"
+        use_ema = stage in BASE_STAGES
         ema = {
             n: p.detach().clone()
             for g in ("unet", "text", "emb")
@@ -404,13 +423,27 @@ class DemoBaseTrainer:
             rng = np.random.default_rng(seeded(self.recipe.seed, 3, stage_id, step))
             gen = torch.Generator().manual_seed(seeded(self.recipe.seed, 13, stage_id, step))
             idx = rng.integers(0, len(pool_tags), st.batch)
-            captions = [caption_for(pool_tags[int(i)], rng) for i in idx]
+            captions = [
+                caption_for(pool_tags[int(i)], rng, st.card_order, st.tag_dropout, st.prompt_order)
+                for i in idx
+            ]
             keep = torch.from_numpy(rng.random(st.batch) >= self.recipe.cfg_dropout).float()
             it = torch.from_numpy(idx)
             eps_lat = torch.randn(means[it].shape, generator=gen)
             latents = means[it] + stds[it] * eps_lat
             noise = torch.randn(latents.shape, generator=gen)
-            timesteps = torch.randint(0, 1000, (st.batch,), generator=gen)
+            if st.offset_noise > 0.0:
+                # Offset noise: plain noise barely moves a 16x16 latent's mean, so at t=999 the mean that leaks
+                # through the schedule's last bit of signal decides the colours and the prompt cannot. A random
+                # constant per channel makes the model take flat colours from the prompt instead.
+                noise = noise + st.offset_noise * torch.randn(*latents.shape[:2], 1, 1, generator=gen)
+            if st.high_noise > 0.0:
+                # Density ~ t**high_noise: colours and layout are settled in the first, noisiest steps of a
+                # sampler, where the picture carries no colour of its own and only the prompt can say which.
+                u = torch.rand(st.batch, generator=gen)
+                timesteps = (u ** (1.0 / (1.0 + st.high_noise)) * 1000).long().clamp(max=999)
+            else:
+                timesteps = torch.randint(0, 1000, (st.batch,), generator=gen)
             ids1 = tokenize_captions(captions, tok1, 75)
             ids2 = tokenize_captions(captions, tok2, 75, pad_id=0)
             ctx, pooled = encode_tokens(ids1, ids2, c.text_encoder, c.text_encoder_2)
