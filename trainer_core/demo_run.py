@@ -10,7 +10,9 @@ Stages, each with an artefact inside the workspace folder:
                  N CPU processes (gloo DDP), on the merged base;
   5. bake        `models/kohaku-xl-delta.safetensors`: the final LoKr merged into the base (merge operation copy);
   6. generate    `outputs/demo-run/`: the same card-style prompts and seeds on the merged base (before) and the
-                 baked model (after), PNGs with A1111 infotext, a before | after `grid.png` and `demo-run.json`.
+                 baked model (after), PNGs with A1111 infotext, a before | after `grid.png` and `demo-run.json`;
+                 then the concept figure (demo_run_concept.py): how often each model draws the demo's new artist
+                 `hakuframe` where asked and leaves it out elsewhere, read back off pictures in `concept/`.
 
 Resume: a stage whose artefact is there and complete is skipped with a note. When a stage really ran, the stages
 that read its artefact run again (DEPENDS). `force` redoes stages 2-6 (the workspace itself is only recreated by
@@ -34,6 +36,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write_text
+from .demo_run_concept import (
+    CONCEPT_DIR,
+    DEFAULT_CONCEPT_PROMPTS,
+    MIN_CONCEPT_SIZE,
+    ConceptFigure,
+    read_concept,
+)
 from .errors import KxlError, WorkspaceError
 from .progress import Progress, ensure_progress
 from .workspace import WORKSPACE_FILE, Workspace, load_workspace
@@ -103,6 +112,7 @@ class DemoRunReport:
     loss_first_mean: float | None = None  # mean over the first `loss_window` steps (one step's loss is noisy)
     loss_last_mean: float | None = None
     loss_window: int = 0
+    concept: ConceptFigure | None = None  # None: the concept read-back was not asked for (concept_prompts=0)
     stages: list[StageNote] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -140,7 +150,8 @@ class DemoRunReport:
             ("report", self.output_dir / REPORT_FILE),
         ]
         width = max(len(k) for k, _ in rows) + 1
-        return [f"  {k + ':':<{width}} {v}" for k, v in rows] + [self.stages_line(), self.loss_line()]
+        lines = [f"  {k + ':':<{width}} {v}" for k, v in rows] + [self.stages_line(), self.loss_line()]
+        return lines + ([self.concept.line()] if self.concept is not None else [])
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -583,12 +594,27 @@ def _grid(before: list[Any], after: list[Any], seeds: list[int], cell: int) -> A
     return grid
 
 
-def _generation_settings(prompts: list[str], seeds: list[int], size: int, steps: int) -> dict[str, Any]:
-    return {"prompts": prompts, "seeds": seeds, "size": size, "steps": steps, "negative": NEGATIVE_PROMPT}
+def _generation_settings(prompts: list[str], seeds: list[int], size: int, steps: int,
+                         concept_prompts: int) -> dict[str, Any]:  # fmt: skip
+    return {"prompts": prompts, "seeds": seeds, "size": size, "steps": steps, "negative": NEGATIVE_PROMPT,
+            "concept_prompts": concept_prompts}  # fmt: skip
+
+
+def _stored_concept(previous: dict, concept_prompts: int) -> ConceptFigure | None:
+    """The concept figure of an earlier report, or None when it has none (or a damaged one)."""
+    stored = previous.get("concept")
+    if not isinstance(stored, dict):
+        return None
+    try:
+        figure = ConceptFigure(**stored)
+    except TypeError:
+        return None
+    return figure if figure.prompts == concept_prompts else None
 
 
 def _generate(ws: Workspace, base: Path, baked: Path, dataset: Path, n_prompts: int, size: int, steps: int,
-              stages: _Stages, progress: Progress) -> tuple[Path, list[Path], list[Path], list[str], list[int]]:  # fmt: skip
+              concept_prompts: int, stages: _Stages,
+              progress: Progress) -> tuple[Path, list[Path], list[Path], list[str], list[int], ConceptFigure | None]:  # fmt: skip
     from PIL import Image
 
     from .dataset.stats import dataset_file
@@ -600,7 +626,7 @@ def _generate(ws: Workspace, base: Path, baked: Path, dataset: Path, n_prompts: 
     stages.begin("generate", f"Generate: before | after grid, {n_prompts} card-style prompts, fixed seeds")
     prompts = demo_prompts(dataset, ws.db_path, n_prompts)
     seeds = [PROMPT_SEED + i for i in range(len(prompts))]
-    settings = _generation_settings(prompts, seeds, size, steps)
+    settings = _generation_settings(prompts, seeds, size, steps, concept_prompts)
     previous = _read_report(out)
     if (
         not stages.redo
@@ -609,11 +635,16 @@ def _generate(ws: Workspace, base: Path, baked: Path, dataset: Path, n_prompts: 
         and previous.get("generation") == settings
     ):
         paths = [Path(p) for p in previous.get("before_images", []) + previous.get("after_images", [])]
-        if len(paths) == 2 * len(prompts) and all(p.is_file() for p in paths):
+        concept = _stored_concept(previous, concept_prompts)
+        if (
+            len(paths) == 2 * len(prompts)
+            and all(p.is_file() for p in paths)
+            and (concept is not None or not concept_prompts)
+        ):
             stages.skip(f"{grid_path} shows these prompts")
             half = len(prompts)
-            return grid_path, paths[:half], paths[half:], prompts, seeds
-    for rel in ("before", "after", GRID_FILE, REPORT_FILE):
+            return grid_path, paths[:half], paths[half:], prompts, seeds, concept
+    for rel in ("before", "after", CONCEPT_DIR, GRID_FILE, REPORT_FILE):
         _remove(out / rel)
     quiet = _quiet(progress)
     images: dict[str, list[Path]] = {"before": [], "after": []}
@@ -631,16 +662,21 @@ def _generate(ws: Workspace, base: Path, baked: Path, dataset: Path, n_prompts: 
                 pil[label].append(img.image)
                 done += 1
         progress.update(total, total, "done")
+        grid = _grid(pil["before"], pil["after"], seeds, cell=max(size, 256))
+        # As A1111 does for grids: the parameters of the first image, so the grid alone says how it was made.
+        write_png_parameters(grid, grid_path, read_png_parameters(images["after"][0]) or "")
+        for img in pil["before"] + pil["after"]:
+            if isinstance(img, Image.Image):
+                img.close()
+        concept = None
+        if concept_prompts:
+            concept = read_concept(base, baked, concept_prompts, size, steps, NEGATIVE_PROMPT, out / CONCEPT_DIR,
+                                   progress)  # fmt: skip
+            total += 4 * concept_prompts
     finally:
         clear_model_cache()  # two tiny models: free them, the caller may go on with other work
-    grid = _grid(pil["before"], pil["after"], seeds, cell=max(size, 256))
-    # As A1111 does for grids: the parameters of the first image, so the grid alone says how it was made.
-    write_png_parameters(grid, grid_path, read_png_parameters(images["after"][0]) or "")
-    for img in pil["before"] + pil["after"]:
-        if isinstance(img, Image.Image):
-            img.close()
     stages.done(f"{total} images")
-    return grid_path, images["before"], images["after"], prompts, seeds
+    return grid_path, images["before"], images["after"], prompts, seeds, concept
 
 
 def _read_report(out: Path) -> dict | None:
@@ -681,11 +717,13 @@ def run_demo_recipe(
     prompts: int = DEFAULT_PROMPTS,
     image_size: int = 128,
     sample_steps: int = 20,
+    concept_prompts: int = DEFAULT_CONCEPT_PROMPTS,
 ) -> DemoRunReport:
     """Run the six stages (module docstring) on the demo workspace in `root` and report where everything went.
 
     `posts`, `seed` and `image_max_side` only matter when the workspace is created; `resolution` is the training
-    bucket resolution, `image_size` and `sample_steps` the generated images' side and sampling steps.
+    bucket resolution, `image_size` and `sample_steps` the generated images' side and sampling steps;
+    `concept_prompts` the prompts per set of the concept read-back (0: none).
     """
     if steps < 1:
         raise KxlError(f"--steps must be at least 1 (got {steps})")
@@ -695,6 +733,12 @@ def run_demo_recipe(
         raise KxlError(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}")
     if prompts < 1:
         raise KxlError(f"--prompts must be at least 1 (got {prompts})")
+    if concept_prompts < 0:
+        raise KxlError(f"concept prompts must be 0 or more (got {concept_prompts})")
+    if concept_prompts and image_size < MIN_CONCEPT_SIZE:
+        raise KxlError(
+            f"the concept read-back needs images of at least {MIN_CONCEPT_SIZE} px (got {image_size})"
+        )
     started = time.monotonic()
     progress = ensure_progress(progress)
     root = Path(root).expanduser().resolve()
@@ -713,8 +757,9 @@ def run_demo_recipe(
         ws.save()
     run_dir, lokr = _train(ws, merged, dataset, steps, processes, resolution, stages, progress)
     baked = _bake(ws, merged, lokr, stages, progress)
-    grid, before, after, used_prompts, seeds = _generate(ws, merged, baked, dataset, prompts, image_size,
-                                                         sample_steps, stages, progress)  # fmt: skip
+    grid, before, after, used_prompts, seeds, concept = _generate(ws, merged, baked, dataset, prompts, image_size,
+                                                                  sample_steps, concept_prompts, stages,
+                                                                  progress)  # fmt: skip
 
     finished = _finished(run_dir) or {}
     report = DemoRunReport(
@@ -722,11 +767,11 @@ def run_demo_recipe(
         lokr=lokr, baked=baked, output_dir=grid.parent, grid=grid, before_images=before, after_images=after,
         prompts=used_prompts, seeds=seeds, dataset_images=_dataset_images(dataset),
         steps=int(finished.get("final_step", 0)), world_size=int(finished.get("world_size", 0)),
-        stages=stages.notes,
+        concept=concept, stages=stages.notes,
     )  # fmt: skip
     _loss_summary(report)
     report.seconds = time.monotonic() - started
     data = report.to_dict()
-    data["generation"] = _generation_settings(used_prompts, seeds, image_size, sample_steps)
+    data["generation"] = _generation_settings(used_prompts, seeds, image_size, sample_steps, concept_prompts)
     atomic_write_text(grid.parent / REPORT_FILE, json.dumps(data, indent=2, ensure_ascii=False))
     return report

@@ -30,6 +30,7 @@ SHORT = dict(
     prompts=2,
     image_size=64,
     sample_steps=6,
+    concept_prompts=2,
 )
 
 
@@ -237,6 +238,42 @@ def test_grid_compares_the_same_prompts_and_seeds_before_and_after(demo):
     )
 
 
+def test_report_has_the_concept_figure_read_off_its_pictures(demo):
+    """The report says how often each model drew the hakuframe frame where asked and left it out elsewhere, and
+    those counts are what the reader sees in the concept pictures kept next to the grid."""
+    from PIL import Image
+
+    from trainer_core.demo_picture_reader import read_picture
+    from trainer_core.generate.infotext import parse_infotext, read_png_parameters
+
+    _, _, _, report, again = demo
+    figure = report.concept
+    assert figure is not None and figure.prompts == 2
+    for label in ("before", "after"):
+        pngs = sorted((report.output_dir / "concept" / label).glob("*.png"))
+        assert len(pngs) == 4  # 2 hakuframe prompts, then 2 without the artist
+        infos = [parse_infotext(read_png_parameters(p)) for p in pngs]
+        assert ["hakuframe" in i["Prompt"] for i in infos] == [True, True, False, False]
+        assert {i["CFG scale"] for i in infos} == {"3"} and {i["Size-1"] for i in infos} == {"64"}
+        framed = []
+        for path in pngs:
+            with Image.open(path) as img:
+                framed.append(read_picture(img).has_concept)
+        assert getattr(figure, f"concept_{label}") == sum(framed[:2])
+        assert getattr(figure, f"specificity_{label}") == 2 - sum(framed[2:])
+    saved = json.loads((report.output_dir / "demo-run.json").read_text(encoding="utf-8"))
+    assert saved["concept"] == {"prompts": 2, "cfg": 3.0, "concept_before": figure.concept_before,
+                                "concept_after": figure.concept_after,
+                                "specificity_before": figure.specificity_before,
+                                "specificity_after": figure.specificity_after}  # fmt: skip
+    line = report.summary_lines()[-1]
+    assert line.startswith(
+        f"hakuframe concept: frame drawn for {figure.concept_before}/2 "
+        f"({50 * figure.concept_before} %) -> {figure.concept_after}/2"
+    )
+    assert again.concept == figure  # a skipped generate stage keeps the figure of the run that made it
+
+
 def test_a_complete_run_is_skipped_stage_by_stage(demo):
     _, _, _, report, again = demo
     assert [n.ran for n in again.stages] == [False] * 6
@@ -283,6 +320,8 @@ def test_refuses_a_user_workspace_and_bad_settings(make_workspace, tmp_path):
         run_demo_recipe(tmp_path / "x", steps=0)
     with pytest.raises(KxlError, match="--processes must be at least 1"):
         run_demo_recipe(tmp_path / "x", processes=0)
+    with pytest.raises(KxlError, match="concept read-back needs images of at least 64 px"):
+        run_demo_recipe(tmp_path / "x", image_size=32)
     assert not (tmp_path / "x").exists()
 
 
