@@ -124,3 +124,15 @@ def make_workspace(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return build
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: on the shared 2-core CI machine (and next to trainer processes) OpenMP
+    threads waiting on each other made the tiny demo model's UNet calls 10-100x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

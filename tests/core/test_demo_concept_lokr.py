@@ -77,12 +77,8 @@ class Readback:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI cores are shared with the two trainer processes: one thread avoids OpenMP threads waiting on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,8 @@ def balanced_prompts(n_per_seed: int, seeds=(0, 1)) -> list[DemoPrompt]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tests share a few loaded cores: one thread avoids OpenMP threads waiting on each other (~10x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -885,6 +885,21 @@ def _scan_table(root: str | Path, caches: list[Path] | None, write: bool) -> Sca
         prev = _latest(cache_root, root)
         if prev is not None:
             break
+
+    def report(table: ScanTable) -> None:
+        cached = table.report["captions_cached"] or table.report["sizes_cached"]
+        table.report.update(cache="partial" if cached else ("miss" if caches else "off"),
+                            listing_s=round(t_list, 3), images=len(table))  # fmt: skip
+
+    return _fill_and_store(
+        root, fp, caches, write, lambda spool: _fill(listing, fp, prev, spool=spool), report
+    )
+
+
+def _fill_and_store(root: Path, fp: str, caches: list[Path], write: bool,
+                    fill: Callable[[Path | None], ScanTable], report: Callable[[ScanTable], None]) -> ScanTable:  # fmt: skip
+    """Scan into a temp folder of the first writable cache place, store it there and read it back (memory-mapped);
+    without a writable place (or when storing fails) the scan stays in memory."""
     tmp = tmp_root = None
     for cache_root in caches if write else []:
         try:
@@ -893,14 +908,12 @@ def _scan_table(root: str | Path, caches: list[Path] | None, write: bool) -> Sca
         except OSError:
             continue  # a read-only dataset folder: the next place
     try:
-        table = _fill(listing, fp, prev, spool=tmp)
+        table = fill(tmp)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    del listing, prev
-    table.report.update(cache="partial" if table.report["captions_cached"] or table.report["sizes_cached"] else
-                        ("miss" if caches else "off"), listing_s=round(t_list, 3), images=len(table))  # fmt: skip
+    report(table)
     if tmp is None:
         return table
     t_store = time.perf_counter()
@@ -945,35 +958,12 @@ def _scan_reference(root: Path, caches: list[Path], write: bool) -> ScanTable:
         if table is not None:
             table.report.update(cache="hit", listing_s=round(time.perf_counter() - t0, 3), images=len(table))
             return table
-    tmp = tmp_root = None
-    for cache_root in caches if write else []:
-        try:
-            tmp, tmp_root = _new_temp_folder(cache_root, fp), cache_root
-            break
-        except OSError:
-            continue  # a read-only dataset folder: the next place
-    try:
-        table = _read_reference(root, fp, tmp)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    table.report.update(cache="miss" if caches else "off", listing_s=round(time.perf_counter() - t0, 3),
-                        images=len(table))  # fmt: skip
-    if tmp is None:
-        return table
-    try:
-        folder = store_scan(table, tmp_root, tmp)
-    except OSError:
-        table.arrays["caption_blob"] = np.array(table.arrays["caption_blob"])
-        shutil.rmtree(tmp, ignore_errors=True)
-        return table
-    stored = load_scan(folder, root, fp)
-    if stored is None:
-        table.cache_dir = folder
-        return table
-    stored.report = table.report
-    return stored
+
+    def report(table: ScanTable) -> None:
+        table.report.update(cache="miss" if caches else "off", listing_s=round(time.perf_counter() - t0, 3),
+                            images=len(table))  # fmt: skip
+
+    return _fill_and_store(root, fp, caches, write, lambda spool: _read_reference(root, fp, spool), report)
 
 
 def _read_reference(root: Path, fingerprint: str, spool: Path | None) -> ScanTable:
