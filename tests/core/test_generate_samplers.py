@@ -339,3 +339,10 @@ def test_beta_schedule_infotext_records_the_distribution_as_a1111_does():
     assert "Beta schedule alpha" not in _infotext_params(
         SampleSettings(prompt="1girl"), resolve_sampler("Euler"), {}
     )
+
+
+def test_schedule_labels_are_the_schedules_that_exist():
+    from trainer_core.generate.kdiffusion_sigmas import SCHEDULE_FUNCTIONS
+    from trainer_core.generate.samplers import SCHEDULE_LABELS
+
+    assert SCHEDULE_LABELS == tuple(SCHEDULE_FUNCTIONS)

@@ -19,7 +19,6 @@ from typing import Any
 
 from ..errors import KxlError
 from .infotext import SCHEDULE_SUFFIXES
-from .kdiffusion_sigmas import SCHEDULE_FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,16 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 DEFAULT_SAMPLER = "Euler a"
+# A1111's schedule types, in its order. Spelled out here rather than read from kdiffusion_sigmas (which builds them
+# with torch) so that the GUI's forms can list them without importing torch; a test keeps the two in step.
+SCHEDULE_LABELS = ("Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                   "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")  # fmt: skip
 AUTOMATIC = "Automatic"
 
 # Schedule types (A1111's labels, in A1111's order): "Automatic" resolves to the sampler's default.
 SCHEDULES: dict[str, str] = {
     AUTOMATIC: "the sampler's default",
-    **{label: label for label in SCHEDULE_FUNCTIONS},
+    **{label: label for label in SCHEDULE_LABELS},
 }
 
 
