@@ -15,7 +15,9 @@ EMPTY_TEXT = "Generated images appear here.\nDrop a PNG from A1111 or this app t
 
 
 class ResultsPanel(QWidget):
-    seed_shown = Signal(object)  # int, may exceed 32 bits: the seed of the picture now shown, for "reuse seed"
+    seed_shown = Signal(
+        object
+    )  # int, may exceed 32 bits: the seed of the picture now shown, for "reuse seed"
     use_parameters = Signal(str)  # the shown picture's infotext, when the user asks to use it
 
     def __init__(self) -> None:
