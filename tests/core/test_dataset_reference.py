@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trainer_core.cli import main as kxl_main
@@ -554,9 +556,209 @@ def test_header_reader_takes_tarfiles_answer_or_hands_over(tmp_path):
         assert sizes == [simple_webp_size(images[m.post_id][:30], m.size) for m in exact]
 
 
-def test_odd_shards_give_a_copy_builds_records(tmp_path):
+def test_window_walk_finds_tarfiles_members_in_a_big_mixed_shard(tmp_path):
+    """A shard over 1 MB (several windows) mixing small members, big ones (read a page each), a directory, a
+    link, members whose data holds a valid tar header (a block that looks like a header: the hop goes block by
+    block there) and junk after the end: the walk gives tarfile's members, offsets and sizes; cut in a member's
+    data or in a header block, it hands the shard over (None)."""
+    import random
+
+    from trainer_core.dataset.tar_headers import settle, walk_shard
+
+    rng = random.Random(5)
+    fake = tarfile.TarInfo("999.webp")
+    fake.size = 10
+    fake_block = fake.tobuf(format=tarfile.USTAR_FORMAT)
+    path = tmp_path / "mixed.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for pid in range(1000, 1700):
+            roll = rng.random()
+            if roll < 0.03:
+                size = rng.randint(20_000, 70_000)
+            else:
+                size = rng.randint(0, 1500)
+            data = bytes(rng.getrandbits(8) for _ in range(min(size, 64))) + bytes(max(0, size - 64))
+            if roll > 0.98 and size >= 1024:
+                data = fake_block + data[512:]  # a header inside the data, at a block boundary
+            info = tarfile.TarInfo(f"{pid}.webp")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            if pid % 97 == 0:
+                d = tarfile.TarInfo(f"dir{pid}")
+                d.type = tarfile.DIRTYPE
+                tar.addfile(d)
+                link = tarfile.TarInfo(f"link{pid}.webp")
+                link.type, link.linkname = tarfile.SYMTYPE, f"{pid}.webp"
+                tar.addfile(link)
+    with open(path, "ab") as fh:
+        fh.write(fake_block + bytes(rng.getrandbits(8) for _ in range(3000)))  # junk after the end blocks
+    with tarfile.open(path) as tar:
+        expected = [(int(m.name.split(".")[0]), m.offset_data, m.size) for m in tar.getmembers()
+                    if m.isreg() and m.name[0].isdigit()]  # fmt: skip
+    assert path.stat().st_size > 2**20 and len(expected) == 700
+
+    def walked(p: Path):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            return walk_shard(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+    headers = settle([walked(path)])[0]
+    assert headers is not None
+    got = [(int(i), int(o), int(n)) for i, o, n in zip(headers.ids, headers.offset, headers.size, strict=True)
+           if i >= 0]  # fmt: skip
+    assert got == expected
+    whole = path.read_bytes()
+    last_id, last_offset, last_size = max(expected, key=lambda m: m[2])  # a big member: cut in its data
+    for cut in (last_offset + last_size // 2, expected[300][1] - 512 + 100):  # in a big member, in a header
+        (tmp_path / "cut.tar").write_bytes(whole[:cut])
+        assert walked(tmp_path / "cut.tar") is None
+
+
+def test_a_second_build_takes_the_headers_from_the_index(built, tmp_path, monkeypatch):
+    """A reference build leaves a header index of the images folder: the next build over the same shards walks
+    none of them and writes the same files."""
+    from trainer_core.dataset import shard_index
+
+    db, images, _copy, ref = built
+    build(db, images, tmp_path / "first", "reference")  # writes the index (if an earlier test has not)
+
+    def no_walk(fd, size):
+        raise AssertionError("an indexed shard was walked again")
+
+    monkeypatch.setattr(shard_index, "walk_shard", no_walk)
+    build(db, images, tmp_path / "second", "reference")
+    assert tree(tmp_path / "second") == tree(ref)
+
+
+def test_a_changed_shard_or_a_damaged_index_means_walking_again(built, tmp_path):
+    """An index entry is used only for the shard as it was: rewritten with the same size and mtime (its ctime
+    moves) it is walked again, as is every shard of a damaged index file."""
+    from trainer_core.dataset.shard_index import ShardIndex, walk_shards
+
+    _db, images, _copy, _ref = built
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shard = folder / "data-0001.tar"
+    shutil.copy2(next(images.glob("data-*.tar")), shard)
+    (walked,) = walk_shards([str(shard)])
+    assert walked is not None and walked.headers is not None and len(walked.headers.ids) > 0
+    index = ShardIndex.open(folder)
+    assert index.lookup(shard) is None
+    index.add(shard, walked)
+    index.save()
+    hit = ShardIndex.open(folder).lookup(shard)
+    assert hit is not None and hit[:4] == walked[:4]
+    for a, b in zip(hit.headers, walked.headers, strict=True):
+        assert a.dtype == np.int64 and np.array_equal(a, b)
+    assert ShardIndex.open(tmp_path).lookup(tmp_path / "data-0001.tar") is None  # another folder's
+    assert ShardIndex.open(folder, enabled=False).lookup(shard) is None
+    time.sleep(0.05)  # file times come from a coarse clock (a few ms): let it move on before the rewrite
+    st = os.stat(shard)
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF  # inside the first image: same size
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    assert os.stat(shard).st_mtime_ns == st.st_mtime_ns
+    assert ShardIndex.open(folder).lookup(shard) is None
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    index = ShardIndex.open(folder)
+    index.add(shard, walk_shards([str(shard)])[0])
+    index.save()
+    assert ShardIndex.open(folder).lookup(shard) is not None
+    index.file.write_bytes(index.file.read_bytes()[:-8])  # damaged: read as empty
+    assert ShardIndex.open(folder).lookup(shard) is None
+
+
+def test_manifest_lines_are_json_dumps_of_a_copy_builds_record_plus_ref():
+    """reference_lines composes a chunk's lines in one format pass: byte for byte what json.dumps writes for a
+    copy build's record plus its ref, also for the odd values (a rating outside the four labels, no quality or
+    year tag, offsets past 4 GB, a fingerprint with the top bit set, names with quotes, backslashes, % signs
+    and non-ASCII characters)."""
+    from trainer_core.dataset.captions import QUALITY_LABELS, YEAR_TAGS
+    from trainer_core.dataset.reference_lines import LineTables, compose_lines, escaped_captions
+    from trainer_core.dataset.stats import RATING_LABELS
+
+    origins = ["data-0001.tar", 'we"ird\\名前%s.tar']
+    paths = ["/mnt/shards/data-0001.tar", '/mnt/sh "ards"/we"ird\\名前%s.tar']
+    exts = ["webp", "jpg", "png"]
+    subfolder = '3_ünï "card" 100%d'
+    tables = LineTables([json.dumps(o, ensure_ascii=False) for o in origins],
+                        [json.dumps(p, ensure_ascii=False) for p in paths], exts, subfolder)  # fmt: skip
+    rows = np.array([
+        [5, 0, 1024, 300, 0x0123456789ABCDEF, 32, 24, 0],
+        [77, 1, 5_000_000_000, 1, -1, 1, 1, 1],
+        [123456789012, 0, 512, 10_000_000, -(2**63), 16383, 9000, 2],
+    ], dtype=np.int64)  # fmt: skip
+    captions = ["1girl, solo", 'say "hi"\\ été\n|||tab\there %s', ""]
+    rating = np.array([0, -1, 7])
+    quality = np.array([len(QUALITY_LABELS) - 1, -1, 0])
+    year = np.array([-1, 0, len(YEAR_TAGS) - 1])
+    jsonl = "".join(f'{{"id": {r[0]}, "caption": {json.dumps(c, ensure_ascii=False)}}}\n'
+                    for r, c in zip(rows.tolist(), captions, strict=True))  # fmt: skip
+    text = compose_lines(tables, rows, escaped_captions(jsonl, 3), rating, quality, year)
+    expected = ""
+    for (pid, k, offset, size, fp, w, h, e), c, r, q, y in zip(
+        rows.tolist(), captions, rating.tolist(), quality.tolist(), year.tolist(), strict=True
+    ):
+        record = {"id": pid, "file": f"{subfolder}/{pid}.{exts[e]}", "caption": c,
+                  "rating": RATING_LABELS[r] if 0 <= r < 4 else str(r),
+                  "quality": QUALITY_LABELS[q] if q >= 0 else None, "year": YEAR_TAGS[y] if y >= 0 else None,
+                  "width": w, "height": h, "shard": origins[k], "bytes": size,
+                  "ref": {"shard": paths[k], "offset": offset, "size": size, "fp": f"{fp & (2**64 - 1):016x}"}}  # fmt: skip
+        expected += json.dumps(record, ensure_ascii=False) + "\n"
+    assert text == expected
+    assert compose_lines(tables, rows[:0], [], rating[:0], quality[:0], year[:0]) == ""
+    assert escaped_captions("", 0) == []
+
+
+def _caption_processes(monkeypatch) -> None:
+    """Make a small build take the big-DB path: caption worker processes started for the DB, which then walk
+    the shards and compose the manifest lines (reference_build.write_reference_outputs)."""
+    from trainer_core.dataset import caption_stream
+
+    monkeypatch.setattr(caption_stream, "PRESTART_MIN_DB_BYTES", 0)
+    monkeypatch.setattr(caption_stream, "PROCESS_MIN_POSTS", 1)
+
+
+def test_worker_processes_write_the_same_reference_dataset(built, tmp_path, monkeypatch):
+    """Walk and manifest lines in caption worker processes (a big DB's path) or in the build's own process:
+    the same files, byte for byte."""
+    db, images, _copy, ref = built
+    _caption_processes(monkeypatch)
+    build(db, images, tmp_path / "ref", "reference")
+    assert tree(tmp_path / "ref") == tree(ref)
+
+
+@pytest.mark.parametrize("stage", ["Locating", "Writing the manifest"])
+def test_a_cancelled_reference_build_writes_no_manifest(built, tmp_path, monkeypatch, stage):
+    """Cancel while the worker processes walk the shards, or while they compose the manifest: the build stops
+    with Cancelled and leaves no manifest (nothing is written before the end)."""
+    from trainer_core.errors import Cancelled
+    from trainer_core.progress import CancelToken, Progress
+
+    db, images, _copy, _ref = built
+    _caption_processes(monkeypatch)
+    token = CancelToken()
+
+    def on_event(event) -> None:
+        if event.message.startswith(stage):
+            token.cancel()
+
+    opts = BuildOptions(db=db, images=images, out=tmp_path / "ref", plan=PRESETS["kohaku-xl-delta"],
+                        image_mode="reference")  # fmt: skip
+    with pytest.raises(Cancelled):
+        build_dataset(opts, workers=2, progress=Progress(on_event, token))
+    assert not (tmp_path / "ref" / "manifest.jsonl").exists()
+    assert not (tmp_path / "ref" / "shards.json").exists()
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["in-process", "worker-processes"])
+def test_odd_shards_give_a_copy_builds_records(tmp_path, monkeypatch, processes):
     """Pax and GNU headers, a damaged shard, a truncated one, an empty one: the reference build reports the
-    same images, skipped posts and shard errors as a copy build (tarfile decides where the fast reader cannot)."""
+    same images, skipped posts and shard errors as a copy build (tarfile decides where the fast reader cannot),
+    whether it walks the shards in this process or in caption worker processes."""
     from collections import defaultdict
 
     import tomllib
@@ -588,6 +790,8 @@ def test_odd_shards_give_a_copy_builds_records(tmp_path):
     shards.mkdir()
     _odd_shards(shards, names, slots, images)
     for mode in ("copy", "reference"):
+        if mode == "reference" and processes:
+            _caption_processes(monkeypatch)
         opts = BuildOptions(db=db, images=shards, out=tmp_path / mode, plan=plan, image_mode=mode)
         build_dataset(opts, workers=2)
     copy_lines = (tmp_path / "copy" / "manifest.jsonl").read_text("utf-8").splitlines()

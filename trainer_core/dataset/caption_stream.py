@@ -32,21 +32,47 @@ PROCESS_MIN_POSTS = 200_000
 # size at which a DB gets a column cache by default: both are "a real dump, not the demo".
 PRESTART_MIN_DB_BYTES = AUTO_MIN_DB_BYTES
 
-_worker_state: dict[tuple[str, str, str | None], tuple] = {}
+
+class CaptionSource:
+    """Everything that captions a chunk of ids: a DB connection, a caption builder (which learns the tags it
+    meets) and, where the DB has one, its column cache. One per worker process (`worker_source`) or per
+    in-process job (closed by its owner); not thread-safe."""
+
+    def __init__(self, db_path: str | Path, scheme: QualityScheme, cache_path: str | None = None) -> None:
+        self.conn = open_db(db_path)
+        self.builder = CaptionBuilder(scheme)
+        self.cache = ColumnCache(cache_path) if cache_path is not None else None
+
+    def caption(self, ids: np.ndarray, jsonl: bool) -> tuple[PostColumns, CaptionChunk | str]:
+        """The chunk's post columns and its captions (`CaptionBuilder.build`)."""
+        if self.cache is not None:
+            posts, tags = self.cache.fetch_chunk(ids)
+        else:
+            posts, tags = fetch_chunk(self.conn, ids)
+        return posts, self.builder.build(self.conn, posts, tags, jsonl=jsonl)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_worker_state: dict[tuple[str, str, str | None], CaptionSource] = {}
+
+
+def worker_source(db_path: str, scheme: QualityScheme, cache_path: str | None = None) -> CaptionSource:
+    """The caption source of this worker process for that DB and scheme, made on first use and kept (the
+    builder's learned tags and the open DB serve every later chunk)."""
+    key = (db_path, repr(scheme), cache_path)  # the scheme holds a dict, so it is not hashable itself
+    source = _worker_state.get(key)
+    if source is None:
+        source = _worker_state[key] = CaptionSource(db_path, scheme, cache_path)
+    return source
 
 
 def _caption_in_worker(
     db_path: str, scheme: QualityScheme, ids: np.ndarray, jsonl: bool, cache_path: str | None = None
 ) -> CaptionChunk | bytes:
     """One chunk, read (from the DB or its column cache) and captioned inside a worker process."""
-    key = (db_path, repr(scheme), cache_path)  # the scheme holds a dict, so it is not hashable itself
-    state = _worker_state.get(key)
-    if state is None:
-        cache = ColumnCache(cache_path) if cache_path is not None else None
-        state = _worker_state[key] = (open_db(db_path), CaptionBuilder(scheme), cache)
-    conn, builder, cache = state
-    posts, tags = cache.fetch_chunk(ids) if cache is not None else fetch_chunk(conn, ids)
-    return _encoded(builder.build(conn, posts, tags, jsonl=jsonl))
+    return _encoded(worker_source(db_path, scheme, cache_path).caption(ids, jsonl)[1])
 
 
 def _encoded(result: CaptionChunk | str) -> CaptionChunk | bytes:

@@ -7,24 +7,28 @@ read shards; `kxl dataset materialize` writes all of those). A 1 M-post build th
 post into three files, where writing one caption file per post cost more than everything else together
 (0.2-0.7 ms of kernel time per created file on the project's VM; profile in the issue #20 notes).
 
-Two passes, each the cheapest form of its work:
-1. **Locate**, headers only, in parallel: groups of 25 buckets (`id % 1000`, the shards' split) run on
-   `workers` threads. tar_headers.py walks each candidate shard from header to header (one `pread` of a page per
-   big member, 64 KB per run of small ones; the only per-member Python step), then validates, names,
-   fingerprints and sizes all the group's headers in one numpy pass, and each bucket takes its posts from its
-   shards in a copy build's order (data-0XYZ .. data-9XYZ, then `updates/*/*.tar`; the first member of an id
-   wins). A shard that pass cannot decide exactly goes to the one-member-at-a-time reader, and one that cannot
-   either to tarfile, as a copy build reads it, so the same posts are found, missing or corrupt (tested with
-   pax, GNU, damaged, truncated and empty shards). Width and height come from the image's first 30 bytes for a
-   plain WebP, else from its first pages (image_header.py), and from a full decode only where a copy build
-   decodes too. What is kept per post is 64 bytes of numbers.
-2. **Captions and manifest**, in id order, by the same caption workers as `kxl dataset captions` (worker
-   processes for big selections), started before pass 1 so they run while it walks; each chunk's records are
-   composed and streamed into the manifest's temp file.
+Two passes, each the cheapest form of its work, both in the caption worker processes where a big DB has them
+(every core; `kxl dataset captions` uses the same workers), else in this process:
+1. **Locate**, headers only: groups of 25 buckets (`id % 1000`, the shards' split). Each candidate shard's
+   headers come from the images folder's header index (shard_index.py: a second build reads no shard) or are
+   walked: tar_headers.py hops from header to header (a window of up to 1 MB read and its headers found with
+   numpy where members are small, one page per big member), then validates, names, fingerprints and sizes a
+   group's headers in one numpy pass. This process then takes each bucket's posts from its shards in a copy
+   build's order (data-0XYZ .. data-9XYZ, then `updates/*/*.tar`; the first member of an id wins). A shard that
+   pass cannot decide exactly goes to the one-member-at-a-time reader, and one that cannot either to tarfile,
+   as a copy build reads it, so the same posts are found, missing or corrupt (tested with pax, GNU, damaged,
+   truncated and empty shards). Width and height come from the image's first 30 bytes for a plain WebP, else
+   from its first pages (image_header.py), and from a full decode only where a copy build decodes too. What is
+   kept per post is 64 bytes of numbers.
+2. **Captions and manifest**, in id order, by chunks of 20,000 ids: a worker captions its chunk and composes
+   its manifest lines (reference_lines.py) from the found posts it is handed; this process counts and writes.
 
-Measured (benchmarks/bench_dataset_reference.py, 1 M-post demo, 870,916 images, 2 shared cores): 668 bytes
-written per post (0.18 % of a copy of real-size images); 26 s against 9-11 s for captions alone: per post
-the walk costs ~4 us and composing a record ~3 us of Python, where captions from the column cache cost ~5 us.
+Measured (benchmarks/bench_dataset_reference.py, 1 M-post demo, 870,916 images, 2 cores): CPU, which is what
+the wall time follows on a loaded machine, 4.5-5.1 s for captions alone, 9.7-10.9 s for a first reference
+build, 7.7-8.7 s with the header index kept; wall on a quiet machine 2.5-2.8 s, 5.6-6.1 s and 4.5-5.0 s. 668
+bytes written per post (0.18 % of a copy of real-size images; a first build adds the index, ~56 bytes per tar
+member). Per post, captions cost ~3 us of CPU, the manifest line ~2.5 us more, the walk ~2 us per tar member
+(none with the index); the build's own process adds ~1.5 s (a second DB fingerprint, 250 MB more to write).
 
 Nothing is written before the end: an interrupted reference build has nothing to resume and simply runs again
 (its stored options still guard the folder, as for a copy build).
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
 from collections import Counter
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -43,20 +46,31 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, write_error
+from ..danbooru.db_reader import CHUNK_POSTS, chunked
 from ..errors import KxlError
 from ..progress import Progress
-from .caption_stream import CaptionWorkers, iter_caption_chunks
-from .captions import QUALITY_LABELS, YEAR_TAGS, CaptionChunk, QualityScheme
+from .caption_stream import CaptionSource, CaptionWorkers, default_processes
+from .captions import QUALITY_LABELS, YEAR_TAGS, QualityScheme
 from .column_cache import ColumnCache
 from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size, simple_webp_size
 from .image_refs import SHARDS_FILE, ShardInfo, fingerprint_int, pread_exact, shards_file_text
 from .images import BUCKETS, SHARD_RE, Hit, ImageSource, MemberRef, ShardReadError, scan_tar_refs
+from .ordered_jobs import in_order
+from .reference_lines import FIELDS, ChunkLines, LineTables, chunk_lines, lines_in_worker
+from .shard_index import ShardIndex, WalkedShard, walk_shards
 from .stats import MANIFEST_FILE, RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize_counts
-from .tar_headers import BLOCK, MEMBER_EXTS, READ, FoundMember, Headers, Walk, scan_wanted, settle, walk_shard
+from .tar_headers import (
+    BLOCK,
+    MEMBER_EXTS,
+    READ,
+    FoundMember,
+    Headers,
+    first_of_each,
+    in_sorted,
+    scan_wanted,
+)
 
 _RESUME_HINT = "free some space and run the same build again"
-# per found post: post id, shard index, data offset, bytes, fingerprint, width, height, extension code
-_FIELDS = 8
 
 
 class _Shards:
@@ -84,6 +98,29 @@ class _Shards:
                 self.infos.append(info)
                 self.origins.append(origin)
             return k
+
+
+class _LazyFds:
+    """Shards opened in this process only where a member needs more than its walked header (another format,
+    `--verify-images`): the walk itself may have run in a worker process."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def open(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _headers(walked: WalkedShard | None) -> Headers | None:
+    return None if walked is None else walked.headers
 
 
 class _MemberFile:
@@ -114,10 +151,11 @@ class _Locator:
         self.done = 0
         self.lock = threading.Lock()
         self.shards = _Shards()
-        self.found: list[np.ndarray] = []  # (n, _FIELDS) int64 blocks
+        self.found: list[np.ndarray] = []  # (n, FIELDS) int64 blocks
         self.corrupt: dict[int, dict] = {}  # post id -> its skipped record
         self.missing: set[int] = set()  # not in the bucket's shards (updates/ are looked at afterwards)
         self.shard_errors: dict[str, str] = {}
+        self.index = ShardIndex(None)  # the images folder's header index (shard_index.py), set by the build
         self.exts: list[str] = []  # the extensions met; a row holds an index into it
         self._ext_code: dict[str, int] = {}
         self._ext_map: np.ndarray | None = None
@@ -140,42 +178,69 @@ class _Locator:
             self.done += n
             self.progress.update(self.done, self.total)
 
-    # -- one bucket ---------------------------------------------------------------------------------------------
+    # -- one group of buckets -----------------------------------------------------------------------------------
+    def group_shards(self, group: list[tuple[int, np.ndarray]]) -> list[Path]:
+        """The candidate shards of a group of buckets, each once, in the order their buckets look at them."""
+        return list(dict.fromkeys(s for bucket, _ids in group for s in self.src.candidates(bucket)))
+
     def run_bucket(self, _key: int, group: list[tuple[int, np.ndarray]]) -> None:
-        """A group of buckets (export._export_buckets runs groups on its threads): every candidate shard of the
-        group is walked and their headers settled in one numpy pass (tar_headers.py); the buckets whose shards all
-        settled take their posts in one more pass, the others shard by shard (`_take`, `_scan_shard`), each in
-        a copy build's order."""
+        """A group of buckets walked and taken in this process (export._export_buckets runs groups on its
+        threads; a build with caption worker processes walks there instead and calls `take_group`)."""
         if self.src.kind != "shards":
             for _bucket, ids in group:
                 self._loose_bucket(ids)
             return
-        walked = self._walk([s for bucket, _ids in group for s in self.src.candidates(bucket)])
+        known, todo = self.indexed(self.group_shards(group))
+        walked = walk_shards([str(s) for s in todo], self.progress.check_cancelled)
+        self.take_group(group, self.merge(known, todo, walked))
+
+    def indexed(self, shards: list[Path]) -> tuple[dict[Path, WalkedShard | None], list[Path]]:
+        """The shards the header index holds as they are now, and those to walk."""
+        known = {s: self.index.lookup(s) for s in shards}
+        return known, [s for s, w in known.items() if w is None]
+
+    def merge(self, known: dict, todo: list[Path], walked: list[WalkedShard | None]) -> dict:
+        """`known` with the walked shards in (and those remembered for the index)."""
+        for shard, w in zip(todo, walked, strict=True):
+            known[shard] = w
+            self.index.add(shard, w)
+        return known
+
+    def take_group(self, group: list[tuple[int, np.ndarray]], walked: dict[Path, WalkedShard | None]) -> None:
+        """The group's posts from its walked shards (tar_headers.walk_shards): the buckets whose shards all
+        settled take their posts in one numpy pass, the others shard by shard (`_take`, `_scan_shard`), each
+        in a copy build's order."""
+        fds = _LazyFds()
         try:
             clean, odd = [], []
             for bucket, ids in group:
-                settled = all(walked.get(s, (0, None))[1] is not None for s in self.src.candidates(bucket))
+                settled = all(_headers(walked.get(s)) is not None for s in self.src.candidates(bucket))
                 (clean if settled else odd).append((bucket, ids))
             if clean:
-                self._take_buckets(clean, walked)
+                self._take_buckets(clean, walked, fds)
             for bucket, ids in odd:
                 wanted = set(ids.tolist())
-                rows: list = []  # tuples (one post) and (n, _FIELDS) arrays (a shard's members)
+                rows: list = []  # tuples (one post) and (n, FIELDS) arrays (a shard's members)
                 corrupt: dict[int, dict] = {}
                 for shard in self.src.candidates(bucket):
                     if not wanted:
                         break
                     self.progress.check_cancelled()
-                    fd, headers = walked.get(shard, (None, None))
-                    if headers is not None:
-                        self._take(fd, shard, headers, wanted, rows, corrupt)
+                    w = walked.get(shard)
+                    if w is not None and w.headers is not None:
+                        self._take(fds, shard, w, wanted, rows, corrupt)
                     else:
                         self._scan_shard(shard, wanted, rows, corrupt)
                 self._keep(rows, corrupt, wanted)
                 self.advance(int(ids.size))
         finally:
-            for fd, _headers in walked.values():
-                os.close(fd)
+            fds.close()
+
+    def _add_walked(self, path: Path, w: WalkedShard) -> int:
+        """The shard's index, with its size and mtime as the walk first saw them."""
+        return self.shards.add_info(
+            ShardInfo(os.path.abspath(path), w.size, w.mtime_ns), self.src.origin(path)
+        )
 
     def _loose_bucket(self, ids: np.ndarray) -> None:
         wanted = set(ids.tolist())
@@ -188,24 +253,25 @@ class _Locator:
         self._keep(rows, corrupt, wanted)
         self.advance(int(ids.size))
 
-    def _take_buckets(self, group: list[tuple[int, np.ndarray]], walked: dict) -> None:
+    def _take_buckets(self, group: list[tuple[int, np.ndarray]], walked: dict, fds: _LazyFds) -> None:
         """Buckets whose candidate shards all settled: their members in one array, in (bucket, shard) order, so
-        "the first member of a wanted id in its bucket's shards" is one np.unique."""
-        shards = [s for bucket, _ids in group for s in self.src.candidates(bucket) if s in walked]
-        parts = [walked[s][1] for s in shards]
+        "the first member of a wanted id in its bucket's shards" is one stable sort."""
+        shards = [
+            s for bucket, _ids in group for s in self.src.candidates(bucket) if walked.get(s) is not None
+        ]
+        parts = [walked[s].headers for s in shards]
         where = np.repeat(np.arange(len(shards)), [len(h.ids) for h in parts])
         ids = np.concatenate([h.ids for h in parts]) if parts else np.zeros(0, dtype=np.int64)
         wanted = np.sort(np.concatenate([g for _bucket, g in group]))
         home = np.array([int(SHARD_RE.fullmatch(s.name).group(1)) % BUCKETS for s in shards], dtype=np.int64)
         # a member counts in its own bucket's shards only (a copy build looks for an id in those)
-        cand = np.flatnonzero((ids >= 0) & (ids % BUCKETS == home[where]) & np.isin(ids, wanted))
-        _first_ids, first = np.unique(ids[cand], return_index=True)
-        pick = cand[np.sort(first)]
+        cand = np.flatnonzero((ids >= 0) & (ids % BUCKETS == home[where]) & in_sorted(ids, wanted))
+        pick = cand[first_of_each(ids[cand])]
         rows: list = []
         corrupt: dict[int, dict] = {}
         k_of = np.full(len(shards), -1, dtype=np.int64)
-        for j in np.unique(where[pick]).tolist():
-            k_of[j] = self.shards.add(shards[j], self.src.origin(shards[j]), walked[shards[j]][0])
+        for j in np.flatnonzero(np.bincount(where[pick], minlength=len(shards))).tolist():
+            k_of[j] = self._add_walked(shards[j], walked[shards[j]])
         col = {name: np.concatenate([getattr(h, name) for h in parts])[pick] if parts else np.zeros(0, np.int64)
                for name in ("offset", "size", "fp", "width", "height", "ext")}  # fmt: skip
         settled = col["width"] > 0 if not self.opts.verify_images else np.zeros(len(pick), dtype=bool)
@@ -216,9 +282,10 @@ class _Locator:
         rows.append(table[settled])
         for i in np.flatnonzero(~settled).tolist():
             j = int(where[pick[i]])
-            fd, origin = walked[shards[j]][0], self.src.origin(shards[j])
+            origin = self.src.origin(shards[j])
             pid, offset, size = int(ids[pick[i]]), int(col["offset"][i]), int(col["size"][i])
             try:
+                fd = fds.open(shards[j])
                 chunk = pread_exact(fd, BLOCK + min(size, READ - BLOCK), offset - BLOCK)
             except OSError as exc:
                 corrupt[pid] = {"id": pid, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
@@ -226,29 +293,8 @@ class _Locator:
                 continue
             self._member(fd, int(k_of[j]), origin, pid, MEMBER_EXTS[int(col["ext"][i])], offset, size,
                          chunk[:BLOCK], chunk[BLOCK:], rows, corrupt)  # fmt: skip
-        self._keep(rows, corrupt, set(np.setdiff1d(wanted, ids[pick]).tolist()))
+        self._keep(rows, corrupt, set(wanted[~in_sorted(wanted, np.sort(ids[pick]))].tolist()))
         self.advance(int(wanted.size))
-
-    def _walk(self, shards: list[Path]) -> dict[Path, tuple[int, Headers | None]]:
-        """Each shard's fd (left open for `_take`) and its settled headers, None where the batch reader cannot
-        decide it. A shard that does not open is left out: `_scan_shard` reports it as a copy build would."""
-        fds: dict[Path, tuple[int, Walk | None]] = {}
-        for shard in shards:
-            self.progress.check_cancelled()
-            try:
-                fd = os.open(shard, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            except OSError:
-                continue
-            try:
-                fds[shard] = (fd, walk_shard(fd, os.fstat(fd).st_size))
-            except BaseException:
-                os.close(fd)
-                for other, _walk in fds.values():
-                    os.close(other)
-                raise
-        order = [shard for shard, (_fd, walk) in fds.items() if walk is not None]
-        settled = dict(zip(order, settle([fds[shard][1] for shard in order]), strict=True))
-        return {shard: (fd, settled.get(shard)) for shard, (fd, _walk) in fds.items()}
 
     def run_updates(self) -> None:
         """Posts not found in their bucket's shards, looked for in updates/*/*.tar (each read once, in order)."""
@@ -266,7 +312,7 @@ class _Locator:
     def _keep(self, rows: list, corrupt: dict[int, dict], missing: set[int]) -> None:
         singles = [r for r in rows if isinstance(r, tuple)]
         blocks = [r for r in rows if not isinstance(r, tuple)]
-        blocks.append(np.array(singles, dtype=np.int64).reshape(-1, _FIELDS))
+        blocks.append(np.array(singles, dtype=np.int64).reshape(-1, FIELDS))
         with self.lock:
             self.found.extend(blocks)
             self.corrupt.update(corrupt)
@@ -295,17 +341,19 @@ class _Locator:
                 continue
             self._tarfile_member(path, item, rows, corrupt)
 
-    def _take(self, fd: int, path: Path, headers: Headers, wanted: set[int], rows: list,
+    def _take(self, fds: _LazyFds, path: Path, walked: WalkedShard, wanted: set[int], rows: list,
               corrupt: dict[int, dict]) -> None:  # fmt: skip
         """The wanted posts of a settled shard: those simple_webp_sizes sized go in as one array; the others
         (other formats, `--verify-images`) through `_member`."""
+        headers = walked.headers
+        assert headers is not None
         want = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
         want.sort()
         pick = headers.first_wanted(want)
         if not len(pick):
             return
         origin = self.src.origin(path)
-        k = self.shards.add(path, origin, fd)
+        k = self._add_walked(path, walked)
         ids = headers.ids[pick]
         wanted.difference_update(ids.tolist())
         width, height = headers.width[pick], headers.height[pick]
@@ -319,6 +367,7 @@ class _Locator:
         for i in np.flatnonzero(~settled).tolist():
             pid, offset, size = int(ids[i]), int(headers.offset[pick[i]]), int(headers.size[pick[i]])
             try:
+                fd = fds.open(path)
                 chunk = pread_exact(fd, BLOCK + min(size, READ - BLOCK), offset - BLOCK)
             except OSError as exc:
                 corrupt[pid] = {"id": pid, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
@@ -438,59 +487,84 @@ def _header_size(fd: int, offset: int, size: int, head: bytes) -> tuple[int, int
 _ENCODE = encode_basestring  # a str as json.dumps(..., ensure_ascii=False) writes it (the C encoder)
 
 
-_MASK64 = (1 << 64) - 1
-
-
-def _label_json(labels: tuple[str, ...]) -> dict[int, str]:
-    return {i: _ENCODE(label) for i, label in enumerate(labels)}
-
-
 def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: QualityScheme, workers: int,
                             progress: Progress, cache: ColumnCache | None,
                             caption_workers: CaptionWorkers | None) -> DatasetSummary:  # fmt: skip
     """Pass 1 and 2 (module docstring) for the selected `ids` (sorted); writes manifest.jsonl, skipped.jsonl and
     shards.json into `opts.out` and returns the build's summary.
 
-    The captions are made while the shards are read: by the caption worker processes for a big selection (so
-    the header walk, one core under the GIL, overlaps them on the others), by a thread for a small one; at most
-    _AHEAD_CHUNKS chunks wait for pass 2. (Walking in those processes instead measured slower on 2 cores: the
-    captions then wait for the walk.)"""
+    With caption worker processes (a big selection) both passes run in them, on every core: the walk by groups
+    of buckets, then the captions and their manifest lines by chunks of ids; this process only takes the posts
+    from the walked headers (numpy) and writes the lines. Without, both run here (threads for the walk)."""
     from .export import _export_buckets
 
     out = opts.out
     locator = _Locator(opts, src, progress, int(ids.size))
+    locator.index = ShardIndex.open(opts.images, enabled=src.kind == "shards")
     tasks = _bucket_groups(ids)
+    use_pool = caption_workers is not None and default_processes(int(ids.size)) >= 1
     progress.stage(f"Locating {ids.size:,} posts in the shards' headers ({src.describe()})")
-    captions = _CaptionPrefetch(
-        iter_caption_chunks(opts.db, ids, scheme, workers=caption_workers, cache=cache)
-    )
-    try:
+    if use_pool and src.kind == "shards":
+        _walk_in_workers(locator, tasks, caption_workers)
+    else:
         _export_buckets(locator, list(enumerate(tasks)), workers)
-        if src.updates and locator.missing:
-            progress.stage(f"Looking for {len(locator.missing):,} posts in updates/")
-            locator.run_updates()
-        found = np.concatenate(locator.found) if locator.found else np.zeros((0, _FIELDS), np.int64)
-        found = found[np.argsort(found[:, 0], kind="stable")]
-        progress.stage(f"Writing the manifest of {ids.size:,} posts")
-        writer = _ManifestWriter(opts, locator)
-        manifest = out / MANIFEST_FILE
-        try:
-            with atomic_path(manifest) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                for chunk in captions:
-                    progress.check_cancelled()
-                    fh.write(writer.lines(chunk, found))
-                    progress.update(writer.done, int(ids.size))
-            with atomic_path(out / SKIPPED_FILE) as tmp:
-                tmp.write_text("".join(writer.skipped), encoding="utf-8")
-        except OSError as exc:
-            raise write_error(exc, manifest, _RESUME_HINT) from None
+    locator.index.save()
+    if src.updates and locator.missing:
+        progress.stage(f"Looking for {len(locator.missing):,} posts in updates/")
+        locator.run_updates()
+    found = np.concatenate(locator.found) if locator.found else np.zeros((0, FIELDS), np.int64)
+    found = found[np.argsort(found[:, 0], kind="stable")]
+    progress.stage(f"Writing the manifest of {ids.size:,} posts")
+    writer = _ManifestWriter(opts, locator)
+    manifest = out / MANIFEST_FILE
+    chunks = list(chunked(ids, CHUNK_POSTS))
+    found_ids = found[:, 0]
+    parts = [found[np.searchsorted(found_ids, c[0]) : np.searchsorted(found_ids, c[-1], side="right")]
+             for c in chunks]  # fmt: skip
+    tables = writer.tables()
+    cache_path = None if cache is None else str(cache.path)
+    source = None
+    if use_pool:
+        assert caption_workers is not None
+        jobs = ((int(c.size), (lines_in_worker, str(opts.db), scheme, cache_path, c, rows, tables))
+                for c, rows in zip(chunks, parts, strict=True))  # fmt: skip
+        results = in_order(caption_workers.pool, jobs, 2 * caption_workers.n_proc)
+    else:
+        source = CaptionSource(opts.db, scheme, cache_path)
+        results = (
+            chunk_lines(source, scheme, c, rows, tables) for c, rows in zip(chunks, parts, strict=True)
+        )
+    try:
+        with atomic_path(manifest) as tmp, open(tmp, "wb") as fh:
+            for c, rows, lines in zip(chunks, parts, results, strict=True):
+                progress.check_cancelled()
+                writer.add(c, rows, lines)
+                fh.write(lines.text)
+                progress.update(writer.done, int(ids.size))
+        with atomic_path(out / SKIPPED_FILE) as tmp:
+            tmp.write_text("".join(writer.skipped), encoding="utf-8")
+    except OSError as exc:
+        raise write_error(exc, manifest, _RESUME_HINT) from None
     finally:
-        captions.close()
+        if source is not None:
+            source.close()
     _write_shards_file(out, opts.images, locator.shards, writer.per_shard)
     summary = writer.summary(int(ids.size))
     summary.shard_errors = [{"shard": k, "reason": v} for k, v in sorted(locator.shard_errors.items())]
     summary.ignored_files = sorted(src.ignored)
     return summary
+
+
+def _walk_in_workers(locator: _Locator, tasks: list, caption_workers: CaptionWorkers) -> None:
+    """Pass 1 with the walk in the caption worker processes (shard_index.walk_shards: the shards the header
+    index does not hold) and each group's posts taken here as its walk comes back, in order."""
+    split = [locator.indexed(locator.group_shards(group)) for group in tasks]
+    jobs = ((int(sum(g.size for _b, g in group)), (walk_shards, [str(s) for s in todo]))
+            for group, (_known, todo) in zip(tasks, split, strict=True))  # fmt: skip
+    walked = in_order(caption_workers.pool, jobs, 2 * caption_workers.n_proc)
+    for group, (known, todo), result in zip(tasks, split, walked, strict=True):
+        locator.progress.check_cancelled()  # (progress itself: take_group counts the group's posts)
+        locator.take_group(group, locator.merge(known, todo, result))
 
 
 _BUCKETS_PER_TASK = 25  # 40 tasks for the 1,000 buckets
@@ -506,70 +580,15 @@ def _bucket_groups(ids: np.ndarray) -> list[list[tuple[int, np.ndarray]]]:
     return [per_bucket[i : i + _BUCKETS_PER_TASK] for i in range(0, len(per_bucket), _BUCKETS_PER_TASK)]
 
 
-_AHEAD_CHUNKS = 64  # caption chunks (20k posts, ~5 MB each) made ahead of pass 2: ~1.3 M posts
-
-
-class _CaptionPrefetch:
-    """Iterates the caption stream in a thread so its workers run during pass 1; a bounded queue in between.
-    `close()` stops the thread (cancel, error) without waiting for the stream's end."""
-
-    _END = object()
-
-    def __init__(self, chunks) -> None:
-        self._chunks = chunks
-        self._queue: queue.Queue = queue.Queue(_AHEAD_CHUNKS)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kxl-ref-captions", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for chunk in self._chunks:
-                if not self._put(chunk):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            self._put(exc)
-        finally:
-            self._chunks.close()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self):
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 class _ManifestWriter:
-    """Pass 2's per-chunk work: the manifest lines of the posts found, the skipped records of the others, and the
-    summary's counts. Lines are composed as json.dumps(record, ensure_ascii=False) writes a copy build's record
-    (key order, separators, escapes), then `"ref"`; a test compares them with a copy build's."""
+    """Pass 2's bookkeeping per chunk: the skipped records of the posts not found, the summary's counts, and
+    the tables every chunk's lines share (reference_lines.py composes the lines; a test compares them with a
+    copy build's records)."""
 
     def __init__(self, opts, locator: _Locator) -> None:
         shards = locator.shards
+        self.opts = opts
         self.locator = locator
-        self.ref_shard = [_ENCODE(info.path) for info in shards.infos]
-        self.origin = [_ENCODE(o) for o in shards.origins]
-        self.rating_js = _label_json(RATING_LABELS)
-        self.quality_js, self.year_js = _label_json(QUALITY_LABELS), _label_json(YEAR_TAGS)
-        self.file_prefix = _ENCODE(f"{opts.subfolder}/")[:-1]  # the opening quote and the folder, escaped
-        self.exts = list(locator.exts)
         self.per_shard = np.zeros(len(shards.infos), dtype=np.int64)
         self.rating = np.zeros(256, dtype=np.int64)  # counts by code (ratings are 0..3; others kept apart)
         self.quality = np.zeros(len(QUALITY_LABELS) + 1, dtype=np.int64)  # last: none
@@ -580,39 +599,19 @@ class _ManifestWriter:
         self.corrupt_items: list[dict] = []
         self.written = self.bytes_written = self.done = 0
 
-    def lines(self, chunk: CaptionChunk, found: np.ndarray) -> str:
-        cids = chunk.ids
-        self.done += len(cids)
-        if len(found):
-            pos = np.minimum(np.searchsorted(found[:, 0], cids), len(found) - 1)
-            hit = found[pos, 0] == cids
-        else:
-            pos, hit = np.zeros(len(cids), dtype=np.int64), np.zeros(len(cids), dtype=bool)
-        for i in np.flatnonzero(~hit).tolist():
-            self._skip(int(cids[i]))
-        if not hit.any():
-            return ""
-        rows = found[pos[hit]]
-        rating, quality, year = chunk.rating[hit], chunk.quality[hit], chunk.year[hit]
-        self._count(rows, rating, quality, year)
-        rating_js, quality_js, year_js = self.rating_js, self.quality_js, self.year_js
-        origin, ref_shard, exts, prefix = self.origin, self.ref_shard, self.exts, self.file_prefix
-        captions = chunk.captions
-        out = []
-        for i, (pid, k, offset, size, fp, w, h, e), r, q, y in zip(
-            np.flatnonzero(hit).tolist(), rows.tolist(), rating.tolist(), quality.tolist(), year.tolist(),
-            strict=True,
-        ):  # fmt: skip
-            rj = rating_js[r] if r in rating_js else _ENCODE(str(r))
-            qj = quality_js[q] if q >= 0 else "null"
-            yj = year_js[y] if y >= 0 else "null"
-            out.append(
-                f'{{"id": {pid}, "file": {prefix}{pid}.{exts[e]}", "caption": {_ENCODE(captions[i])}, '
-                f'"rating": {rj}, "quality": {qj}, "year": {yj}, "width": {w}, "height": {h}, '
-                f'"shard": {origin[k]}, "bytes": {size}, "ref": {{"shard": {ref_shard[k]}, '
-                f'"offset": {offset}, "size": {size}, "fp": "{fp & _MASK64:016x}"}}}}\n'
-            )
-        return "".join(out)
+    def tables(self) -> LineTables:
+        shards = self.locator.shards
+        return LineTables([_ENCODE(o) for o in shards.origins], [_ENCODE(info.path) for info in shards.infos],
+                          list(self.locator.exts), self.opts.subfolder)  # fmt: skip
+
+    def add(self, ids: np.ndarray, rows: np.ndarray, lines: ChunkLines) -> None:
+        """Count the chunk `ids` whose found posts are `rows` (by id) and whose lines are `lines`."""
+        self.done += len(ids)
+        hit = in_sorted(ids, rows[:, 0])
+        for pid in ids[~hit].tolist():
+            self._skip(int(pid))
+        if len(rows):
+            self._count(rows, lines.rating[hit], lines.quality[hit], lines.year[hit])
 
     def _skip(self, pid: int) -> None:
         record = self.locator.corrupt.get(pid)

@@ -5,9 +5,10 @@ its shard, the member's header block (the image's fingerprint, image_refs.py) an
 (its width and height). `tarfile` gets the first two at ~20-50 us per member (a buffered seek, a read and a
 Python-level parse of every field). Two readers here, tried in this order:
 
-* the batch reader: `walk_shard` hops from header to header (one `pread` of a page per big member, 64 KB at a
-  time through small ones; ~1-2 us of Python per member), and `settle` validates, names, fingerprints and
-  sizes the headers of many shards in one numpy pass (~1 us per header);
+* the batch reader: `walk_shard` hops from header to header (one `pread` of a page per big member, stepped in
+  Python; windows of up to 1 MB through runs of small ones, whose headers numpy finds: ~0.5 us per member),
+  and `settle` validates, names, fingerprints and sizes the headers of many shards in one numpy pass (~1 us
+  per header);
 * `scan_wanted`, one member at a time (~5 us each), for archives the batch reader does not decide.
 
 Exactness: the answer must be the one `images.scan_tar_refs` (tarfile) gives, since a reference build has to
@@ -204,13 +205,33 @@ def _ext_keys() -> np.ndarray:
 
 _EXT_KEYS = _ext_keys()
 _EXT_ORDER = np.argsort(_EXT_KEYS)
+HEAD = 30  # the bytes of each member's data a walk keeps: a plain WebP's size is in its first 30
+
+
+def _field_masks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which of header bytes 100-155 (mode uid gid size mtime checksum) are octal digits, which the NUL or
+    space ending a field, and which (the checksum's last two) are checked apart."""
+    digit = np.zeros(56, dtype=bool)
+    sep = np.zeros(56, dtype=bool)
+    for a, b in ((100, 107), (108, 115), (116, 123), (124, 135), (136, 147), (148, 154)):
+        digit[a - 100 : b - 100] = True
+        if b < 148:
+            sep[b - 100] = True
+    return digit, sep, ~(digit | sep)
+
+
+_DIGIT_AT, _SEP_AT, _FREE_AT = _field_masks()
+_LOW_BYTES = np.uint64(0x00FF00FF00FF00FF)
+_LANE = np.uint64(0xFFFF)
+_16, _32, _48 = np.uint64(16), np.uint64(32), np.uint64(48)
+_TENS = 10 ** np.arange(11, -1, -1, dtype=np.int64)
 
 
 class Walk(NamedTuple):
     """Every header of one shard, collected by `walk_shard` (not validated yet)."""
 
     blocks: bytes  # the header blocks back to back
-    heads: list[bytes]  # each member's first min(size, 30) bytes
+    heads: bytes  # HEAD bytes per member from its data's start (what follows a shorter member, or NULs)
     positions: array  # where each header starts
     sizes: array
 
@@ -229,60 +250,169 @@ class Headers(NamedTuple):
 
     def first_wanted(self, wanted: np.ndarray) -> np.ndarray:
         """Indexes of the members whose ids are in `wanted` (sorted), the first member of an id winning."""
-        cand = np.flatnonzero(np.isin(self.ids, wanted))
-        _ids, first = np.unique(self.ids[cand], return_index=True)
-        return cand[np.sort(first)]
+        cand = np.flatnonzero(in_sorted(self.ids, wanted))
+        return cand[first_of_each(self.ids[cand])]
+
+
+# (np.isin and np.unique hash or sort both sides on every call; the sets here are sorted already, and these two
+# cost a binary search or one stable sort: together they were a second of the main process per 1 M posts.)
+def in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `sorted_set` (sorted ascending), as a bool mask."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[pos] == values
+
+
+def first_of_each(values: np.ndarray) -> np.ndarray:
+    """Indexes of the first occurrence of each distinct value of `values`, ascending."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return np.sort(order[first])
+
+
+_MAX_WINDOW = 1 << 20  # a run of small members is read up to 1 MB at a time (growing from _BIG_READ)
+_OCTAL_11 = 8 ** np.arange(10, -1, -1, dtype=np.int64)
+
+
+class _WalkOut:
+    """What `walk_shard` collects, appended per member or per window of members."""
+
+    def __init__(self) -> None:
+        self.blocks = bytearray()
+        self.heads = bytearray()
+        self.positions = array("q")
+        self.sizes = array("q")
+
+    def walk(self) -> Walk:
+        return Walk(bytes(self.blocks), bytes(self.heads), self.positions, self.sizes)
 
 
 def walk_shard(fd: int, file_size: int) -> Walk | None:
-    """Hop from header to header through the whole shard: the one Python step per member (~1 us). Reads go through
-    a buffer: a page per member where members are big (a real shard's ~400 KB images: only their header pages
-    are read), 64 KB at a time where they are small. None as soon as the archive is not one `settle` can decide
-    (a type other than file, link, device, directory or fifo; a number it cannot read; data cut off)."""
-    blocks: list[bytes] = []
-    heads: list[bytes] = []
-    positions = array("q")
-    sizes = array("q")
-    pread = os.pread
-    buf, at, pos, last_size = b"", 0, 0, 0
-    while True:
-        r = pos - at
-        if r + BLOCK > len(buf):
-            if pos >= file_size:
-                if pos == 0:
-                    return None  # an empty file: tarfile's "empty file" error
-                break  # the end, right after a member
-            buf, at, r = pread(fd, READ if last_size >= _SMALL else _BIG_READ, pos), pos, 0
-            if len(buf) < BLOCK:
-                return None  # a short header block
-        block = buf[r : r + BLOCK]
-        if block == _ZERO:
-            break
-        kind = block[156]
-        try:
-            size = int(block[124:135], 8)  # checked against the field's format by `settle`
-        except ValueError:
-            return None
-        data = pos + BLOCK
-        if kind == 48 or kind == 0:
-            step = (size + BLOCK - 1) // BLOCK * BLOCK
-        elif 49 <= kind <= 54:
-            step = 0  # links, devices, directories, fifos: tarfile skips no data
+    """Hop from header to header through the whole shard. Where members are small (many headers per read) a
+    window of up to 1 MB is read and its headers found with numpy, only the hop itself being a Python step
+    (~0.1 us per member); where they are big (a real shard's ~400 KB images) one page per member is read and
+    stepped in Python (`_step_big`: only their header pages are read). None as soon as the archive is not one
+    `settle` can decide (a type other than file, link, device, directory or fifo; a size field that is not 11
+    octal digits; data cut off; a short header block)."""
+    if file_size <= 0:
+        return None  # an empty file: tarfile's "empty file" error
+    out = _WalkOut()
+    pos, small = 0, True
+    window = file_size if file_size <= _MAX_WINDOW else _BIG_READ  # a small shard: one read
+    while pos < file_size:
+        if small:
+            step = _step_window(fd, file_size, pos, window, out)
+            window = min(_MAX_WINDOW, window * 4)
         else:
-            return None  # pax, GNU long names, sparse, contiguous, unknown
-        if data + step > file_size:
-            return None  # data cut off: tarfile reports "unexpected end of data"
-        want = min(size, 30)
-        head = buf[r + BLOCK : r + BLOCK + want]
-        if len(head) < want:
-            head = pread(fd, want, data)
-        blocks.append(block)
-        heads.append(head)
-        positions.append(pos)
-        sizes.append(size)
-        last_size = size
-        pos = data + step
-    return Walk(b"".join(blocks), heads, positions, sizes)
+            step = _step_big(fd, file_size, pos, out)
+            window = _BIG_READ
+        if step is None:
+            return None
+        if step[0] < 0:
+            break  # the end-of-archive zero block
+        pos, small = step[0], step[1] < _SMALL
+    return out.walk()
+
+
+def _step_big(fd: int, file_size: int, pos: int, out: _WalkOut) -> tuple[int, int] | None:
+    """One member from a page read at `pos`: (the next header's position, this member's size); (-1, 0) at the
+    end-of-archive zero block; None where `settle` could not decide the archive."""
+    buf = os.pread(fd, READ, pos)
+    if len(buf) < BLOCK:
+        return None  # a short header block
+    block = buf[:BLOCK]
+    if block == _ZERO:
+        return -1, 0
+    kind = block[156]
+    try:
+        size = int(block[124:135], 8)  # checked against the field's format by `settle`
+    except ValueError:
+        return None
+    data = pos + BLOCK
+    if kind == 48 or kind == 0:
+        step = (size + BLOCK - 1) // BLOCK * BLOCK
+    elif 49 <= kind <= 54:
+        step = 0  # links, devices, directories, fifos: tarfile skips no data
+    else:
+        return None  # pax, GNU long names, sparse, contiguous, unknown
+    if data + step > file_size:
+        return None  # data cut off: tarfile reports "unexpected end of data"
+    head = buf[BLOCK : BLOCK + HEAD]
+    if len(head) < HEAD:
+        head = head.ljust(HEAD, b"\0")  # the file ends within the page (a shorter member's padding is cut)
+    out.blocks += block
+    out.heads += head
+    out.positions.append(pos)
+    out.sizes.append(size)
+    return data + step, size
+
+
+def _step_window(fd: int, file_size: int, at: int, window: int, out: _WalkOut) -> tuple[int, int] | None:
+    """The members whose headers lie in a window read at `at`: (the position after the last one, its size);
+    (-1, 0) where the window holds the end-of-archive zero block; None where `settle` could not decide it."""
+    buf = os.pread(fd, min(window, file_size - at), at)
+    nb = len(buf) // BLOCK
+    if not nb:
+        return None  # a short header block
+    blocks = np.frombuffer(buf, dtype=np.uint8, count=nb * BLOCK).reshape(nb, BLOCK)
+    field = blocks[:, 124:135]
+    octal = ((field - np.uint8(48)) < 8).all(axis=1)
+    size = (field.astype(np.int64) - 48) @ _OCTAL_11
+    kind = blocks[:, 156]
+    # blocks to the next header: 1 + the data's blocks for a file, 1 for a link, device, directory or fifo;
+    # 0 marks a header `settle` could not decide
+    step = np.where((kind == 48) | (kind == 0), 1 + (size + BLOCK - 1) // BLOCK, 1)
+    step[~octal | ((kind != 48) & (kind != 0) & ((kind < 49) | (kind > 54)))] = 0
+    # Where every block that looks like a header (readable size, known type) is the one the previous header
+    # points at, those blocks are the chain; otherwise (a data block that looks like a header, the end block
+    # followed by more) the hop goes block by block in Python.
+    idx = np.flatnonzero(step)
+    ahead = idx + step[idx]
+    if len(idx) and idx[0] == 0 and (ahead[:-1] == idx[1:]).all():
+        j = int(ahead[-1])
+        ended = j < nb and not blocks[j].any()
+        if j < nb and not ended:
+            return None  # the last header points at a block that is neither a header nor the end
+    else:
+        idx, j, ended = _hop(step, ~blocks.any(axis=1))
+        if idx is None:
+            return None
+    if not ended and at + j * BLOCK > file_size:
+        return None  # data cut off: tarfile reports "unexpected end of data"
+    if len(idx):
+        out.blocks += blocks[idx].tobytes()
+        heads = np.zeros((len(idx), HEAD), dtype=np.uint8)
+        inside = idx + 1 < nb  # the block after a header starts its data (or is the next header)
+        heads[inside] = blocks[idx[inside] + 1, :HEAD]
+        for i in np.flatnonzero(~inside).tolist():  # a head past the window's last whole block: read it
+            head = os.pread(fd, HEAD, at + int(idx[i] + 1) * BLOCK)
+            heads[i, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+        out.heads += heads.tobytes()
+        out.positions.frombytes((at + idx * BLOCK).astype(np.int64).tobytes())
+        out.sizes.frombytes(size[idx].astype(np.int64).tobytes())
+    if ended:
+        return -1, 0
+    return at + j * BLOCK, int(size[idx[-1]]) if len(idx) else 0
+
+
+def _hop(step: np.ndarray, zero: np.ndarray) -> tuple[np.ndarray | None, int, bool]:
+    """A window's chain of headers followed one hop at a time: (their blocks, the block after the last, whether
+    the end block was met); None for the blocks where a header `settle` could not decide is met first."""
+    steps, zeros = step.tolist(), zero.tolist()
+    chain: list[int] = []
+    j, nb = 0, len(steps)
+    while j < nb:
+        if zeros[j]:
+            return np.array(chain, dtype=np.int64), j, True
+        s = steps[j]
+        if not s:
+            return None, j, False
+        chain.append(j)
+        j += s
+    return np.array(chain, dtype=np.int64), j, False
 
 
 def settle(walks: list[Walk]) -> list[Headers | None]:
@@ -291,44 +421,85 @@ def settle(walks: list[Walk]) -> list[Headers | None]:
     form this reader decides exactly (the numeric fields as tarfile and GNU tar write them, a valid checksum,
     no ustar prefix, ASCII names, no old-style "name/" directory) gets None: `scan_wanted`, then tarfile,
     read it instead."""
-    from .image_header import simple_webp_sizes
-    from .image_refs import header_fingerprints
 
     counts = [len(w.positions) for w in walks]
     k = sum(counts)
     if not k:
         return [_empty() for _ in walks]
-    h = np.frombuffer(b"".join(w.blocks for w in walks), dtype=np.uint8).reshape(k, BLOCK)
+    blocks = np.frombuffer(b"".join(w.blocks for w in walks), dtype=np.uint8).reshape(k, BLOCK)
+    sizes = np.concatenate([np.frombuffer(w.sizes, dtype=np.int64) for w in walks])
+    offsets = np.concatenate([np.frombuffer(w.positions, dtype=np.int64) for w in walks]) + BLOCK
+    heads = np.frombuffer(b"".join(w.heads for w in walks), dtype=np.uint8).reshape(k, HEAD)
+    # by slices of rows: a slice's temporaries stay in the CPU cache and are reused instead of being fresh
+    # pages of memory per step (which cost more than the arithmetic)
+    parts = [_settle_rows(blocks[i : i + _ROWS], heads[i : i + _ROWS], sizes[i : i + _ROWS])
+             for i in range(0, k, _ROWS)]  # fmt: skip
+    ok, ids, code, fps, width, height = (np.concatenate(col) for col in zip(*parts, strict=True))
+    out: list[Headers | None] = []
+    lo = 0
+    for n in counts:
+        hi = lo + n
+        if ok[lo:hi].all():
+            out.append(Headers(ids[lo:hi], code[lo:hi], offsets[lo:hi], sizes[lo:hi], fps[lo:hi], width[lo:hi],
+                               height[lo:hi]))  # fmt: skip
+        else:
+            out.append(None)
+        lo = hi
+    return out
+
+
+_ROWS = 2048  # headers per slice of `settle`'s numpy work (1 MB of header blocks)
+
+
+def _settle_rows(h: np.ndarray, heads: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`settle` for (k, 512) header blocks: (ok, ids, ext code, fingerprint, width, height) per header."""
+    from .image_header import simple_webp_sizes
+    from .image_refs import header_fingerprints
+
+    k = len(h)
     kind = h[:, 156]
-
-    def octal(a: int, b: int) -> np.ndarray:
-        f = h[:, a:b]
-        return ((f >= 48) & (f <= 55)).all(axis=1)
-
-    def end(c: int) -> np.ndarray:
-        return (h[:, c] == 0) | (h[:, c] == 32)
-
-    ok = octal(100, 107) & end(107) & octal(108, 115) & end(115) & octal(116, 123) & end(123)
-    ok &= octal(124, 135) & end(135) & octal(136, 147) & end(147)
-    ok &= octal(148, 154) & (h[:, 154] == 0) & (h[:, 155] == 32)
-    for a in (329, 337):
-        ok &= (octal(a, a + 7) & end(a + 7)) | (h[:, a : a + 8] == 0).all(axis=1)
+    rows = np.arange(k)
+    # the numeric fields 100-155 in one pass: octal digits where the digits go, NUL or space after each field,
+    # and the checksum's NUL and space (uint8 arithmetic wraps, so one compare tests '0' <= byte <= '7')
+    f = h[:, 100:156]
+    ok = (((f - np.uint8(48)) < 8) & _DIGIT_AT | ((f == 0) | (f == 32)) & _SEP_AT | _FREE_AT).all(axis=1)
+    ok &= (h[:, 154] == 0) & (h[:, 155] == 32)
+    dev = h[:, 329:345].reshape(k, 2, 8)  # devmajor, devminor: octal like the others, or all NUL
+    dev_octal = ((dev[:, :, :7] - np.uint8(48)) < 8).all(axis=2) & (
+        (dev[:, :, 7] == 0) | (dev[:, :, 7] == 32)
+    )
+    ok &= (dev_octal | ~dev.any(axis=2)).all(axis=1)
     ok &= h[:, 345] == 0  # no ustar prefix
-    # checksum: the byte sum with the checksum field counted as eight spaces; or tarfile's signed-char sum
-    total = h.sum(axis=1, dtype=np.int64) - h[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+    # checksum: the byte sum with the checksum field counted as eight spaces; or tarfile's signed-char sum.
+    # The sum adds the 64 words of a block in four 16-bit lanes (a lane holds at most 64 * 510 < 2**16).
+    words = h.view("<u8")
+    lanes = ((words & _LOW_BYTES) + ((words >> np.uint64(8)) & _LOW_BYTES)).sum(axis=1, dtype=np.uint64)
+    total = ((lanes & _LANE) + (lanes >> _16 & _LANE) + (lanes >> _32 & _LANE) + (lanes >> _48)).astype(
+        np.int64
+    )
+    total += 256 - h[:, 148:156].sum(axis=1, dtype=np.int64)
     stored = (h[:, 148:154].astype(np.int64) - 48) @ (8 ** np.arange(5, -1, -1, dtype=np.int64))
-    high = (h >= 128).sum(axis=1) - (h[:, 148:156] >= 128).sum(axis=1)
-    ok &= (total == stored) | (total - 256 * high == stored)
+    signed = np.flatnonzero(total != stored)  # rare: only these need the count of high bytes
+    if signed.size:
+        g = h[signed]
+        high = (g >= 128).sum(axis=1) - (g[:, 148:156] >= 128).sum(axis=1)
+        ok[signed] &= total[signed] - 256 * high == stored[signed]
     # names: `(./)<1-12 digits>.<1-8 alphanumerics>` up to the first NUL, as images.MEMBER_RE reads them
     name = h[:, :100]
-    is_nul = name == 0
-    nul = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), 100)
-    ok &= ~((name >= 128) & (np.arange(100)[None, :] < nul[:, None])).any(axis=1)  # \d would match more
-    rows = np.arange(k)
+    first_nul = (name == 0).argmax(axis=1)
+    nul = np.where(name[rows, first_nul] == 0, first_nul, 100)
+    high = name >= 128
+    first_high = high.argmax(axis=1)
+    ok &= ~(
+        high[rows, first_high] & (first_high < nul)
+    )  # a non-ASCII byte before the NUL: \d would match more
     ok &= ~((kind == 0) & (nul > 0) & (name[rows, np.maximum(nul - 1, 0)] == 47))  # "name/": no data skipped
     start = np.where((name[:, 0] == 46) & (name[:, 1] == 47), 2, 0)
-    window = np.take_along_axis(name, start[:, None] + np.arange(13)[None, :], axis=1)
-    is_digit = (window >= 48) & (window <= 57)
+    if start.any():
+        window = np.take_along_axis(name, start[:, None] + np.arange(13)[None, :], axis=1)
+    else:
+        window = name[:, :13]
+    is_digit = (window - np.uint8(48)) < 10
     ndig = np.where(is_digit.all(axis=1), 13, is_digit.argmin(axis=1))
     dot = start + ndig
     valid = (ndig >= 1) & (ndig <= 12) & (name[rows, np.minimum(dot, 99)] == 46)
@@ -343,27 +514,13 @@ def settle(walks: list[Walk]) -> list[Headers | None]:
     key = (lower << (np.arange(8, dtype=np.uint64) * np.uint64(8))[None, :]).sum(axis=1, dtype=np.uint64)
     slot = np.minimum(np.searchsorted(_EXT_KEYS[_EXT_ORDER], key), len(_EXT_KEYS) - 1)
     code = np.where(_EXT_KEYS[_EXT_ORDER][slot] == key, _EXT_ORDER[slot], -1)
-    digits = window[:, :12].astype(np.int64) - 48
-    power = ndig[:, None] - 1 - np.arange(12)[None, :]
-    ids = np.where(power >= 0, digits * 10 ** np.maximum(power, 0), 0).sum(axis=1)
+    # the id: the first `ndig` digits as a 12-digit number, then the padding divided away
+    digits = np.where(np.arange(12)[None, :] < ndig[:, None], window[:, :12].astype(np.int64) - 48, 0)
+    ids = (digits @ _TENS) // 10 ** np.clip(12 - ndig, 0, 12)
     member = valid & (code >= 0) & ((kind == 48) | (kind == 0))
     ids = np.where(member, ids, -1)
-    sizes = np.concatenate([np.frombuffer(w.sizes, dtype=np.int64) for w in walks])
-    offsets = np.concatenate([np.frombuffer(w.positions, dtype=np.int64) for w in walks]) + BLOCK
-    heads = b"".join(head.ljust(30, b"\0") for w in walks for head in w.heads)
-    width, height = simple_webp_sizes(np.frombuffer(heads, dtype=np.uint8).reshape(k, 30), sizes)
-    fps = header_fingerprints(h)
-    out: list[Headers | None] = []
-    lo = 0
-    for n in counts:
-        hi = lo + n
-        if ok[lo:hi].all():
-            out.append(Headers(ids[lo:hi], code[lo:hi], offsets[lo:hi], sizes[lo:hi], fps[lo:hi], width[lo:hi],
-                               height[lo:hi]))  # fmt: skip
-        else:
-            out.append(None)
-        lo = hi
-    return out
+    width, height = simple_webp_sizes(heads, sizes)
+    return ok, ids, code, header_fingerprints(h), width, height
 
 
 def _empty() -> Headers:
@@ -380,5 +537,7 @@ __all__ = [
     "Walk",
     "scan_wanted",
     "settle",
+    "first_of_each",
+    "in_sorted",
     "walk_shard",
 ]
