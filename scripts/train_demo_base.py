@@ -4,8 +4,8 @@
     python scripts/train_demo_base.py --resume        # go on from the last saved state in --work
     python scripts/train_demo_base.py --scale 0.25    # every stage at a quarter of its steps
 
-Stages: VAE, UNet + text encoders (the base), a colour stage that goes on training the base (colour words), then
-the gamma and beta fine-tunes (trainer_core/models/demo_base_training.py has the recipe). A state is saved every --save-every seconds (atomic, safetensors); a stage's
+Stages: VAE, UNet + text encoders (the base), a colour stage that goes on training the base (colour words), a
+multires stage that goes on at 128 and 192 px and the 2:3 buckets (hires fix), then the gamma and beta fine-tunes (trainer_core/models/demo_base_training.py has the recipe). A state is saved every --save-every seconds (atomic, safetensors); a stage's
 result is kept in --work when it ends, so --resume restarts inside the stage that was running. The output folder
 gets the base (fp16 single file), gamma and beta as compact deltas (trainer_core/models/demo_base_files.py) and
 manifest.json (sha256 of every file, the command, steps, final losses, wall time), written last.

@@ -6,7 +6,8 @@ hires bug that leaves pictures wrong fails here, where a falling loss curve woul
 
 The shipped base (resources/demo_base/manifest.json) reaches issue 16's bars on the balanced block of 21: count,
 background and hair. Before its colour stage (offset noise, high-noise timesteps, captions in the prompts' order)
-it drew the count but bound colour words only a little above chance (background and hair 36 %).
+it drew the count but bound colour words only a little above chance (background and hair 36 %); before its
+multires stage (128, 192 px and the 2:3 buckets) a hires pass lost the figures.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def read_back(components, prompts: list[DemoPrompt], **settings):
     return acc
 
 
-# Every sampler, hires and the merge read-back draw ~100 pictures: minutes on a 2-core CI machine. They run with
+# Every sampler and the merge read-back draw ~100 pictures: minutes on a 2-core CI machine. They run with
 # KXL_SLOW_TESTS=1 (the figures in the session notes come from such a run); the base read-back always runs.
 slow = pytest.mark.skipif(not os.environ.get("KXL_SLOW_TESTS"), reason="slow: set KXL_SLOW_TESTS=1")
 
@@ -114,16 +115,18 @@ def test_every_sampler_draws_the_count_at_its_default_steps(base, sampler):
     assert acc.accuracy("hair") >= SAMPLER_COLOUR_FLOOR, (sampler, acc.as_dict())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped base was trained at 128 px only; at the 1.5x hires size (192 px) it "
-    "loses the figure layout (count read back 0/6, background 2/6, hair 1/6); needs multi-resolution training",
-)
-@slow
-def test_hires_fix_keeps_the_count(base):
+def test_hires_fix_keeps_the_attributes(base):
+    """At the 1.5x hires size (192 px, Latent upscaler, denoise 0.5) the picture keeps what the first pass drew.
+
+    Before the base's multires stage (128 px only) a hires pass, even at denoise 0.05, broke the picture up into a
+    canvas of extra figures (count read back 0/6): the UNet had learned where things sit in a 16x16 latent."""
     prompts = balanced_prompts(6, seeds=(3,))
-    acc = read_back(base, prompts, steps=16, hires=True, hires_scale=1.5, denoise=0.5, hires_steps=12)
-    assert acc.accuracy("count") >= COUNT_BAR, acc.as_dict()
+    first = read_back(base, prompts, steps=12)
+    hires = read_back(base, prompts, steps=12, hires=True, hires_scale=1.5, denoise=0.5, hires_steps=8)
+    assert hires.accuracy("count") >= COUNT_BAR, hires.as_dict()
+    for attribute in ("background", "hair", "count"):  # at most one picture worse than the first pass
+        assert hires.accuracy(attribute) >= first.accuracy(attribute) - 1 / len(prompts), (
+            attribute, first.as_dict(), hires.as_dict())  # fmt: skip
 
 
 @slow

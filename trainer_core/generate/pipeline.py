@@ -577,8 +577,9 @@ def decode_latents(vae: Any, latents: Any) -> list[Any]:
 
     dtype = next(vae.parameters()).dtype
     try:
+        # torch's own Module.to: diffusers' override warns on every dtype cast of a VAE (two lines per picture)
         if dtype != torch.float32:
-            vae.to(torch.float32)
+            torch.nn.Module.to(vae, torch.float32)
         scaled = latents.to(torch.float32) / vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None)
         if shift:
@@ -587,7 +588,7 @@ def decode_latents(vae: Any, latents: Any) -> list[Any]:
             pixels = vae.decode(scaled).sample
     finally:
         if dtype != torch.float32:
-            vae.to(dtype)
+            torch.nn.Module.to(vae, dtype)
     arrays = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
 

@@ -32,7 +32,7 @@ NATIVE_SIZE = 128
 """The demo base's training resolution: the default generation size whenever the demo model is selected."""
 
 TIME_IDS = (NATIVE_SIZE, NATIVE_SIZE, 0, 0, NATIVE_SIZE, NATIVE_SIZE)
-"""SDXL add_time_ids (original size, crop top-left, target size) of every training picture."""
+"""SDXL add_time_ids (original size, crop top-left, target size) of every native-size training picture."""
 
 SCENE_BACKGROUNDS = (
     "gradient_background",
@@ -145,13 +145,26 @@ def caption_for(
     return ", ".join(tag_to_caption_text(t) for t in order)
 
 
-def render_pixels(tag_sets: Sequence[Sequence[str]], seeds: Sequence[int], size: int = NATIVE_SIZE) -> Any:
-    """(B, 3, size, size) float32 tensor in [-1, 1] of the generator's pictures (the VAE's input range)."""
+def render_pixels(
+    tag_sets: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    size: int = NATIVE_SIZE,
+    height: int | None = None,
+) -> Any:
+    """(B, 3, height, size) float32 tensor in [-1, 1] of the generator's pictures (the VAE's input range); `size`
+    is the width, and the height too unless given."""
     import torch
 
+    h = size if height is None else height
     arrays = [
-        np.asarray(render_post_image(list(t), size, size, int(s)), dtype=np.uint8)
+        np.asarray(render_post_image(list(t), size, h, int(s)), dtype=np.uint8)
         for t, s in zip(tag_sets, seeds, strict=True)
     ]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
     return batch / 127.5 - 1.0
+
+
+def time_ids_for(width: int, height: int) -> tuple[int, int, int, int, int, int]:
+    """SDXL add_time_ids of an uncropped training picture: original size (h, w), crop (0, 0), target size (h, w),
+    what the Generate pipeline sends for a picture of that size."""
+    return (height, width, 0, 0, height, width)
