@@ -48,15 +48,15 @@ def param_groups(te_params: list[Any], unet_params: list[Any], cfg: OptimizerCon
 
 def create_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> Any:
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-    if cfg.type in ("Lion8bit", "AdamW8bit", "Lion"):
+    if cfg.type == "Lion":
+        from .lion import ForeachLion  # fp32 state; multi-tensor, unlike bitsandbytes' per-tensor calls
+
+        return ForeachLion(groups, lr=cfg.unet_lr, betas=betas, weight_decay=cfg.weight_decay)
+    if cfg.type in ("Lion8bit", "AdamW8bit"):
         import bitsandbytes as bnb
 
         if cfg.type == "Lion8bit":
             return bnb.optim.Lion8bit(groups, lr=cfg.unet_lr, betas=betas, weight_decay=cfg.weight_decay)
-        if cfg.type == "Lion":
-            return bnb.optim.Lion(
-                groups, lr=cfg.unet_lr, betas=betas, weight_decay=cfg.weight_decay, optim_bits=32
-            )
         return bnb.optim.AdamW8bit(groups, lr=cfg.unet_lr, betas=betas, weight_decay=cfg.weight_decay)
     if cfg.type == "AdamW":
         import torch
