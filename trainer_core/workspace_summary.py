@@ -26,6 +26,7 @@ IMAGE_SUFFIXES = {".webp", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".avif"}
 SHARD_NAME = re.compile(r"data-(\d+)\.tar$")
 KOHYA_FOLDER = re.compile(r"(\d+)_(.+)$")
 MANIFEST_FILE = "manifest.jsonl"
+REFERENCED_CAPTIONS_FILE = "captions.jsonl"  # dataset/ref_table.py CAPTIONS_FILE (no numpy import here)
 EVENTS_FILE = "events.jsonl"
 RUN_CONFIG_FILE = "config.toml"
 
@@ -66,7 +67,7 @@ class CheckpointSummary:
 class DatasetSummary:
     name: str
     path: Path
-    layout: str  # "kohya" (N_name folders) or "manifest" (manifest.jsonl only)
+    layout: str  # "kohya" (N_name folders) or "manifest" (manifest.jsonl, or a referenced captions.jsonl)
     image_count: int
 
 
@@ -207,6 +208,8 @@ def summarize_datasets(folder: Path) -> list[DatasetSummary]:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         kohya = [p for p in sub.iterdir() if p.is_dir() and KOHYA_FOLDER.match(p.name)]
         manifest = sub / MANIFEST_FILE
+        if not manifest.is_file():  # a referenced dataset: one captions.jsonl line per referenced image
+            manifest = sub / REFERENCED_CAPTIONS_FILE
         if kohya:
             count = sum(1 for d in kohya for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             out.append(DatasetSummary(sub.name, sub, "kohya", count))

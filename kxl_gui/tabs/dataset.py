@@ -361,9 +361,9 @@ class DatasetTab(QWidget):
     # ---- output ---------------------------------------------------------------------------------------------
     def _update_output_note(self) -> None:
         if self.form.image_mode == "reference":
-            note = ("Writes manifest.jsonl (every caption, and where each image is inside its shard), skipped.jsonl, "
-                    "shards.json and kxl-dataset.toml: no image and no caption file. Training, Tags and pre-flight "
-                    "read the images from the shards, which must stay where they are; for sd-scripts, "
+            note = ("Writes captions.jsonl (every caption), refs.npy (where each image is inside its shard), "
+                    "shards.json, skipped.jsonl and kxl-dataset.toml: no image and no caption file. Training, Tags "
+                    "and pre-flight read the images from the shards, which must stay where they are; for sd-scripts, "
                     "`kxl dataset materialize` writes the copy later.")  # fmt: skip
         else:
             note = (f"Writes {self.form.subfolder()}/<id>.<ext> + <id>.txt, manifest.jsonl, skipped.jsonl, "

@@ -187,7 +187,7 @@ class OutputPage(Card):
                                             "no copy")  # fmt: skip
         self.copy_radio.setToolTip("Every image and a .txt caption per image are written: a kohya folder")
         self.reference_radio.setToolTip(
-            "Only the manifest is written (captions included), with where each image is inside its shard. "
+            "Only the captions and a table of where each image is inside its shard are written. "
             "This app's trainer, Tags tab and pre-flight read the images from the shards; the shards must stay "
             "where they are. `kxl dataset materialize` makes a copy later."
         )

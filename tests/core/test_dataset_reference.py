@@ -1,6 +1,7 @@
 """Referenced datasets (`--image-mode reference`): the trainer, the Tags tab and `materialize` see exactly what a
-copy build gives, captions live in the manifest (edits and undo included), and a shard that went missing, was cut
-short or replaced is caught with its name."""
+copy build gives, captions live in captions.jsonl (edits and undo included; the same lines `kxl dataset captions`
+writes), everything else per image in the reference table refs.npy, and a shard that went missing, was cut short
+or replaced is caught with its name."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from trainer_core.train.data import BucketPlan, load_pixels, scan_dataset
 from trainer_core.train.data_loader import TrainBatches
 
 CFG = DatasetConfig(resolution=256, min_bucket_reso=128, max_bucket_reso=512, bucket_step=64)
-REFERENCE_FILES = {"manifest.jsonl", "skipped.jsonl", "shards.json", "kxl-dataset.toml"}
+REFERENCE_FILES = {"captions.jsonl", "refs.npy", "skipped.jsonl", "shards.json", "kxl-dataset.toml"}
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -42,7 +43,10 @@ def build(db: Path, images: Path, out: Path, mode: str, **kw) -> None:
 
 
 def manifest(root: Path) -> list[dict]:
-    return [json.loads(x) for x in (root / "manifest.jsonl").read_text("utf-8").splitlines()]
+    """The referenced dataset's images as copy build records plus `ref` (what materialize writes, plus where)."""
+    from trainer_core.dataset.image_refs import iter_reference_records
+
+    return [r.record for r in iter_reference_records(root, records=True)]
 
 
 @pytest.fixture(scope="module")
@@ -88,20 +92,26 @@ def _batches(root: Path, workers: int):
 
 
 # ---- what a reference build writes --------------------------------------------------------------------------------
-def test_reference_build_writes_a_manifest_and_no_image_or_caption_file(built):
+def test_reference_build_writes_captions_and_a_table_and_no_image_or_caption_file(built):
     import tomllib
+
+    from trainer_core.dataset.ref_table import REF_DTYPE
 
     _db, _images, copy, ref = built
     assert set(tree(ref)) == REFERENCE_FILES  # no image, no .txt, no <repeats>_<name>/ folder
     assert not any(p.is_dir() for p in ref.iterdir())
     copy_lines = (copy / "manifest.jsonl").read_text("utf-8").splitlines()
-    ref_lines = (ref / "manifest.jsonl").read_text("utf-8").splitlines()
-    assert len(ref_lines) == len(copy_lines) > 100
-    for c, r in zip(copy_lines, ref_lines, strict=True):
-        record = json.loads(r)
+    caption_lines = (ref / "captions.jsonl").read_text("utf-8").splitlines()
+    table = np.load(ref / "refs.npy", allow_pickle=False)  # plain columns: nothing to unpickle
+    assert table.dtype == REF_DTYPE and len(table) == len(caption_lines) == len(copy_lines) > 100
+    records = manifest(ref)
+    for c, line, record, row in zip(copy_lines, caption_lines, records, table, strict=True):
+        copied = json.loads(c)
+        # the line `kxl dataset captions` writes for this post, and row i of the table is its image
+        assert line == json.dumps({"id": copied["id"], "caption": copied["caption"]}, ensure_ascii=False)
+        assert int(row["id"]) == copied["id"]
         pointer = record.pop("ref")
-        assert r.startswith(c[:-1] + ', "ref": {')  # a copy build's record, byte for byte, then the ref
-        assert json.dumps(record, ensure_ascii=False) == c
+        assert json.dumps(record, ensure_ascii=False) == c  # the copy build's record, rebuilt from the table
         assert (copy / record["file"]).with_suffix(".txt").read_text("utf-8") == record["caption"]
         shard = Path(pointer["shard"])
         assert shard.is_absolute() and shard.name == record["shard"]
@@ -114,11 +124,28 @@ def test_reference_build_writes_a_manifest_and_no_image_or_caption_file(built):
     assert info_r["output"].pop("image_mode") == "reference"
     assert info_r == info_c  # the same options and summary (counts, bytes, distributions)
     shards = json.loads((ref / "shards.json").read_text("utf-8"))
-    assert shards["version"] == 2
-    assert sum(s["posts"] for s in shards["shards"].values()) == len(ref_lines)
-    for path, s in shards["shards"].items():
-        st = os.stat(path)
+    assert shards["version"] == 3 and shards["folder"] == info_c["output"]["folder"]
+    assert sum(s["posts"] for s in shards["shards"]) == len(caption_lines)
+    assert np.bincount(table["shard"]).tolist() == [s["posts"] for s in shards["shards"]]
+    for s in shards["shards"]:
+        st = os.stat(s["path"])
         assert (s["size"], s["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+
+
+def test_reference_captions_are_what_kxl_dataset_captions_writes(built, tmp_path):
+    """captions.jsonl is `kxl dataset captions`' output for the same posts, byte for byte: the build formats
+    nothing per post beyond the captions (issue #20's cost bar)."""
+    from trainer_core.dataset.captions_export import write_captions_jsonl
+    from trainer_core.dataset.filters import PostFilters
+
+    db, _images, _copy, ref = built
+    write_captions_jsonl(db, tmp_path / "all.jsonl", PRESETS["kohaku-xl-delta"], PostFilters(), "card")
+    table = np.load(ref / "refs.npy", allow_pickle=False)
+    kept = set(table["id"].tolist())
+    lines = (tmp_path / "all.jsonl").read_bytes().splitlines(keepends=True)
+    assert len(lines) > len(kept)  # some selected posts have no image (skipped.jsonl)
+    expected = b"".join(x for x in lines if json.loads(x)["id"] in kept)
+    assert (ref / "captions.jsonl").read_bytes() == expected
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -156,7 +183,7 @@ def test_trainer_scan_is_cached_and_follows_a_manifest_edit(both_copies, tmp_pat
     assert len(edited) == 1 and again.caption(edited[0]).endswith(", zebra stripes")
 
 
-# ---- the Tags tab: pictures from the shards, captions in the manifest --------------------------------------------
+# ---- the Tags tab: pictures from the shards, captions in captions.jsonl -------------------------------------------
 def test_tags_index_lists_referenced_images_with_their_captions(built):
     import numpy as np
 
@@ -179,14 +206,14 @@ def test_tags_index_lists_referenced_images_with_their_captions(built):
 
 def test_bulk_edit_and_undo_of_a_referenced_dataset_match_a_copy(both_copies, tmp_path):
     """The same edit gives a referenced dataset the captions it gives a copy (materialize shows it byte for
-    byte); the journal holds only the changed lines; undo restores the manifest exactly."""
+    byte); the journal holds only the changed lines; undo restores captions.jsonl exactly."""
     from trainer_core.dataset.materialize import materialize_dataset
     from trainer_core.tags.bulk_edit import TagEdit, edit_dataset, preview_bulk_edit
     from trainer_core.tags.dataset_index import open_dataset
     from trainer_core.tags.edit_journal import last_edit, undo_last
 
     copy, ref = both_copies
-    original = (ref / "manifest.jsonl").read_bytes()
+    original = (ref / "captions.jsonl").read_bytes()
     ic, ir = open_dataset(copy), open_dataset(ref)
     edit = TagEdit("replace", "solo", "alone")
     rows = ic.images_with_tag("solo")
@@ -198,15 +225,15 @@ def test_bulk_edit_and_undo_of_a_referenced_dataset_match_a_copy(both_copies, tm
     assert done_r.files_changed == len(rows) and done_r.manifest_updated
     assert set(tree(ref)) == REFERENCE_FILES  # still no caption file
     header, record = (json.loads(x) for x in done_r.journal.read_text("utf-8").splitlines())
-    assert header["captions"] == len(rows) and record["path"] == "manifest.jsonl"
-    assert "before" not in record and len(record["lines"]) == len(rows)  # the changed lines, not the manifest
+    assert header["captions"] == len(rows) and record["path"] == "captions.jsonl"
+    assert "before" not in record and len(record["lines"]) == len(rows)  # the changed lines, not the file
     assert (last_edit(ref).files, last_edit(ref).captions) == (1, len(rows))
     materialize_dataset(ref, tmp_path / "mat")
     assert tree(tmp_path / "mat") == tree(copy)  # .txt captions and manifest as the edited copy has them
 
     summary = undo_last(ref)
     assert summary.describe().endswith(f"{len(rows):,} caption(s) restored")
-    assert (ref / "manifest.jsonl").read_bytes() == original
+    assert (ref / "captions.jsonl").read_bytes() == original
     assert not (ref / ".kxl-undo").exists()
 
 
@@ -217,12 +244,12 @@ def test_undo_is_refused_when_the_manifest_changed_since(both_copies):
 
     _copy, ref = both_copies
     edit_dataset(open_dataset(ref), TagEdit("add", "sunset"), [0, 1])
-    edited = (ref / "manifest.jsonl").read_bytes()
-    (ref / "manifest.jsonl").write_bytes(edited.replace(b"sunset", b"sunrise", 1))
+    edited = (ref / "captions.jsonl").read_bytes()
+    (ref / "captions.jsonl").write_bytes(edited.replace(b"sunset", b"sunrise", 1))
     with pytest.raises(KxlError, match="changed since the tag edit") as err:
         undo_last(ref)
-    assert str(ref / "manifest.jsonl") in str(err.value)
-    assert (ref / "manifest.jsonl").read_bytes() == edited.replace(b"sunset", b"sunrise", 1)
+    assert str(ref / "captions.jsonl") in str(err.value)
+    assert (ref / "captions.jsonl").read_bytes() == edited.replace(b"sunset", b"sunrise", 1)
 
 
 def test_cancelled_manifest_edit_changes_nothing(both_copies):
@@ -256,23 +283,48 @@ def test_materialize_equals_copy_build(built, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "hostile", ["1_kxl/../../evil.webp", "/tmp/evil.webp", "../1_kxl/5.webp", "1_kxl/5.webp/x"]
-)
-def test_materialize_never_writes_where_a_record_points(built, tmp_path, capsys, hostile):
+    ("key", "hostile"),
+    [("folder", "1_kxl/../../evil"), ("folder", "/tmp/evil"), ("folder", "../1_kxl"), ("folder", "1_kxl/x"),
+     ("exts", "webp/../../../tmp/evil"), ("exts", "")],
+)  # fmt: skip
+def test_materialize_never_writes_where_a_shard_list_points(built, tmp_path, capsys, key, hostile):
+    """Output paths are the shard list's folder + the table's integer ids + its extensions, each checked: a
+    folder or extension that is not a plain name stops materialize before it writes anything."""
     _db, _images, _copy, ref = built
     src = tmp_path / "ds" / "ref"
     shutil.copytree(ref, src)
-    lines = (src / "manifest.jsonl").read_text("utf-8").splitlines(keepends=True)
-    record = json.loads(lines[1])
-    record["file"] = hostile
-    lines[1] = json.dumps(record, ensure_ascii=False) + "\n"
-    (src / "manifest.jsonl").write_text("".join(lines), encoding="utf-8")
+    info = json.loads((src / "shards.json").read_text("utf-8"))
+    info[key] = [hostile] if key == "exts" else hostile
+    (src / "shards.json").write_text(json.dumps(info), encoding="utf-8")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert kxl_main(["dataset", "materialize", str(src), "--out", str(tmp_path / "ds" / "mat")]) == 2
     err = capsys.readouterr().err
-    assert "manifest.jsonl: line 2: not a valid image reference" in err and hostile in err
+    assert "shards.json" in err and "not a readable shard list" in err and repr(hostile) in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    assert not Path("/tmp/evil.webp").exists()
+    assert not Path("/tmp/evil.webp").exists() and not Path("/tmp/evil").exists()
+
+
+def test_a_caption_line_of_another_post_is_caught_with_its_line(built, tmp_path):
+    """Row i of refs.npy is line i of captions.jsonl: a line moved, dropped or of another post is an error
+    naming the file and the line, never a caption given to another image."""
+    _db, _images, _copy, ref = built
+    src = tmp_path / "ref"
+    shutil.copytree(ref, src)
+    lines = (src / "captions.jsonl").read_bytes().splitlines(keepends=True)
+    (src / "captions.jsonl").write_bytes(b"".join([lines[0], lines[2], lines[1], *lines[3:]]))
+    with pytest.raises(KxlError, match="line 2: 'id' is missing or is not") as err:
+        scan_dataset(src)
+    assert str(src / "captions.jsonl") in str(err.value)
+    (src / "captions.jsonl").write_bytes(b"".join(lines[:-1]))
+    with pytest.raises(KxlError, match=f"line {len(lines)}: the file ends before the {len(lines)} rows"):
+        scan_dataset(src)
+    table = np.load(src / "refs.npy", allow_pickle=False)
+    table["offset"][3] = 2**40  # past the end of its shard
+    np.save(src / "refs.npy", table, allow_pickle=False)
+    (src / "captions.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(KxlError, match=r"row 4 \(post \d+\): 'offset' and 'size' do not lie inside") as err:
+        scan_dataset(src)
+    assert str(src / "refs.npy") in str(err.value)
 
 
 def test_hostile_member_names_are_never_paths(built, tmp_path):
@@ -318,16 +370,32 @@ def test_cli_reference_build_writes_only_into_its_folder(built, tmp_path, capsys
     assert tree(out) == tree(ref)
 
 
-def test_a_development_format_dataset_is_refused_with_a_hint(built, tmp_path):
+def test_an_older_format_dataset_is_refused_with_a_hint(built, tmp_path, capsys):
+    """A referenced dataset of format 2 (a JSON record per image in manifest.jsonl, no table): the trainer, the
+    Tags tab and materialize each name its shards.json and say to build it again."""
+    from trainer_core.tags.dataset_index import open_dataset
+
     _db, _images, _copy, ref = built
     old = tmp_path / "old"
     shutil.copytree(ref, old)
+    records = manifest(old)
+    (old / "manifest.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8"
+    )
+    (old / "captions.jsonl").unlink()
+    (old / "refs.npy").unlink()
     info = json.loads((old / "shards.json").read_text("utf-8"))
-    info["version"] = 1
+    info["version"] = 2
+    info["shards"] = {s["path"]: {"size": s["size"], "mtime_ns": s["mtime_ns"], "posts": s["posts"]}
+                      for s in info.pop("shards")}  # fmt: skip
     (old / "shards.json").write_text(json.dumps(info), encoding="utf-8")
-    with pytest.raises(KxlError, match="format 1; this version reads format 2") as err:
-        scan_dataset(old)
-    assert str(old / "shards.json") in str(err.value) and "build the dataset again" in str(err.value)
+    for read in (scan_dataset, open_dataset):
+        with pytest.raises(KxlError, match="format 2; this version reads format 3") as err:
+            read(old)
+        assert str(old / "shards.json") in str(err.value) and "build the dataset again" in str(err.value)
+    assert kxl_main(["dataset", "materialize", str(old), "--out", str(tmp_path / "mat")]) == 2
+    assert "format 2; this version reads format 3" in capsys.readouterr().err
+    assert not (tmp_path / "mat").exists()
 
 
 def test_a_folder_of_image_files_can_be_referenced_too(built, tmp_path):
@@ -671,34 +739,51 @@ def test_a_changed_shard_or_a_damaged_index_means_walking_again(built, tmp_path)
     assert ShardIndex.open(folder).lookup(shard) is None
 
 
-def test_manifest_lines_are_json_dumps_of_a_copy_builds_record_plus_ref():
-    """reference_lines composes a chunk's lines in one format pass: byte for byte what json.dumps writes for a
-    copy build's record plus its ref, also for the odd values (a rating outside the four labels, no quality or
-    year tag, offsets past 4 GB, a fingerprint with the top bit set, names with quotes, backslashes, % signs
-    and non-ASCII characters)."""
+def test_reference_table_gives_a_copy_builds_record_plus_ref(tmp_path):
+    """refs.npy + shards.json + captions.jsonl read back as the copy build's records (json.dumps of them) plus
+    the ref, also for the odd values: a rating outside the four labels, no quality or year tag, offsets past
+    4 GB, a fingerprint with the top bit set, shard names with quotes, backslashes, % signs and non-ASCII."""
     from trainer_core.dataset.captions import QUALITY_LABELS, YEAR_TAGS
-    from trainer_core.dataset.reference_lines import LineTables, compose_lines, escaped_captions
+    from trainer_core.dataset.image_refs import ShardInfo, iter_reference_records, shards_file_text
+    from trainer_core.dataset.ref_table import compose_table, write_table
     from trainer_core.dataset.stats import RATING_LABELS
 
+    folder = tmp_path / 'sh "ards"'
+    folder.mkdir()
     origins = ["data-0001.tar", 'we"ird\\名前%s.tar']
-    paths = ["/mnt/shards/data-0001.tar", '/mnt/sh "ards"/we"ird\\名前%s.tar']
+    paths = [str(folder / o) for o in origins]
+    for path in paths:
+        with open(path, "wb") as fh:
+            fh.truncate(6_000_000_000)  # sparse: offsets past 4 GB lie inside it
+    infos = [
+        ShardInfo(p, os.stat(p).st_size, os.stat(p).st_mtime_ns, o)
+        for p, o in zip(paths, origins, strict=True)
+    ]
     exts = ["webp", "jpg", "png"]
-    subfolder = '3_ünï "card" 100%d'
-    tables = LineTables([json.dumps(o, ensure_ascii=False) for o in origins],
-                        [json.dumps(p, ensure_ascii=False) for p in paths], exts, subfolder)  # fmt: skip
+    subfolder = "3_card v2"
     rows = np.array([
         [5, 0, 1024, 300, 0x0123456789ABCDEF, 32, 24, 0],
         [77, 1, 5_000_000_000, 1, -1, 1, 1, 1],
         [123456789012, 0, 512, 10_000_000, -(2**63), 16383, 9000, 2],
     ], dtype=np.int64)  # fmt: skip
     captions = ["1girl, solo", 'say "hi"\\ été\n|||tab\there %s', ""]
-    rating = np.array([0, -1, 7])
-    quality = np.array([len(QUALITY_LABELS) - 1, -1, 0])
-    year = np.array([-1, 0, len(YEAR_TAGS) - 1])
-    jsonl = "".join(f'{{"id": {r[0]}, "caption": {json.dumps(c, ensure_ascii=False)}}}\n'
-                    for r, c in zip(rows.tolist(), captions, strict=True))  # fmt: skip
-    text = compose_lines(tables, rows, escaped_captions(jsonl, 3), rating, quality, year)
-    expected = ""
+    rating, quality, year = (
+        np.array([0, -1, 7]),
+        np.array([len(QUALITY_LABELS) - 1, -1, 0]),
+        np.array([-1, 0, 4]),
+    )
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "shards.json").write_text(
+        shards_file_text(tmp_path, subfolder, exts, infos, [2, 1]), encoding="utf-8"
+    )
+    write_table(
+        out / "refs.npy", compose_table(rows, np.array([0, 1]), np.array([0, 1, 2]), rating, quality, year)
+    )
+    (out / "captions.jsonl").write_text("".join(json.dumps({"id": int(r[0]), "caption": c}, ensure_ascii=False) + "\n"
+                                                for r, c in zip(rows, captions, strict=True)), encoding="utf-8")  # fmt: skip
+    got = [json.dumps(r.record, ensure_ascii=False) for r in iter_reference_records(out, records=True)]
+    expected = []
     for (pid, k, offset, size, fp, w, h, e), c, r, q, y in zip(
         rows.tolist(), captions, rating.tolist(), quality.tolist(), year.tolist(), strict=True
     ):
@@ -707,10 +792,24 @@ def test_manifest_lines_are_json_dumps_of_a_copy_builds_record_plus_ref():
                   "quality": QUALITY_LABELS[q] if q >= 0 else None, "year": YEAR_TAGS[y] if y >= 0 else None,
                   "width": w, "height": h, "shard": origins[k], "bytes": size,
                   "ref": {"shard": paths[k], "offset": offset, "size": size, "fp": f"{fp & (2**64 - 1):016x}"}}  # fmt: skip
-        expected += json.dumps(record, ensure_ascii=False) + "\n"
-    assert text == expected
-    assert compose_lines(tables, rows[:0], [], rating[:0], quality[:0], year[:0]) == ""
-    assert escaped_captions("", 0) == []
+        expected.append(json.dumps(record, ensure_ascii=False))
+    assert got == expected
+
+
+def test_found_lines_keeps_the_found_posts_lines_byte_for_byte():
+    from trainer_core.dataset.reference_lines import found_lines
+
+    jsonl = (
+        b'{"id": 1, "caption": "a"}\n{"id": 2, "caption": "b \\"c\\""}\n{"id": 3, "caption": "\xc3\xa9"}\n'
+    )
+    assert found_lines(jsonl, 3, np.array([True, True, True])) is jsonl  # all found: passed through as is
+    assert found_lines(jsonl, 3, np.array([False, True, True])) == jsonl[jsonl.index(b"\n") + 1 :]
+    assert found_lines(jsonl, 3, np.array([True, False, True])).splitlines() == [jsonl.splitlines()[0],
+                                                                                jsonl.splitlines()[2]]  # fmt: skip
+    assert found_lines(jsonl, 3, np.array([False, False, False])) == b""
+    assert found_lines(b"", 0, np.zeros(0, dtype=bool)) == b""
+    with pytest.raises(RuntimeError, match="3 posts came back as 2 lines"):
+        found_lines(jsonl[: jsonl.rindex(b"{")], 3, np.array([True, True, True]))
 
 
 def _caption_processes(monkeypatch) -> None:
@@ -731,10 +830,10 @@ def test_worker_processes_write_the_same_reference_dataset(built, tmp_path, monk
     assert tree(tmp_path / "ref") == tree(ref)
 
 
-@pytest.mark.parametrize("stage", ["Locating", "Writing the manifest"])
+@pytest.mark.parametrize("stage", ["Locating", "Writing the captions"])
 def test_a_cancelled_reference_build_writes_no_manifest(built, tmp_path, monkeypatch, stage):
-    """Cancel while the worker processes walk the shards, or while they compose the manifest: the build stops
-    with Cancelled and leaves no manifest (nothing is written before the end)."""
+    """Cancel while the worker processes walk the shards, or while they caption: the build stops with
+    Cancelled and leaves no captions, table or shard list (nothing is written before the end)."""
     from trainer_core.errors import Cancelled
     from trainer_core.progress import CancelToken, Progress
 
@@ -750,7 +849,8 @@ def test_a_cancelled_reference_build_writes_no_manifest(built, tmp_path, monkeyp
                         image_mode="reference")  # fmt: skip
     with pytest.raises(Cancelled):
         build_dataset(opts, workers=2, progress=Progress(on_event, token))
-    assert not (tmp_path / "ref" / "manifest.jsonl").exists()
+    assert not (tmp_path / "ref" / "captions.jsonl").exists()
+    assert not (tmp_path / "ref" / "refs.npy").exists()
     assert not (tmp_path / "ref" / "shards.json").exists()
 
 
@@ -865,3 +965,35 @@ def test_wizard_form_asks_for_a_reference_build_and_round_trips():
     form.image_mode = "mirror"
     with pytest.raises(KxlError, match="images 'mirror': choose one of copy, reference"):
         form.to_engine()
+
+
+@pytest.mark.parametrize("mode", ["reference", "copy"])
+def test_a_build_computes_the_db_fingerprint_once(built, tmp_path, monkeypatch, mode):
+    """The build's options and the column cache's key share one DB fingerprint (~0.4 s on a 1 M-post DB)."""
+    from trainer_core.danbooru.db_reader import db_fingerprint
+    from trainer_core.dataset import column_cache, export
+
+    calls = []
+
+    def counted(conn, path):
+        calls.append(path)
+        return db_fingerprint(conn, path)
+
+    monkeypatch.setattr(export, "db_fingerprint", counted)
+    monkeypatch.setattr(column_cache, "db_fingerprint", counted)
+    db, images, _copy, _ref = built
+    build(db, images, tmp_path / "ds", mode)
+    assert len(calls) == 1
+
+
+def test_dataset_stats_of_a_referenced_dataset_match_its_copy(built, capsys):
+    from trainer_core.dataset.stats import dataset_stats
+
+    _db, _images, copy, ref = built
+    summary_c, summary_r = dataset_stats(copy)[1], dataset_stats(ref)[1]
+    assert summary_r.to_toml_dict() == summary_c.to_toml_dict() and summary_r.written > 100
+    assert kxl_main(["dataset", "stats", str(ref)]) == 0
+    out_r = capsys.readouterr().out
+    assert kxl_main(["dataset", "stats", str(copy)]) == 0
+    out_c = capsys.readouterr().out
+    assert f"{summary_r.written:,}" in out_r and out_r.replace(str(ref), str(copy)) == out_c

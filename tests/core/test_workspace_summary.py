@@ -114,3 +114,16 @@ def test_format_bytes():
     assert format_bytes(512) == "512 B"
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(7 * 2**30) == "7.0 GiB"
+
+
+def test_a_referenced_dataset_is_listed_with_its_image_count(tmp_path):
+    from trainer_core.workspace_summary import summarize_datasets
+
+    ref = tmp_path / "datasets" / "delta-ref"
+    ref.mkdir(parents=True)
+    (ref / "captions.jsonl").write_text(
+        "".join(json.dumps({"id": i, "caption": f"1girl, tag{i}"}) + "\n" for i in range(3)), encoding="utf-8"
+    )
+    (ref / "shards.json").write_text("{}", encoding="utf-8")
+    [summary] = summarize_datasets(tmp_path / "datasets")
+    assert (summary.name, summary.layout, summary.image_count) == ("delta-ref", "manifest", 3)

@@ -212,8 +212,8 @@ def test_reference_build_by_clicks_writes_no_image_and_says_so(tab, qtbot, demo_
     summary = tab.summary.summary_label.text()
     assert f"<b>{tab.result.summary.written:,}</b> images referenced in their shards (none copied)" in summary
     assert "Done:" in tab.rate_label.text() and "referenced" in tab.rate_label.text()
-    assert sorted(p.name for p in out.iterdir()) == ["kxl-dataset.toml", "manifest.jsonl", "shards.json",
-                                                     "skipped.jsonl"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["captions.jsonl", "kxl-dataset.toml", "refs.npy",
+                                                     "shards.json", "skipped.jsonl"]  # fmt: skip
     rc = kxl_main(["dataset", "build", "--db", str(demo_ws.db_path), "--images", str(demo_ws.images_path),
                    "--out", str(cli_out), "--preset", "kohaku-xl-delta", "--image-mode", "reference"])  # fmt: skip
     assert rc == 0 and tree(out) == tree(cli_out)

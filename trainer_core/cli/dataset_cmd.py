@@ -145,8 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("copy", "reference"),
         default="copy",
         help="copy: write every image and caption file into the dataset (default; for sd-scripts and other "
-        "tools); reference: write no image and no caption file, only the manifest (captions included) with where "
-        "each image is inside its shard: this app trains straight from the shards (see `kxl dataset materialize`)",
+        "tools); reference: write no image and no caption file, only the captions (captions.jsonl) and a table of "
+        "where each image is inside its shard (refs.npy): this app trains straight from the shards (see "
+        "`kxl dataset materialize`)",
     )
     o.add_argument("--workers", type=int, default=4, help="shards read in parallel (default 4)")
     o.add_argument(

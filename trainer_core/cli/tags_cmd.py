@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     edit = tags_sub.add_parser(
         "edit",
         help="add, remove or replace a tag in every caption (or those matching --filter), undoable",
-        description="Rewrite caption files atomically (and manifest.jsonl's captions with them). Tags match as "
+        description="Rewrite caption files atomically (and manifest.jsonl's captions with them; a referenced dataset's "
+        "captions.jsonl). Tags match as "
         "typed: spaces or underscores, any case, \\( escapes. The previous bytes go to DIR/.kxl-undo so that "
         "`kxl tags undo DIR` can restore them.",
     )
@@ -178,7 +179,8 @@ def run_edit(args: argparse.Namespace) -> int:
     summary = edit_dataset(index, edit, rows, progress=text_progress(unit="files"))
     print(summary.describe())
     if summary.manifest_updated:
-        print(f"  {index.root / 'manifest.jsonl'}: captions updated")
+        edited = "captions.jsonl" if index.captions_in_manifest else "manifest.jsonl"  # a referenced dataset's
+        print(f"  {index.root / edited}: captions updated")
     for line in summary.skipped[:20]:
         print(f"  skipped {line}")
     if len(summary.skipped) > 20:

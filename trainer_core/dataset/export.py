@@ -74,6 +74,7 @@ from .images import (
     read_folder_file,
     scan_tar,
 )
+from .ref_table import CAPTIONS_FILE, REFS_FILE
 from .sd_scripts_config import write_sd_scripts_config
 from .selection import SelectionPlan, select_posts
 from .stats import (
@@ -201,7 +202,16 @@ def partial_build_info(out: str | Path) -> dict | None:
 
 def _discard_partial(out: Path, subfolder: str) -> None:
     """Remove what a build writes before it finishes (the lock stays: it is the caller's)."""
-    for rel in (BUILD_DIR, subfolder, MANIFEST_FILE, SKIPPED_FILE, SD_SCRIPTS_FILE, SHARDS_FILE):
+    for rel in (
+        BUILD_DIR,
+        subfolder,
+        MANIFEST_FILE,
+        SKIPPED_FILE,
+        SD_SCRIPTS_FILE,
+        SHARDS_FILE,
+        CAPTIONS_FILE,
+        REFS_FILE,
+    ):
         target = out / rel
         if target.is_dir():
             shutil.rmtree(target)
@@ -560,7 +570,7 @@ def _build_owned(
         scheme = quality_scheme(opts.quality, conn)
         wanted_options = opts.describe(fingerprint, scheme)
         resumed = _check_output(out, wanted_options, on_partial, opts.subfolder)
-        cache = column_cache_for(opts.db, conn, db_cache, progress=progress)
+        cache = column_cache_for(opts.db, conn, db_cache, progress=progress, fingerprint=fingerprint)
         progress.stage("Selecting posts")
         selection = select_posts(conn, opts.plan, opts.filters, opts.db, progress, cache=cache)
     finally:
@@ -668,6 +678,7 @@ def _build_reference(
                 progress=progress,
                 pool=None if caption_workers is None else caption_workers.pool,
                 pool_size=0 if caption_workers is None else caption_workers.n_proc,
+                fingerprint=fingerprint,
             )
             progress.stage("Selecting posts")
             selection = select_posts(conn, opts.plan, opts.filters, opts.db, progress, cache=cache)

@@ -1,10 +1,11 @@
 """`kxl dataset materialize`: turn a referenced dataset into the kohya folder a copy build of it would have written.
 
 The result is byte for byte a copy build's (tested): every image copied out of its shard (checked against its
-fingerprint on the way), `<id>.txt` captions written from the manifest (which is where a referenced dataset keeps
-them, edits from the Tags tab included), the manifest without its `ref` fields, `skipped.jsonl`, the sd-scripts
-config and `kxl-dataset.toml` without `image_mode`. Output paths come only from manifest records that passed
-image_refs' validation (`<repeats>_<name>/<id>.<ext>`); no name read from a tar is ever a path.
+fingerprint on the way), `<id>.txt` captions written from `captions.jsonl` (which is where a referenced dataset
+keeps them, edits from the Tags tab included), the copy build's manifest composed from the reference table,
+`skipped.jsonl`, the sd-scripts config and `kxl-dataset.toml` without `image_mode`. Output paths come only from
+the validated shards.json folder (`<repeats>_<name>`), the table's integer ids and its validated extensions;
+no name read from a tar is ever a path.
 
 Everything is written into a temp folder beside `out` and renamed at the end, so `out` is never a half-written
 dataset; a failure or a cancel removes the temp folder.
@@ -25,8 +26,9 @@ from .image_refs import (
     check_shards,
     is_reference_dataset,
     iter_reference_records,
+    load_ref_table,
     read_ref,
-    read_shards_file,
+    read_shard_list,
 )
 from .sd_scripts_config import write_sd_scripts_config
 from .stats import DATASET_FILE, MANIFEST_FILE, SD_SCRIPTS_FILE, SKIPPED_FILE, is_finished_dataset
@@ -55,9 +57,12 @@ def materialize_dataset(src: str | Path, out: str | Path, progress: Progress | N
     except (OSError, UnicodeError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise KxlError(f"not a readable build description ({exc})", path=src / DATASET_FILE) from None
     output.pop("image_mode", None)  # a copy build's options have no image_mode
-    shards = read_shards_file(src)
-    # the posts of a missing shard are looked up (one more pass over the manifest) only when one is missing
-    check_shards(shards, ((r.ref.shard, r.post) for r in iter_reference_records(src, shards)))
+    shard_list = read_shard_list(src)
+    table = load_ref_table(src, shard_list)
+    paths = [s.path for s in shard_list.shards]
+    # the posts of a missing shard are listed from the table, only when one is missing
+    check_shards(shard_list.by_path(), ((paths[k], pid) for k, pid in
+                                        zip(table["shard"].tolist(), table["id"].tolist(), strict=True)))  # fmt: skip
     total = int(info.get("summary", {}).get("written", 0))
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +74,7 @@ def materialize_dataset(src: str | Path, out: str | Path, progress: Progress | N
         progress.stage(f"Writing {total:,} images")
         done = 0
         with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as manifest:
-            for r in iter_reference_records(src, shards):
+            for r in iter_reference_records(src, records=True):
                 folder = tmp / r.subset
                 if r.subset != subfolder:
                     folder.mkdir(exist_ok=True)

@@ -1,11 +1,13 @@
 """The export step of a reference build (`kxl dataset build --image-mode reference`): no image, no caption file.
 
-What it writes (image_refs.py describes the format): `manifest.jsonl`, whose records are a copy build's records
-byte for byte plus a `ref`, with the caption in its `caption` field; `skipped.jsonl` (the same as a copy
-build's); `shards.json`. No `<repeats>_<name>/` folder, no `<id>.txt`, no sd-scripts config (sd-scripts cannot
-read shards; `kxl dataset materialize` writes all of those). A 1 M-post build thus writes a few hundred bytes per
-post into three files, where writing one caption file per post cost more than everything else together
-(0.2-0.7 ms of kernel time per created file on the project's VM; profile in the issue #20 notes).
+What it writes (image_refs.py describes the format): `captions.jsonl`, byte for byte the lines `kxl dataset
+captions` writes for the found posts; `refs.npy`, one row of numbers per image (ref_table.py), composed once with
+numpy from the arrays the locate pass holds; `shards.json`; `skipped.jsonl` (the same as a copy build's). No
+`<repeats>_<name>/` folder, no `<id>.txt`, no sd-scripts config (sd-scripts cannot read shards; `kxl dataset
+materialize` writes all of those). Per post the build formats nothing beyond the caption: a JSON record per post
+(the previous format) cost ~2.5 us of Python per post, more than all the rest a reference build adds to the
+captions, and writing one caption file per post cost far more again (0.2-0.7 ms of kernel time per created
+file on the project's VM; profile in the issue #20 notes).
 
 Two passes, each the cheapest form of its work, both in the caption worker processes where a big DB has them
 (every core; `kxl dataset captions` uses the same workers), else in this process:
@@ -20,15 +22,17 @@ Two passes, each the cheapest form of its work, both in the caption worker proce
    truncated and empty shards). Width and height come from the image's first 30 bytes for a plain WebP, else
    from its first pages (image_header.py), and from a full decode only where a copy build decodes too. What is
    kept per post is 64 bytes of numbers.
-2. **Captions and manifest**, in id order, by chunks of 20,000 ids: a worker captions its chunk and composes
-   its manifest lines (reference_lines.py) from the found posts it is handed; this process counts and writes.
+2. **Captions and the table**, in id order, by chunks of 20,000 ids: a worker captions its chunk and keeps the
+   lines of the found posts it is handed (reference_lines.py); this process writes them, then the table.
 
-Measured (benchmarks/bench_dataset_reference.py, 1 M-post demo, 870,916 images, 2 cores): CPU, which is what
-the wall time follows on a loaded machine, 4.5-5.1 s for captions alone, 9.7-10.9 s for a first reference
-build, 7.7-8.7 s with the header index kept; wall on a quiet machine 2.5-2.8 s, 5.6-6.1 s and 4.5-5.0 s. 668
-bytes written per post (0.18 % of a copy of real-size images; a first build adds the index, ~56 bytes per tar
-member). Per post, captions cost ~3 us of CPU, the manifest line ~2.5 us more, the walk ~2 us per tar member
-(none with the index); the build's own process adds ~1.5 s (a second DB fingerprint, 250 MB more to write).
+Measured (benchmarks/bench_dataset_reference.py --repeat 3, 1 M-post demo, 870,916 images, 2 cores shared
+with other work, load average 7.6-8.0): CPU, which is what the wall time follows on a loaded machine, 5.1-5.4 s
+for captions alone, 8.5-8.9 s for a first reference build (1.58-1.72 x), 6.3-6.4 s with the header index kept
+(1.17-1.23 x); wall 1.49-1.74 x and 1.10-1.27 x the same round's captions alone (it was 2.2 x and 1.8 x with a
+JSON record per post). 434 bytes written per post with the index kept, 494 for a first build (the index: ~56
+bytes per tar member); 0.13 % of a copy of real-size images. What remains over captions alone is the walk of a
+first build (~2 us per tar member) and, with the index, ~1 s of this process's numpy work (taking the posts
+from the indexed headers, sorting, the table).
 
 Nothing is written before the end: an interrupted reference build has nothing to resume and simply runs again
 (its stored options still guard the folder, as for a copy build).
@@ -40,7 +44,6 @@ import json
 import os
 import threading
 from collections import Counter
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +59,10 @@ from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size, 
 from .image_refs import SHARDS_FILE, ShardInfo, fingerprint_int, pread_exact, shards_file_text
 from .images import BUCKETS, SHARD_RE, Hit, ImageSource, MemberRef, ShardReadError, scan_tar_refs
 from .ordered_jobs import in_order
-from .reference_lines import FIELDS, ChunkLines, LineTables, chunk_lines, lines_in_worker
+from .ref_table import CAPTIONS_FILE, REFS_FILE, compose_table, write_table
+from .reference_lines import FIELDS, ChunkLines, chunk_lines, lines_in_worker
 from .shard_index import ShardIndex, WalkedShard, walk_shards
-from .stats import MANIFEST_FILE, RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize_counts
+from .stats import RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize_counts
 from .tar_headers import (
     BLOCK,
     MEMBER_EXTS,
@@ -483,19 +487,18 @@ def _header_size(fd: int, offset: int, size: int, head: bytes) -> tuple[int, int
     return (found[1], found[2]) if found is not None else None
 
 
-# ---- pass 2: captions and the manifest -----------------------------------------------------------------------
-_ENCODE = encode_basestring  # a str as json.dumps(..., ensure_ascii=False) writes it (the C encoder)
+# ---- pass 2: captions and the reference table ---------------------------------------------------------------
 
 
 def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: QualityScheme, workers: int,
                             progress: Progress, cache: ColumnCache | None,
                             caption_workers: CaptionWorkers | None) -> DatasetSummary:  # fmt: skip
-    """Pass 1 and 2 (module docstring) for the selected `ids` (sorted); writes manifest.jsonl, skipped.jsonl and
-    shards.json into `opts.out` and returns the build's summary.
+    """Pass 1 and 2 (module docstring) for the selected `ids` (sorted); writes captions.jsonl, refs.npy,
+    shards.json and skipped.jsonl into `opts.out` and returns the build's summary.
 
     With caption worker processes (a big selection) both passes run in them, on every core: the walk by groups
-    of buckets, then the captions and their manifest lines by chunks of ids; this process only takes the posts
-    from the walked headers (numpy) and writes the lines. Without, both run here (threads for the walk)."""
+    of buckets, then the captions by chunks of ids; this process only takes the posts from the walked headers
+    (numpy), writes the caption lines and composes the table. Without, both run here (threads for the walk)."""
     from .export import _export_buckets
 
     out = opts.out
@@ -514,41 +517,40 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
         locator.run_updates()
     found = np.concatenate(locator.found) if locator.found else np.zeros((0, FIELDS), np.int64)
     found = found[np.argsort(found[:, 0], kind="stable")]
-    progress.stage(f"Writing the manifest of {ids.size:,} posts")
+    progress.stage(f"Writing the captions of {ids.size:,} posts")
     writer = _ManifestWriter(opts, locator)
-    manifest = out / MANIFEST_FILE
+    captions = out / CAPTIONS_FILE
     chunks = list(chunked(ids, CHUNK_POSTS))
     found_ids = found[:, 0]
-    parts = [found[np.searchsorted(found_ids, c[0]) : np.searchsorted(found_ids, c[-1], side="right")]
+    parts = [found_ids[np.searchsorted(found_ids, c[0]) : np.searchsorted(found_ids, c[-1], side="right")]
              for c in chunks]  # fmt: skip
-    tables = writer.tables()
     cache_path = None if cache is None else str(cache.path)
     source = None
     if use_pool:
         assert caption_workers is not None
-        jobs = ((int(c.size), (lines_in_worker, str(opts.db), scheme, cache_path, c, rows, tables))
-                for c, rows in zip(chunks, parts, strict=True))  # fmt: skip
+        jobs = ((int(c.size), (lines_in_worker, str(opts.db), scheme, cache_path, c, f))
+                for c, f in zip(chunks, parts, strict=True))  # fmt: skip
         results = in_order(caption_workers.pool, jobs, 2 * caption_workers.n_proc)
     else:
         source = CaptionSource(opts.db, scheme, cache_path)
-        results = (
-            chunk_lines(source, scheme, c, rows, tables) for c, rows in zip(chunks, parts, strict=True)
-        )
+        results = (chunk_lines(source, scheme, c, f) for c, f in zip(chunks, parts, strict=True))
     try:
-        with atomic_path(manifest) as tmp, open(tmp, "wb") as fh:
-            for c, rows, lines in zip(chunks, parts, results, strict=True):
+        with atomic_path(captions) as tmp, open(tmp, "wb") as fh:
+            for c, f, lines in zip(chunks, parts, results, strict=True):
                 progress.check_cancelled()
-                writer.add(c, rows, lines)
+                writer.add(c, f, lines)
                 fh.write(lines.text)
                 progress.update(writer.done, int(ids.size))
+        writer.count(found)
+        shard_of, ext_of = _write_shards_file(out, opts, locator, writer.per_shard)
+        write_table(out / REFS_FILE, compose_table(found, shard_of, ext_of, *writer.codes()))
         with atomic_path(out / SKIPPED_FILE) as tmp:
             tmp.write_text("".join(writer.skipped), encoding="utf-8")
     except OSError as exc:
-        raise write_error(exc, manifest, _RESUME_HINT) from None
+        raise write_error(exc, captions, _RESUME_HINT) from None
     finally:
         if source is not None:
             source.close()
-    _write_shards_file(out, opts.images, locator.shards, writer.per_shard)
     summary = writer.summary(int(ids.size))
     summary.shard_errors = [{"shard": k, "reason": v} for k, v in sorted(locator.shard_errors.items())]
     summary.ignored_files = sorted(src.ignored)
@@ -598,20 +600,29 @@ class _ManifestWriter:
         self.missing_ids: list[int] = []
         self.corrupt_items: list[dict] = []
         self.written = self.bytes_written = self.done = 0
+        self._codes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def tables(self) -> LineTables:
-        shards = self.locator.shards
-        return LineTables([_ENCODE(o) for o in shards.origins], [_ENCODE(info.path) for info in shards.infos],
-                          list(self.locator.exts), self.opts.subfolder)  # fmt: skip
-
-    def add(self, ids: np.ndarray, rows: np.ndarray, lines: ChunkLines) -> None:
-        """Count the chunk `ids` whose found posts are `rows` (by id) and whose lines are `lines`."""
+    def add(self, ids: np.ndarray, found_ids: np.ndarray, lines: ChunkLines) -> None:
+        """Count the chunk `ids` whose found posts are `found_ids` and whose lines are `lines`; keep the found
+        posts' codes for the reference table."""
         self.done += len(ids)
-        hit = in_sorted(ids, rows[:, 0])
+        hit = in_sorted(ids, found_ids)
         for pid in ids[~hit].tolist():
             self._skip(int(pid))
-        if len(rows):
-            self._count(rows, lines.rating[hit], lines.quality[hit], lines.year[hit])
+        if len(found_ids):
+            self._codes.append((lines.rating[hit], lines.quality[hit], lines.year[hit]))
+
+    def codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The found posts' rating, quality and year codes, in id order (the reference table's columns)."""
+        if not self._codes:
+            return (np.zeros(0, np.int64),) * 3  # type: ignore[return-value]
+        return tuple(np.concatenate(c) for c in zip(*self._codes, strict=True))  # type: ignore[return-value]
+
+    def count(self, found: np.ndarray) -> None:
+        """The summary's counts of all found posts (`found`: the locate pass's rows, in id order)."""
+        rating, quality, year = self.codes()
+        if len(found):
+            self._count(found, rating, quality, year)
 
     def _skip(self, pid: int) -> None:
         record = self.locator.corrupt.get(pid)
@@ -649,16 +660,23 @@ class _ManifestWriter:
                                 self.missing_ids, self.corrupt_items)  # fmt: skip
 
 
-def _write_shards_file(out: Path, images: Path, shards: _Shards, per_shard: np.ndarray) -> None:
-    """shards.json: every referenced shard's size and mtime as the build first saw it; a shard that changed while
-    the build read it stops the build (its offsets may describe either version)."""
+def _write_shards_file(
+    out: Path, opts, locator: _Locator, per_shard: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """shards.json: every referenced shard's size and mtime as the build first saw it, by path (the order refs.npy's
+    `shard` column indexes; shards with no image left out), and the image extensions, sorted (its `ext` column).
+    The walk's threads and workers meet shards and extensions in any order: the files must not depend on it. A
+    shard that changed while the build read it stops the build (its offsets may describe either version).
+    Returns the build's shard index -> written index and extension code -> written code."""
     from ..atomic import atomic_write_text_checked
 
-    infos: dict[str, ShardInfo] = {}
-    posts: dict[str, int] = {}
-    for info, n in zip(shards.infos, per_shard.tolist(), strict=True):
-        if not n:
-            continue
+    shards = locator.shards
+    shard_of = np.full(len(shards.infos), -1, dtype=np.int64)
+    kept: list[ShardInfo] = []
+    posts: list[int] = []
+    used = sorted((info.path, k) for k, info in enumerate(shards.infos) if per_shard[k])
+    for _path, k in used:
+        info = shards.infos[k]
         try:
             st = os.stat(info.path)
         except OSError as exc:
@@ -668,10 +686,14 @@ def _write_shards_file(out: Path, images: Path, shards: _Shards, per_shard: np.n
         if (st.st_size, st.st_mtime_ns) != (info.size, info.mtime_ns):
             raise KxlError("image shard changed while the build read it", path=info.path,
                            hint="run the build again once the shards are stable")  # fmt: skip
-        infos[info.path] = info
-        posts[info.path] = n
-    text = shards_file_text(Path(os.path.abspath(images)), infos, posts)
+        shard_of[k] = len(kept)
+        kept.append(ShardInfo(info.path, info.size, info.mtime_ns, shards.origins[k]))
+        posts.append(int(per_shard[k]))
+    exts = sorted(locator.exts)
+    ext_of = np.array([exts.index(e) for e in locator.exts], dtype=np.int64)
+    text = shards_file_text(Path(os.path.abspath(opts.images)), opts.subfolder, exts, kept, posts)
     atomic_write_text_checked(out / SHARDS_FILE, text, _RESUME_HINT)
+    return shard_of, ext_of
 
 
 __all__ = ["write_reference_outputs"]

@@ -130,8 +130,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _written_records(folder: Path) -> list[dict]:
+    """The written images' records: manifest.jsonl's, or, for a referenced dataset (no manifest; image_refs.py),
+    the same records composed from its reference table and captions."""
+    from .image_refs import is_reference_dataset, iter_reference_records
+
+    if is_reference_dataset(folder):
+        return [r.record for r in iter_reference_records(folder, records=True)]
+    return read_jsonl(folder / MANIFEST_FILE)
+
+
 def dataset_stats(folder: str | Path) -> tuple[dict, DatasetSummary]:
-    """(kxl-dataset.toml contents, summary recomputed from manifest.jsonl and skipped.jsonl) of a finished dataset.
+    """(kxl-dataset.toml contents, summary recomputed from manifest.jsonl, or a referenced dataset's table, and
+    skipped.jsonl) of a finished dataset.
 
     A `dataset.toml` from an older version is read the same way; one that is not ours (an sd-scripts config has
     no `schema_version`) is reported as such."""
@@ -155,7 +166,7 @@ def dataset_stats(folder: str | Path) -> tuple[dict, DatasetSummary]:
             f"(an sd-scripts dataset config?) and {DATASET_FILE} is missing",
             path=folder,
         )
-    written = read_jsonl(folder / MANIFEST_FILE)
+    written = _written_records(folder)
     skipped = read_jsonl(folder / SKIPPED_FILE) if (folder / SKIPPED_FILE).exists() else []
     selected = int(info.get("summary", {}).get("selected", len(written) + len(skipped)))
     summary = summarize(written, skipped, selected)

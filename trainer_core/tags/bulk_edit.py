@@ -11,9 +11,10 @@ rewritten for the same files so the two never disagree. Before any caption is wr
 every file about to change are saved in an undo journal (edit_journal), so `undo_last` can restore them, also
 after a crash, a cancel or a GUI restart.
 
-A referenced dataset (dataset/image_refs.py) keeps its captions in the manifest only: `apply_manifest_edit`
-edits the `caption` fields there (the same rules), and the manifest is replaced in one atomic rename, so a
-cancel or a crash leaves every caption old or every one new. Its journal holds only the changed lines.
+A referenced dataset (dataset/image_refs.py) keeps its captions in `captions.jsonl` only (`{"id", "caption"}`
+lines): `apply_manifest_edit` edits the `caption` fields there (the same rules), and the file is replaced in one
+atomic rename, so a cancel or a crash leaves every caption old or every one new. Its journal holds only the
+changed lines.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..dataset.ref_table import CAPTIONS_FILE
 from ..errors import Cancelled, KxlError
 from ..progress import Progress, ensure_progress
 from .caption_processing import KEEP_TOKENS_SEPARATOR
@@ -424,22 +426,22 @@ def edit_dataset(
     return apply_bulk_edit(index.root, files, edit, progress)
 
 
-_LINE_ID = re.compile(r'\{"id": (-?\d+),')  # how every manifest line the builder writes starts
+_LINE_ID = re.compile(r'\{"id": (-?\d+),')  # how every caption line the builder writes starts
 
 
 def apply_manifest_edit(
     root: str | Path, posts: Iterable[int], edit: TagEdit, progress: Progress | None = None
 ) -> BulkEditSummary:
-    """Edit the `caption` of the manifest records of `posts` (post ids) in a referenced dataset: only the first
-    line of a caption is edited (as in a caption file), each changed record is written back as the builder
-    writes records (json.dumps, key order kept), every other line keeps its bytes. One atomic rewrite of the
-    manifest after the undo journal; a cancel before it changes nothing. A record without a text caption is
-    skipped and listed."""
+    """Edit the `caption` of the records of `posts` (post ids) in a referenced dataset's captions.jsonl: only
+    the first line of a caption is edited (as in a caption file), each changed record is written back as the
+    builder writes records (json.dumps, key order kept), every other line keeps its bytes. One atomic rewrite
+    of the file after the undo journal; a cancel before it changes nothing. A record without a text caption is
+    skipped and listed. The file keeps one line per row of the reference table, in the same order."""
     root = Path(root)
     progress = ensure_progress(progress)
     wanted = {int(p) for p in posts}
     summary = BulkEditSummary(edit, len(wanted))
-    path = root / MANIFEST_FILE
+    path = root / CAPTIONS_FILE
     try:
         before = path.read_bytes()
         before.decode("utf-8")
@@ -469,7 +471,7 @@ def apply_manifest_edit(
         record = record if record is not None else _json_record(line)
         caption = record.get("caption") if record is not None else None
         if not isinstance(caption, str):
-            summary.skipped.append(f"{MANIFEST_FILE} line {n + 1}: post {pid} has no caption text")
+            summary.skipped.append(f"{CAPTIONS_FILE} line {n + 1}: post {pid} has no caption text")
             continue
         parsed = _FileText.parse(caption)
         change = edit_caption(parsed.line, edit)
@@ -488,9 +490,9 @@ def apply_manifest_edit(
     after = b"".join(lines)
     del lines
     progress.check_cancelled()
-    summary.journal = write_journal(root, edit.describe(), [JournalLines(MANIFEST_FILE, changed, before, after)],
+    summary.journal = write_journal(root, edit.describe(), [JournalLines(CAPTIONS_FILE, changed, before, after)],
                                     captions=len(changed))  # fmt: skip
-    progress.stage(f"writing the manifest ({len(changed):,} caption(s) changed)")
+    progress.stage(f"writing {CAPTIONS_FILE} ({len(changed):,} caption(s) changed)")
     try:
         atomic_write_bytes(path, after)
     except BaseException:

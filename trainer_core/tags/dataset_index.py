@@ -5,10 +5,10 @@ Layouts understood (first match wins):
    builder writes), optionally with the builder's `<root>/manifest.jsonl`;
 2. a single kohya image folder picked directly (`.../10_name`), or any plain folder of images + `.txt` files
    (repeats 1);
-   A *referenced* dataset (dataset/image_refs.py: `shards.json` and a manifest, no image or caption file) is
-   listed from its manifest as the kohya folder it stands for (`<repeats>_<name>/<id>.<ext>` entries, in the
-   same order); its captions are the manifest's `caption` fields (`captions_in_manifest`: bulk edits rewrite
-   the manifest), and `open_image(i)` reads the image out of its shard.
+   A *referenced* dataset (dataset/image_refs.py: `shards.json`, `refs.npy` and `captions.jsonl`, no image or
+   caption file) is listed from its reference table as the kohya folder it stands for (`<repeats>_<name>/<id>.<ext>`
+   entries, in the same order); its captions are `captions.jsonl`'s (`captions_in_manifest`: bulk edits
+   rewrite that file), and `open_image(i)` reads the image out of its shard.
 3. a manifest-only folder: `manifest.jsonl` lines name each image with a `file` path relative to the root.
 The `.txt` file is the truth for captions (it is what the trainer reads); the manifest supplies width, height,
 rating, quality and year, and its caption is used only for an image that has no `.txt`.
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..dataset.image_refs import ImageRef, is_reference_dataset, iter_reference_records, open_ref_image
+from ..dataset.ref_table import CAPTIONS_FILE
 from ..errors import KxlError
 from ..progress import Progress, ensure_progress
 from .caption_processing import KEEP_TOKENS_SEPARATOR
@@ -115,7 +116,7 @@ class DatasetIndex:
         self.problems = problems
         self.refs: dict[int, ImageRef] = {}  # entry index -> where its bytes are (referenced datasets)
         self.captions_in_manifest = (
-            False  # a referenced dataset: captions live in manifest.jsonl, not in .txt files
+            False  # a referenced dataset: captions live in captions.jsonl, not in .txt files
         )
         self._problem_lock = threading.Lock()
         self._build_tag_index()
@@ -340,25 +341,26 @@ def open_dataset(root: str | Path, progress: Progress | None = None) -> DatasetI
 
 
 def _open_referenced(root: Path, progress: Progress) -> DatasetIndex:
-    """A referenced dataset, listed from its manifest (image_refs validates every record; a damaged one is a
-    KxlError naming the line: without it there is no knowing which images the dataset has)."""
-    progress.stage("reading the manifest")
+    """A referenced dataset, listed from its reference table and caption lines (image_refs validates every row
+    and line; a damaged one is a KxlError naming the file and line: without it there is no knowing which
+    images the dataset has)."""
+    progress.stage("reading the reference table")
     found: list[tuple[tuple, DatasetEntry, ImageRef]] = []
     problems: list[DatasetProblem] = []
-    for done, r in enumerate(iter_reference_records(root), 1):
+    for done, r in enumerate(iter_reference_records(root, records=True), 1):
         text = r.caption.lstrip("\ufeff").split("\n", 1)[0].strip()  # as `_read_caption` reads a .txt
         stem = r.name[: r.name.rfind(".")]
         entry = DatasetEntry(stem, f"{r.subset}/{r.name}", r.repeats, text, has_caption_file=True)
         _apply_manifest(entry, r.record)
         if not text:
-            problems.append(DatasetProblem(entry.image, f"empty caption ({MANIFEST_FILE} line {r.line}; "
+            problems.append(DatasetProblem(entry.image, f"empty caption ({CAPTIONS_FILE} line {r.line}; "
                                            "sd-scripts stops with an assertion on it)"))  # fmt: skip
         found.append(((_folder_order(r.subset), _file_order(r.name)), entry, r.ref))
         if done % 8192 == 0:
             progress.check_cancelled()
     if not found:
         raise KxlError(
-            "no images here: the referenced dataset's manifest lists none", path=root / MANIFEST_FILE
+            "no images here: the referenced dataset's reference table lists none", path=root / CAPTIONS_FILE
         )
     found.sort(key=lambda item: item[0])  # the order a kohya folder of the same images is listed in
     progress.stage("indexing tags")
@@ -438,8 +440,9 @@ def _file_order(name: str) -> tuple[int, int | str]:
 
 
 def find_newest_dataset(folder: str | Path) -> Path | None:
-    """The most recently modified dataset under `folder` (a subfolder with kohya `N_name` folders or a
-    manifest.jsonl); None when there is none. Used to open "the one just built" by default."""
+    """The most recently modified dataset under `folder` (a subfolder with kohya `N_name` folders, a
+    manifest.jsonl or, a referenced dataset, captions.jsonl); None when there is none. Used to open "the one
+    just built" by default."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -452,12 +455,13 @@ def find_newest_dataset(folder: str | Path) -> Path | None:
             children = list(os.scandir(path))
         except OSError:
             continue
-        is_dataset = any(c.name == MANIFEST_FILE for c in children) or any(
+        listed = (MANIFEST_FILE, CAPTIONS_FILE)  # the file a (referenced) build rewrites last, and edits
+        is_dataset = any(c.name in listed for c in children) or any(
             c.is_dir() and KOHYA_FOLDER.match(c.name) for c in children
         )
         if not is_dataset:
             continue
-        mtime = max([sub.stat().st_mtime] + [c.stat().st_mtime for c in children if c.name == MANIFEST_FILE])
+        mtime = max([sub.stat().st_mtime] + [c.stat().st_mtime for c in children if c.name in listed])
         if best is None or mtime > best[0]:
             best = (mtime, path)
     return best[1] if best else None

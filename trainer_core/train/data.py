@@ -1,9 +1,9 @@
 """The kohya dataset folder, bucket batches, image preprocessing and SDXL size conditioning (specs/training.md §2-§3).
 
 Layout: `<dataset>/<repeats>_<name>/<image>.<ext>` with `<image>.txt` (first line = caption). A referenced
-dataset (dataset/image_refs.py) has neither file: its manifest lists the same items (captions included), an
-item's `ref` says where its bytes are inside a tar shard, and `load_pixels` reads them from there; everything
-else is the same. Each image appears
+dataset (dataset/image_refs.py) has neither file: its reference table and caption lines list the same items,
+an item's `ref` says where its bytes are inside a tar shard, and `load_pixels` reads them from there;
+everything else is the same. Each image appears
 `repeats` times per epoch; every appearance is an *entry* with its own index, so repeats get different caption
 shuffles.
 

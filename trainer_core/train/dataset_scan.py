@@ -30,14 +30,14 @@ and GiB of Python objects at 3.67 M images). Now:
   dataset) scans itself and must arrive at the same content digest, else the run stops instead of training two
   ranks on different data. A rank-0 error reaches every rank, so none waits for the DDP timeout.
 
-**Referenced datasets** (dataset/image_refs.py: `shards.json` and a manifest, no image or caption file): the
-manifest is the whole listing. Its records give every image's subset, name, caption, size and place in its
-shard; the items are ordered as the same images would be in a kohya folder (subset, then file name), so a
-referenced dataset and its copy give identical batches. The fingerprint is the manifest's (size, mtime_ns) and
-shards.json's bytes: an unchanged dataset starts from the cache without reading the manifest, and a caption
-edited in the Tags tab (which rewrites the manifest) makes the next start scan it again. The refs are part of
-the stored scan (`ref.npy`, the shard list in meta.json). Every scan, cached or not, checks that each shard is
-there with its recorded size and mtime: a missing one names its posts.
+**Referenced datasets** (dataset/image_refs.py: `shards.json`, `refs.npy` and `captions.jsonl`, no image or
+caption file): the reference table and the caption lines are the whole listing. They give every image's subset,
+name, caption, size and place in its shard; the items are ordered as the same images would be in a kohya folder
+(subset, then file name), so a referenced dataset and its copy give identical batches. The fingerprint is the
+(size, mtime_ns) of captions.jsonl and refs.npy and shards.json's bytes: an unchanged dataset starts from the
+cache without reading them, and a caption edited in the Tags tab (which rewrites captions.jsonl) makes the next
+start scan it again. The refs are part of the stored scan (`ref.npy`, the shard list in meta.json). Every scan,
+cached or not, checks that each shard is there with its recorded size and mtime: a missing one names its posts.
 
 The derived data of a scan is cached beside it: the bucket of every image for one set of bucket settings
 (`plan-<key>.npy`) and sd-scripts' tag frequency (`tag_frequency.json`, rank 0 only).
@@ -75,10 +75,11 @@ from ..dataset.image_refs import (
     iter_reference_records,
     read_shards_file,
 )
+from ..dataset.ref_table import CAPTIONS_FILE, REFS_FILE
 from ..errors import KxlError
 from .data import _SUBSET_RE, IMAGE_SUFFIXES, ArrayView
 
-VERSION = 1
+VERSION = 2  # 2: referenced datasets keep a reference table (issue #20)
 CAPTION_SUFFIX = ".txt"
 MANIFEST_FILE = "manifest.jsonl"
 DATASET_CACHE_DIR = ".kxl-cache"  # inside the dataset folder
@@ -935,17 +936,19 @@ def _fill_and_store(root: Path, fp: str, caches: list[Path], write: bool,
 
 # ==================================================================================================== referenced
 def reference_fingerprint(root: Path) -> str:
-    """What a referenced dataset's scan depends on: the manifest's size and mtime, and shards.json's bytes."""
-    manifest = root / MANIFEST_FILE
+    """What a referenced dataset's scan depends on: the caption lines' and the reference table's size and mtime
+    (a Tags edit rewrites the captions), and shards.json's bytes."""
     try:
-        st = os.stat(manifest)
+        stats = [os.stat(root / name) for name in (CAPTIONS_FILE, REFS_FILE)]
         shards = (root / SHARDS_FILE).read_bytes()
     except FileNotFoundError as exc:
+        read_shards_file(root)  # a dataset of an older format lacks these files: say that, with its hint
         raise KxlError("file missing: this referenced dataset is incomplete", path=exc.filename) from None
     except OSError as exc:
         raise KxlError(f"cannot read the dataset ({exc.strerror or exc})", path=exc.filename) from None
     h = hashlib.sha256(f"kxl-scan-ref:{VERSION}".encode())
-    h.update(f"{st.st_size}:{st.st_mtime_ns}:".encode())
+    for st in stats:
+        h.update(f"{st.st_size}:{st.st_mtime_ns}:".encode())
     h.update(shards)
     return h.hexdigest()[:32]
 
@@ -967,9 +970,10 @@ def _scan_reference(root: Path, caches: list[Path], write: bool) -> ScanTable:
 
 
 def _read_reference(root: Path, fingerprint: str, spool: Path | None) -> ScanTable:
-    """A referenced dataset's scan from its manifest (image_refs validates every record). The captions are
-    gathered in manifest order, then written in item order (subset, then name, as a kohya folder lists them);
-    with a spool folder the gathering goes to a temp file there, so a 3.6 M-image dataset is never in memory."""
+    """A referenced dataset's scan from its reference table and caption lines (image_refs validates every row
+    and line). The captions are gathered in id order, then written in item order (subset, then name, as a
+    kohya folder lists them); with a spool folder the gathering goes to a temp file there, so a 3.6 M-image
+    dataset is never in memory."""
     infos = read_shards_file(root)
     shards = [infos[p] for p in sorted(infos)]
     shard_index = {sh.path: k for k, sh in enumerate(shards)}
@@ -978,15 +982,15 @@ def _read_reference(root: Path, fingerprint: str, spool: Path | None) -> ScanTab
     cap_off = [0]
     raw_path = spool / "captions-by-id.bin" if spool is not None else None
     raw = open(raw_path, "w+b") if raw_path is not None else io.BytesIO()  # noqa: SIM115 - closed below
-    manifest_mtime = os.stat(root / MANIFEST_FILE).st_mtime_ns
+    manifest_mtime = os.stat(root / CAPTIONS_FILE).st_mtime_ns
     try:
         t0 = time.perf_counter()
-        for r in iter_reference_records(root, infos):
+        for r in iter_reference_records(root):
             lines = r.caption.splitlines()  # the first line, stripped: what `_caption` takes from a .txt
             caption = lines[0].strip() if lines else ""
             if not caption:
                 raise KxlError(
-                    f"line {r.line}: the caption of post {r.post} is empty", path=root / MANIFEST_FILE
+                    f"line {r.line}: the caption of post {r.post} is empty", path=root / CAPTIONS_FILE
                 )
             data = caption.encode("utf-8")
             raw.write(data)
@@ -996,9 +1000,9 @@ def _read_reference(root: Path, fingerprint: str, spool: Path | None) -> ScanTab
             names.append(r.name)
             ref = r.ref
             rows.extend((shard_index[ref.shard], ref.offset, ref.size, fp_to_int(ref.fp),
-                         int(r.record["width"]), int(r.record["height"]), len(data), 0))  # fmt: skip
+                         r.width, r.height, len(data), 0))  # fmt: skip
         if not names:
-            raise KxlError("the referenced dataset lists no image", path=root / MANIFEST_FILE)
+            raise KxlError("the referenced dataset lists no image", path=root / CAPTIONS_FILE)
         ordered = sorted(subsets, key=_sort_key)
         s_index = {name: i for i, name in enumerate(ordered)}
         item_subset = np.fromiter((s_index[x] for x in subset_of), dtype=np.int32, count=len(names))

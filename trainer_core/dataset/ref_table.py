@@ -1,0 +1,67 @@
+"""A referenced dataset's per-post columns (`refs.npy`) and its caption lines (`captions.jsonl`): writing them.
+
+Format (read by image_refs.py, which documents it): row i of `refs.npy` is line i of `captions.jsonl`, both in
+post id order. `refs.npy` is one plain structured numpy array (`np.save`, no object field, so `np.load(...,
+allow_pickle=False)` reads it and nothing in it is ever executed); `captions.jsonl` is, byte for byte, what
+`kxl dataset captions` writes for the same posts. Per post the build thus formats nothing beyond the captions:
+the table is composed with numpy from the arrays the locate pass already holds (~40 bytes per post).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path
+
+REFS_FILE = "refs.npy"
+CAPTIONS_FILE = "captions.jsonl"
+
+# One row per image. `shard` indexes shards.json's list; `ext` its `exts`; `rating` is the post's rating code
+# (0..3 = general..explicit, other values kept as numbers, -1 = none), `quality`/`year` index
+# captions.QUALITY_LABELS / YEAR_TAGS (-1 = none); `fp` is image_refs' tar-header fingerprint.
+REF_DTYPE = np.dtype(
+    [
+        ("id", "<i8"),
+        ("shard", "<i4"),
+        ("ext", "<i2"),
+        ("rating", "<i2"),
+        ("quality", "<i1"),
+        ("year", "<i1"),
+        ("width", "<i4"),
+        ("height", "<i4"),
+        ("offset", "<i8"),
+        ("size", "<i8"),
+        ("fp", "<u8"),
+    ]
+)
+
+
+def compose_table(found: np.ndarray, shard_of: np.ndarray, ext_of: np.ndarray, rating: np.ndarray,
+                  quality: np.ndarray, year: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The table of the found posts: `found` is reference_build's (n, 8) int64 rows (id, shard, offset, size,
+    fp, width, height, ext) in id order, `shard_of` / `ext_of` map its shard indexes and extension codes to
+    shards.json's lists, the codes are aligned with `found`."""
+    table = np.empty(len(found), dtype=REF_DTYPE)
+    table["id"] = found[:, 0]
+    table["shard"] = shard_of[found[:, 1]]
+    table["offset"] = found[:, 2]
+    table["size"] = found[:, 3]
+    table["fp"] = found[:, 4].view(np.uint64)
+    table["width"] = found[:, 5]
+    table["height"] = found[:, 6]
+    table["ext"] = ext_of[found[:, 7]]
+    table["rating"] = rating
+    table["quality"] = quality
+    table["year"] = year
+    return table
+
+
+def write_table(path: Path, table: np.ndarray) -> None:
+    """`refs.npy`, atomically (temp file + rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(table, dtype=REF_DTYPE), allow_pickle=False)
+
+
+__all__ = ["CAPTIONS_FILE", "REFS_FILE", "REF_DTYPE", "compose_table", "write_table"]
