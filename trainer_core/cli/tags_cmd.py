@@ -179,7 +179,8 @@ def run_edit(args: argparse.Namespace) -> int:
     summary = edit_dataset(index, edit, rows, progress=text_progress(unit="files"))
     print(summary.describe())
     if summary.manifest_updated:
-        edited = "captions.jsonl" if index.captions_in_manifest else "manifest.jsonl"  # a referenced dataset's
+        # a referenced dataset keeps its captions in captions.jsonl
+        edited = "captions.jsonl" if index.captions_in_manifest else "manifest.jsonl"
         print(f"  {index.root / edited}: captions updated")
     for line in summary.skipped[:20]:
         print(f"  skipped {line}")
