@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,14 @@ def test_presets_hold_the_card_values():
     assert (d.shuffle_caption, d.caption_tag_dropout_rate, d.keep_tokens_separator, d.max_token_length) == (
         True, 0.1, "|||", 225)  # fmt: skip
     tiny = tcfg.load_preset("tiny-demo")
-    assert tiny.network == cfg.network and tiny.training.mixed_precision == "no"
+    # the card's LoKr, its factors scaled to the tiny model's 8-16x narrower layers (the preset says why)
+    assert (
+        replace(tiny.network, factor=cfg.network.factor, module_factors=cfg.network.module_factors)
+        == cfg.network
+    )
+    assert (tiny.network.factor, tiny.network.module_factors) == (2, {"Attention": 1, "FeedForward": 1,
+                                                                      "CLIPAttention": 1, "CLIPMLP": 1})  # fmt: skip
+    assert tiny.optimizer.type == "Lion" and tiny.training.mixed_precision == "no"
     assert set(tcfg.preset_names()) >= {"kohaku-xl-delta", "tiny-demo"}
 
 
