@@ -53,6 +53,7 @@ def test_a_run_config_shows_its_paths_resolved_and_its_values_as_typed(tmp_path)
     cfg = load_preset("tiny-demo")
     cfg.model.base, cfg.dataset.path = "../models/base.safetensors", "data/ds"
     cfg.optimizer.unet_lr, cfg.optimizer.betas = 4e-05, [0.9, 0.99]
+    cfg.network.module_factors = {"Attention": 4, "FeedForward": 2, "CLIPAttention": 8, "CLIPMLP": 8}
     cfg.training.gradient_accumulation_steps, cfg.training.sample_prompts = 3, ["1girl", "1boy, solo"]
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
