@@ -330,3 +330,16 @@ def test_cli_reports_bad_steps(tmp_path, capsys):
 
     assert main(["demo", "run", str(tmp_path / "d"), "--steps", "0"]) == 2
     assert "error: --steps must be at least 1 (got 0)" in capsys.readouterr().err
+
+
+def test_the_cli_says_the_recipes_default_steps():
+    import contextlib
+    import io
+
+    from trainer_core.cli import main as kxl_main
+    from trainer_core.demo_run import DEFAULT_STEPS
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        kxl_main(["demo", "run", "--help"])
+    assert f"(default {DEFAULT_STEPS})" in " ".join(out.getvalue().split())

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "complete is skipped; Ctrl+C stops the trainer (it saves) and a later run resumes it.",
     )
     run.add_argument("dir", type=Path, help="demo workspace folder (created when missing or empty)")
-    run.add_argument("--steps", type=int, default=300, help="training optimizer steps (default 300)")
+    # None: the recipe's own default (demo_run.DEFAULT_STEPS), not imported here to keep `kxl --help` light
+    run.add_argument("--steps", type=int, default=None, help="training optimizer steps (default 1200)")
     run.add_argument("--processes", type=int, default=2, help="CPU training processes, gloo DDP (default 2)")
     run.add_argument(
         "--selection",
@@ -131,7 +132,7 @@ def run_recipe(args: argparse.Namespace) -> int:
 
     report = run_demo_recipe(
         args.dir,
-        steps=args.steps,
+        **({} if args.steps is None else {"steps": args.steps}),
         processes=args.processes,
         progress=_stage_progress(),
         force=args.force,
