@@ -31,9 +31,6 @@ from ..tags.text import tag_to_caption_text
 NATIVE_SIZE = 128
 """The demo base's training resolution: the default generation size whenever the demo model is selected."""
 
-TIME_IDS = (NATIVE_SIZE, NATIVE_SIZE, 0, 0, NATIVE_SIZE, NATIVE_SIZE)
-"""SDXL add_time_ids (original size, crop top-left, target size) of every native-size training picture."""
-
 SCENE_BACKGROUNDS = (
     "gradient_background",
     "transparent_background",

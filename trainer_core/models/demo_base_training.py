@@ -48,11 +48,8 @@ from .demo_base_data import (
 )
 
 STAGES = ("vae", "unet", "colour", "multires", "gamma", "beta")
-BASE_STAGES = (
-    "unet",
-    "colour",
-    "multires",
-)  # stages that train the base itself (EMA weights); the last is shipped
+# stages that train the base itself (EMA weights); the last one is shipped
+BASE_STAGES = ("unet", "colour", "multires")
 NATIVE = ((NATIVE_SIZE, NATIVE_SIZE),)
 # (width, height) of the multires stage's pictures: the native square, the 1.5x hires size and the two 2:3 buckets
 # between them, so the base draws the same layout at the sizes hires fix and aspect-ratio buckets ask for.
@@ -80,9 +77,8 @@ class StageSettings:
     tag_dropout: float = 0.0  # drop rate of eye and expression tags in captions
     high_noise: float = 0.0  # timestep density grows as t**high_noise (0: uniform)
     offset_noise: float = 0.0  # std of a per-picture, per-channel constant added to the noise
-    sizes: tuple[tuple[int, int], ...] = (
-        NATIVE  # (width, height) of the pictures; one size per step (a bucket)
-    )
+    # (width, height) of the pictures; one size per step (a bucket)
+    sizes: tuple[tuple[int, int], ...] = NATIVE
 
 
 @dataclass(frozen=True)
