@@ -821,11 +821,18 @@ def _caption_processes(monkeypatch) -> None:
     monkeypatch.setattr(caption_stream, "PROCESS_MIN_POSTS", 1)
 
 
-def test_worker_processes_write_the_same_reference_dataset(built, tmp_path, monkeypatch):
-    """Walk and manifest lines in caption worker processes (a big DB's path) or in the build's own process:
-    the same files, byte for byte."""
+@pytest.mark.parametrize("chunk_posts", [None, 7], ids=["one-chunk", "chunks-of-7"])
+def test_worker_processes_write_the_same_reference_dataset(built, tmp_path, monkeypatch, chunk_posts):
+    """Walks started before the selection and caption lines in worker processes (a big DB's path), or all in
+    the build's own process: the same files, byte for byte. With chunks of 7 posts, the first chunks go out
+    while the shards are still being located (every line comes back and is cut by the build) and the later
+    ones after (cut in the worker): both give the same lines."""
+    from trainer_core.dataset import reference_build
+
     db, images, _copy, ref = built
     _caption_processes(monkeypatch)
+    if chunk_posts is not None:
+        monkeypatch.setattr(reference_build, "CHUNK_POSTS", chunk_posts)
     build(db, images, tmp_path / "ref", "reference")
     assert tree(tmp_path / "ref") == tree(ref)
 

@@ -660,10 +660,15 @@ def _build_reference(
     before the end, so an interrupted one resumes by running again."""
     from .caption_stream import CaptionWorkers
     from .reference_build import write_reference_outputs
+    from .shard_index import ShardIndex
+    from .shard_walks import ShardWalks
 
     out = opts.out
     caption_workers = CaptionWorkers.for_db(opts.db)  # they start while the selection runs
+    walks = ShardWalks(src, ShardIndex.open(opts.images, enabled=src.kind == "shards"))
     try:
+        if caption_workers is not None and src.kind == "shards":
+            walks.start(caption_workers.pool)  # shard_walks.py: the workers walk while the selection runs
         conn = open_db(opts.db)
         try:
             progress.stage("Reading the metadata DB")
@@ -687,8 +692,9 @@ def _build_reference(
         build_dir = out / BUILD_DIR
         atomic_write_text_checked(build_dir / OPTIONS_FILE, tomli_w.dumps(wanted_options))
         summary = write_reference_outputs(opts, src, selection.ids, scheme, workers, progress, cache,
-                                          caption_workers)  # fmt: skip
+                                          caption_workers, walks)  # fmt: skip
     finally:
+        walks.cancel()
         if caption_workers is not None:
             caption_workers.close()
     info = dict(wanted_options)

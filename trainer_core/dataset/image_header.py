@@ -384,35 +384,37 @@ def simple_webp_size(head: bytes, size: int) -> tuple[int, int] | None:
     return found
 
 
+_RIFF, _WEBP, _VP8, _VP8L = (int.from_bytes(t, "little") for t in (b"RIFF", b"WEBP", b"VP8 ", b"VP8L"))
+
+
 def simple_webp_sizes(heads, sizes):
     """`simple_webp_size` for many images at once: `heads` (n, 30) uint8 (each image's first 30 bytes, zero-
     padded when shorter), `sizes` (n,) their byte counts -> (width, height) int64 arrays, 0 where it has no
-    answer. The same checks, as numpy masks (a reference build sizes a shard's images in one go)."""
+    answer. The same checks, as numpy masks on the little-endian 32-bit words of the 30 bytes (a reference
+    build sizes a shard's images in one go; byte by byte this was 4x slower)."""
     import numpy as np
 
-    h = np.asarray(heads, dtype=np.uint8).reshape(-1, 30).astype(np.int64)
+    heads = np.asarray(heads, dtype=np.uint8).reshape(-1, 30)
+    padded = np.zeros((len(heads), 32), dtype=np.uint8)
+    padded[:, :30] = heads
+    w = padded.view("<u4").astype(np.int64)  # words at bytes 0, 4, ..., 28
     sizes = np.asarray(sizes, dtype=np.int64)
-
-    def u32(at: int):
-        return h[:, at] | h[:, at + 1] << 8 | h[:, at + 2] << 16 | h[:, at + 3] << 24
-
-    def is_(at: int, text: bytes):
-        return np.logical_and.reduce([h[:, at + i] == b for i, b in enumerate(text)])
-
-    riff_end = u32(4) + 8
-    chunk = u32(16)
-    ok = (sizes >= 30) & is_(0, b"RIFF") & is_(8, b"WEBP") & (riff_end >= 16) & (riff_end <= sizes)
+    riff_end = w[:, 1] + 8
+    chunk = w[:, 4]
+    ok = (sizes >= 30) & (w[:, 0] == _RIFF) & (w[:, 2] == _WEBP) & (riff_end >= 16) & (riff_end <= sizes)
     ok &= 20 + chunk + (chunk & 1) == riff_end
-    # lossy: key frame, profile <= 3, shown, first partition inside the chunk, start code
-    tag = h[:, 20] | h[:, 21] << 8 | h[:, 22] << 16
-    lossy = ok & is_(12, b"VP8 ") & (chunk >= 10) & is_(23, b"\x9d\x01\x2a")
+    # lossy: key frame, profile <= 3, shown, first partition inside the chunk, start code 9d 01 2a at 23-25
+    tag = w[:, 5] & 0xFFFFFF
+    lossy = (
+        ok & (w[:, 3] == _VP8) & (chunk >= 10) & ((w[:, 5] >> 24) == 0x9D) & ((w[:, 6] & 0xFFFF) == 0x2A01)
+    )
     lossy &= ((tag & 1) == 0) & (((tag >> 1) & 7) <= 3) & (((tag >> 4) & 1) == 1) & ((tag >> 5) < chunk)
-    lw = (h[:, 26] | h[:, 27] << 8) & 0x3FFF
-    lh = (h[:, 28] | h[:, 29] << 8) & 0x3FFF
+    lw = (w[:, 6] >> 16) & 0x3FFF
+    lh = w[:, 7] & 0x3FFF
     lossy &= (lw > 0) & (lh > 0)
-    # lossless: signature 0x2f, version 0
-    bits = h[:, 21] | h[:, 22] << 8 | h[:, 23] << 16 | h[:, 24] << 24
-    lossless = ok & is_(12, b"VP8L") & (chunk >= 5) & (h[:, 20] == 0x2F) & ((bits >> 29) == 0)
+    # lossless: signature 0x2f at 20, then 32 bits at 21-24 whose top three (the version) are 0
+    bits = (w[:, 5] >> 8) | ((w[:, 6] & 0xFF) << 24)
+    lossless = ok & (w[:, 3] == _VP8L) & (chunk >= 5) & ((w[:, 5] & 0xFF) == 0x2F) & ((bits >> 29) == 0)
     width = np.where(lossy, lw, np.where(lossless, (bits & 0x3FFF) + 1, 0))
     height = np.where(lossy, lh, np.where(lossless, ((bits >> 14) & 0x3FFF) + 1, 0))
     fits = width * height <= MAX_PIXELS

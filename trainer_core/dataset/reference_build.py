@@ -13,7 +13,8 @@ Two passes, each the cheapest form of its work, both in the caption worker proce
 (every core; `kxl dataset captions` uses the same workers), else in this process:
 1. **Locate**, headers only: groups of 25 buckets (`id % 1000`, the shards' split). Each candidate shard's
    headers come from the images folder's header index (shard_index.py: a second build reads no shard) or are
-   walked: tar_headers.py hops from header to header (a window of up to 1 MB read and its headers found with
+   walked, in the workers from the start of the build, while this process runs the selection (shard_walks.py):
+   tar_headers.py hops from header to header (a window of up to 1 MB read and its headers found with
    numpy where members are small, one page per big member), then validates, names, fingerprints and sizes a
    group's headers in one numpy pass. This process then takes each bucket's posts from its shards in a copy
    build's order (data-0XYZ .. data-9XYZ, then `updates/*/*.tar`; the first member of an id wins). A shard that
@@ -23,16 +24,18 @@ Two passes, each the cheapest form of its work, both in the caption worker proce
    from its first pages (image_header.py), and from a full decode only where a copy build decodes too. What is
    kept per post is 64 bytes of numbers.
 2. **Captions and the table**, in id order, by chunks of 20,000 ids: a worker captions its chunk and keeps the
-   lines of the found posts it is handed (reference_lines.py); this process writes them, then the table.
+   lines of the found posts it is handed (reference_lines.py); this process writes them, then the table. The
+   first chunks are sent while this process still takes posts from the walked headers, so the workers never
+   wait on it; those come back with every post's line and are cut here.
 
-Measured (benchmarks/bench_dataset_reference.py --repeat 3, 1 M-post demo, 870,916 images, 2 cores shared
-with other work, load average 7.6-8.0): CPU, which is what the wall time follows on a loaded machine, 5.1-5.4 s
-for captions alone, 8.5-8.9 s for a first reference build (1.58-1.72 x), 6.3-6.4 s with the header index kept
-(1.17-1.23 x); wall 1.49-1.74 x and 1.10-1.27 x the same round's captions alone (it was 2.2 x and 1.8 x with a
-JSON record per post). 434 bytes written per post with the index kept, 494 for a first build (the index: ~56
-bytes per tar member); 0.13 % of a copy of real-size images. What remains over captions alone is the walk of a
-first build (~2 us per tar member) and, with the index, ~1 s of this process's numpy work (taking the posts
-from the indexed headers, sorting, the table).
+Measured (benchmarks/bench_dataset_reference.py --repeat 3, 1 M-post demo: 870,916 images, 916,688 tar members
+in 3,000 shards, 2 cores, old and new code alternating in one session): captions alone 2.5-2.8 s wall, 4.4-5.0 s
+CPU; a first reference build 3.8-4.3 s (1.45-1.68 x; 4.2-4.5 s before the walks were started ahead and the
+header checks done by words), 6.8-7.7 s CPU; with the header index kept 3.2-3.8 s (1.24-1.54 x). Both cores are
+busy in captions alone already, so the wall time follows the CPU time a build adds: the walk (~0.6 us per tar
+member) and settle (~0.7 us per header, from ~1.0), then this process's numpy work (~0.5 s: taking the posts,
+sorting, the table). 434 bytes written per post with the index kept, 494 for a first build (the index: ~56
+bytes per tar member); 0.13 % of a copy of real-size images.
 
 Nothing is written before the end: an interrupted reference build has nothing to resume and simply runs again
 (its stored options still guard the folder, as for a copy build).
@@ -43,7 +46,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +62,10 @@ from .column_cache import ColumnCache
 from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size, simple_webp_size
 from .image_refs import SHARDS_FILE, ShardInfo, fingerprint_int, pread_exact, shards_file_text
 from .images import BUCKETS, SHARD_RE, Hit, ImageSource, MemberRef, ShardReadError, scan_tar_refs
-from .ordered_jobs import in_order
 from .ref_table import CAPTIONS_FILE, REFS_FILE, compose_table, write_table
 from .reference_lines import FIELDS, ChunkLines, chunk_lines, lines_in_worker
-from .shard_index import ShardIndex, WalkedShard, walk_shards
+from .shard_index import ShardIndex, WalkedShard
+from .shard_walks import ShardWalks, group_of
 from .stats import RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize_counts
 from .tar_headers import (
     BLOCK,
@@ -159,7 +163,8 @@ class _Locator:
         self.corrupt: dict[int, dict] = {}  # post id -> its skipped record
         self.missing: set[int] = set()  # not in the bucket's shards (updates/ are looked at afterwards)
         self.shard_errors: dict[str, str] = {}
-        self.index = ShardIndex(None)  # the images folder's header index (shard_index.py), set by the build
+        # the shards' headers (shard_walks.py: from the images folder's index, or walked), set by the build
+        self.walks = ShardWalks(src, ShardIndex(None))
         self.exts: list[str] = []  # the extensions met; a row holds an index into it
         self._ext_code: dict[str, int] = {}
         self._ext_map: np.ndarray | None = None
@@ -183,32 +188,15 @@ class _Locator:
             self.progress.update(self.done, self.total)
 
     # -- one group of buckets -----------------------------------------------------------------------------------
-    def group_shards(self, group: list[tuple[int, np.ndarray]]) -> list[Path]:
-        """The candidate shards of a group of buckets, each once, in the order their buckets look at them."""
-        return list(dict.fromkeys(s for bucket, _ids in group for s in self.src.candidates(bucket)))
-
-    def run_bucket(self, _key: int, group: list[tuple[int, np.ndarray]]) -> None:
-        """A group of buckets walked and taken in this process (export._export_buckets runs groups on its
-        threads; a build with caption worker processes walks there instead and calls `take_group`)."""
+    def run_bucket(self, key: int, group: list[tuple[int, np.ndarray]]) -> None:
+        """The group of buckets `key` (shard_walks.group_of) walked, or taken from walks started ahead, and its
+        posts taken (export._export_buckets runs groups on its threads; a build with caption worker processes
+        takes its groups in order instead, `_locate_in_order`)."""
         if self.src.kind != "shards":
             for _bucket, ids in group:
                 self._loose_bucket(ids)
             return
-        known, todo = self.indexed(self.group_shards(group))
-        walked = walk_shards([str(s) for s in todo], self.progress.check_cancelled)
-        self.take_group(group, self.merge(known, todo, walked))
-
-    def indexed(self, shards: list[Path]) -> tuple[dict[Path, WalkedShard | None], list[Path]]:
-        """The shards the header index holds as they are now, and those to walk."""
-        known = {s: self.index.lookup(s) for s in shards}
-        return known, [s for s, w in known.items() if w is None]
-
-    def merge(self, known: dict, todo: list[Path], walked: list[WalkedShard | None]) -> dict:
-        """`known` with the walked shards in (and those remembered for the index)."""
-        for shard, w in zip(todo, walked, strict=True):
-            known[shard] = w
-            self.index.add(shard, w)
-        return known
+        self.take_group(group, self.walks.take(key, self.progress.check_cancelled))
 
     def take_group(self, group: list[tuple[int, np.ndarray]], walked: dict[Path, WalkedShard | None]) -> None:
         """The group's posts from its walked shards (tar_headers.walk_shards): the buckets whose shards all
@@ -492,26 +480,41 @@ def _header_size(fd: int, offset: int, size: int, head: bytes) -> tuple[int, int
 
 def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: QualityScheme, workers: int,
                             progress: Progress, cache: ColumnCache | None,
-                            caption_workers: CaptionWorkers | None) -> DatasetSummary:  # fmt: skip
+                            caption_workers: CaptionWorkers | None,
+                            walks: ShardWalks | None = None) -> DatasetSummary:  # fmt: skip
     """Pass 1 and 2 (module docstring) for the selected `ids` (sorted); writes captions.jsonl, refs.npy,
     shards.json and skipped.jsonl into `opts.out` and returns the build's summary.
 
-    With caption worker processes (a big selection) both passes run in them, on every core: the walk by groups
-    of buckets, then the captions by chunks of ids; this process only takes the posts from the walked headers
-    (numpy), writes the caption lines and composes the table. Without, both run here (threads for the walk)."""
+    With caption worker processes (a big selection) both passes run in them, on every core: the walks (started
+    ahead by the caller, `walks`, or here), then the captions, the first chunks of which are sent before the
+    locate pass ends so that no worker waits while this process takes the posts from the walked headers
+    (numpy); this process then writes the caption lines and composes the table. Without, both run here (threads
+    for the walk)."""
     from .export import _export_buckets
 
     out = opts.out
     locator = _Locator(opts, src, progress, int(ids.size))
-    locator.index = ShardIndex.open(opts.images, enabled=src.kind == "shards")
+    if walks is None:
+        walks = ShardWalks(src, ShardIndex.open(opts.images, enabled=src.kind == "shards"))
+    locator.walks = walks
     tasks = _bucket_groups(ids)
+    walks.keep_only({g for g, _group in tasks})
     use_pool = caption_workers is not None and default_processes(int(ids.size)) >= 1
+    chunks = list(chunked(ids, CHUNK_POSTS))
+    cache_path = None if cache is None else str(cache.path)
+    captions_ahead = (
+        _CaptionsAhead(caption_workers, opts.db, scheme, cache_path, chunks) if use_pool else None
+    )
     progress.stage(f"Locating {ids.size:,} posts in the shards' headers ({src.describe()})")
     if use_pool and src.kind == "shards":
-        _walk_in_workers(locator, tasks, caption_workers)
+        assert captions_ahead is not None
+        if not walks.started:
+            walks.start(caption_workers.pool)  # type: ignore[union-attr]
+        captions_ahead.send_first()  # queued behind the walks: the workers go on to them while this process
+        _locate_in_order(locator, tasks)
     else:
-        _export_buckets(locator, list(enumerate(tasks)), workers)
-    locator.index.save()
+        _export_buckets(locator, tasks, workers)
+    walks.index.save()
     if src.updates and locator.missing:
         progress.stage(f"Looking for {len(locator.missing):,} posts in updates/")
         locator.run_updates()
@@ -520,17 +523,12 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     progress.stage(f"Writing the captions of {ids.size:,} posts")
     writer = _ManifestWriter(opts, locator)
     captions = out / CAPTIONS_FILE
-    chunks = list(chunked(ids, CHUNK_POSTS))
     found_ids = found[:, 0]
     parts = [found_ids[np.searchsorted(found_ids, c[0]) : np.searchsorted(found_ids, c[-1], side="right")]
              for c in chunks]  # fmt: skip
-    cache_path = None if cache is None else str(cache.path)
     source = None
-    if use_pool:
-        assert caption_workers is not None
-        jobs = ((int(c.size), (lines_in_worker, str(opts.db), scheme, cache_path, c, f))
-                for c, f in zip(chunks, parts, strict=True))  # fmt: skip
-        results = in_order(caption_workers.pool, jobs, 2 * caption_workers.n_proc)
+    if captions_ahead is not None:
+        results = captions_ahead.results(parts, progress)
     else:
         source = CaptionSource(opts.db, scheme, cache_path)
         results = (chunk_lines(source, scheme, c, f) for c, f in zip(chunks, parts, strict=True))
@@ -539,7 +537,7 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
             for c, f, lines in zip(chunks, parts, results, strict=True):
                 progress.check_cancelled()
                 writer.add(c, f, lines)
-                fh.write(lines.text)
+                fh.write(lines.found_only(c, f))
                 progress.update(writer.done, int(ids.size))
         writer.count(found)
         shard_of, ext_of = _write_shards_file(out, opts, locator, writer.per_shard)
@@ -557,29 +555,55 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     return summary
 
 
-def _walk_in_workers(locator: _Locator, tasks: list, caption_workers: CaptionWorkers) -> None:
-    """Pass 1 with the walk in the caption worker processes (shard_index.walk_shards: the shards the header
-    index does not hold) and each group's posts taken here as its walk comes back, in order."""
-    split = [locator.indexed(locator.group_shards(group)) for group in tasks]
-    jobs = ((int(sum(g.size for _b, g in group)), (walk_shards, [str(s) for s in todo]))
-            for group, (_known, todo) in zip(tasks, split, strict=True))  # fmt: skip
-    walked = in_order(caption_workers.pool, jobs, 2 * caption_workers.n_proc)
-    for group, (known, todo), result in zip(tasks, split, walked, strict=True):
+class _CaptionsAhead:
+    """Pass 2's caption chunks on the worker processes, in order, at most `ahead` in flight. The first ones are
+    sent while the shards are still being located: those come back with every post's line (the found posts are
+    not known yet) and are cut here (`ChunkLines.found_only`); the later ones are cut in the worker."""
+
+    def __init__(self, workers, db, scheme: QualityScheme, cache_path: str | None, chunks: list) -> None:
+        self.pool = workers.pool
+        self.ahead = 2 * workers.n_proc + 2  # enough to keep every worker busy while this process takes posts
+        self.call = (lines_in_worker, str(db), scheme, cache_path)
+        self.chunks = chunks
+        self.next = 0  # the next chunk to send
+        self.sent: deque = deque()
+
+    def _send(self, found: np.ndarray | None) -> None:
+        self.sent.append(self.pool.submit(*self.call, self.chunks[self.next], found))
+        self.next += 1
+
+    def send_first(self) -> None:
+        while len(self.sent) < self.ahead and self.next < len(self.chunks):
+            self._send(None)
+
+    def results(self, parts: list[np.ndarray], progress: Progress) -> Iterator[ChunkLines]:
+        """Each chunk's ChunkLines, in order; `parts[i]` holds chunk i's found ids."""
+        while self.sent or self.next < len(self.chunks):
+            while len(self.sent) < self.ahead and self.next < len(self.chunks):
+                self._send(parts[self.next])
+            progress.check_cancelled()
+            yield self.sent.popleft().result()
+
+
+def _locate_in_order(locator: _Locator, tasks: list) -> None:
+    """Pass 1 with the walks in the caption worker processes: each group's posts taken here as its walk comes
+    back, in group order."""
+    for key, group in tasks:
         locator.progress.check_cancelled()  # (progress itself: take_group counts the group's posts)
-        locator.take_group(group, locator.merge(known, todo, result))
+        locator.take_group(group, locator.walks.take(key))
 
 
-_BUCKETS_PER_TASK = 25  # 40 tasks for the 1,000 buckets
-
-
-def _bucket_groups(ids: np.ndarray) -> list[list[tuple[int, np.ndarray]]]:
-    """The selected ids by bucket (`id % 1000`, the shards' split), in groups of _BUCKETS_PER_TASK buckets: a
-    numpy pass over a group's headers costs the same fixed ~1 ms for 30 headers or 30,000."""
+def _bucket_groups(ids: np.ndarray) -> list[tuple[int, list[tuple[int, np.ndarray]]]]:
+    """The selected ids by bucket (`id % 1000`, the shards' split), in the groups of buckets the walks use
+    (shard_walks.group_of), as (group, [(bucket, ids), ...]) in bucket order."""
     buckets = ids % BUCKETS
     order = np.argsort(buckets, kind="stable")
-    groups = np.split(ids[order], np.flatnonzero(np.diff(buckets[order])) + 1) if ids.size else []
-    per_bucket = [(int(g[0] % BUCKETS), g) for g in groups]
-    return [per_bucket[i : i + _BUCKETS_PER_TASK] for i in range(0, len(per_bucket), _BUCKETS_PER_TASK)]
+    split = np.split(ids[order], np.flatnonzero(np.diff(buckets[order])) + 1) if ids.size else []
+    groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for g in split:
+        bucket = int(g[0] % BUCKETS)
+        groups.setdefault(group_of(bucket), []).append((bucket, g))
+    return list(groups.items())
 
 
 class _ManifestWriter:

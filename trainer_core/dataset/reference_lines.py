@@ -25,14 +25,22 @@ FIELDS = 8
 
 
 class ChunkLines(NamedTuple):
-    """One chunk's caption lines (UTF-8, found posts only, in id order) and, for the summary and the reference
-    table, the chunk's posts' rating, quality and year codes (all posts of the chunk, found or not; quality and
-    year -1 = none)."""
+    """One chunk's caption lines (UTF-8, in id order: the found posts' only, or every post's where the found
+    posts were not known yet when the chunk was sent, `every_post`) and, for the summary and the reference table,
+    the chunk's posts' rating, quality and year codes (all posts of the chunk, found or not; quality and year
+    -1 = none)."""
 
     text: bytes
     rating: np.ndarray
     quality: np.ndarray
     year: np.ndarray
+    every_post: bool = False
+
+    def found_only(self, ids: np.ndarray, found_ids: np.ndarray) -> bytes:
+        """The lines of the found posts `found_ids` (sorted) of the chunk `ids`."""
+        if not self.every_post:
+            return self.text
+        return found_lines(self.text, len(ids), in_sorted(ids, found_ids))
 
 
 def found_lines(jsonl: bytes, n: int, hit: np.ndarray) -> bytes:
@@ -51,20 +59,23 @@ def found_lines(jsonl: bytes, n: int, hit: np.ndarray) -> bytes:
 
 
 def chunk_lines(
-    source: CaptionSource, scheme: QualityScheme, ids: np.ndarray, found_ids: np.ndarray
+    source: CaptionSource, scheme: QualityScheme, ids: np.ndarray, found_ids: np.ndarray | None
 ) -> ChunkLines:
-    """Caption the chunk `ids` (sorted) and keep the lines of its found posts `found_ids` (a sorted subset)."""
+    """Caption the chunk `ids` (sorted) and keep the lines of its found posts `found_ids` (a sorted subset); every
+    line where `found_ids` is None (a chunk captioned while the shards are still being located)."""
     posts, jsonl = source.caption(ids, jsonl=True)
     if posts.ids.size != ids.size or not np.array_equal(posts.ids, ids):
         raise RuntimeError("the caption builder returned other posts than the chunk's")
     quality = scheme.label_indices(posts.ids, posts.rating, posts.fav_count)
     year = year_tag_indices(posts.year)
-    text = found_lines(jsonl.encode("utf-8"), len(ids), in_sorted(ids, found_ids))  # type: ignore[union-attr]
-    return ChunkLines(text, posts.rating, quality, year)
+    text = jsonl.encode("utf-8")  # type: ignore[union-attr]
+    if found_ids is None:
+        return ChunkLines(text, posts.rating, quality, year, every_post=True)
+    return ChunkLines(found_lines(text, len(ids), in_sorted(ids, found_ids)), posts.rating, quality, year)
 
 
 def lines_in_worker(
-    db_path: str, scheme: QualityScheme, cache_path: str | None, ids: np.ndarray, found_ids: np.ndarray
+    db_path: str, scheme: QualityScheme, cache_path: str | None, ids: np.ndarray, found_ids: np.ndarray | None
 ) -> ChunkLines:
     """`chunk_lines` inside a caption worker process (its caption source is kept between chunks)."""
     return chunk_lines(worker_source(db_path, scheme, cache_path), scheme, ids, found_ids)
