@@ -175,8 +175,11 @@ class CaptionsPage(Card):
 
 
 class OutputPage(Card):
+    # a reference build is no kohya folder (no image, no .txt): the title says what the folder will hold
+    TITLES = {"copy": "Output: kohya folder layout", "reference": "Output: captions and shard references"}
+
     def __init__(self) -> None:
-        super().__init__("Output: kohya folder layout")
+        super().__init__(self.TITLES["copy"])
         form = QFormLayout()
         self.out_row = PathRow("folder", "Dataset folder")
         form.addRow("Dataset folder", self.out_row)
@@ -231,6 +234,7 @@ class OutputPage(Card):
         # a reference build keeps the shard bytes as they are: re-encoding and a pixel budget do not apply
         self.format_combo.setEnabled(not reference)
         self.budget_combo.setEnabled(not reference)
+        self.title.setText(self.TITLES["reference" if reference else "copy"])
 
 
 def describe_export(event) -> str:

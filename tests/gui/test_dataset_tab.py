@@ -202,6 +202,7 @@ def test_reference_build_by_clicks_writes_no_image_and_says_so(tab, qtbot, demo_
     click(o.reference_radio)
     assert tab.form.image_mode == "reference" and o.reference_radio.isChecked()
     assert not o.format_combo.isEnabled() and not o.budget_combo.isEnabled()
+    assert o.title.text() == "Output: captions and shard references"
     assert "no image and no caption file" in tab.output_note.text()
     click(tab.next_button)
     assert "images referenced in the shards (no copy)" in tab.run.run_summary.text()
@@ -222,6 +223,7 @@ def test_reference_build_by_clicks_writes_no_image_and_says_so(tab, qtbot, demo_
         click(tab.back_button)
     click(o.copy_radio)
     assert tab.form.image_mode == "copy" and o.format_combo.isEnabled() and o.budget_combo.isEnabled()
+    assert o.title.text() == "Output: kohya folder layout"
     assert "<id>.txt" in tab.output_note.text()
 
 
