@@ -700,6 +700,37 @@ def test_a_second_build_takes_the_headers_from_the_index(built, tmp_path, monkey
     assert tree(tmp_path / "second") == tree(ref)
 
 
+def test_saving_an_index_removes_those_of_folders_that_are_gone(built, tmp_path, monkeypatch):
+    """One index file per images folder: when a folder is deleted, the next save of any index removes its file;
+    the index of a folder that still exists, and a file that is no index, stay."""
+    from trainer_core.dataset import shard_index
+    from trainer_core.dataset.shard_index import ShardIndex, walk_shards
+
+    _db, images, _copy, _ref = built
+    monkeypatch.setattr(shard_index, "index_root", lambda: tmp_path / "cache")
+    files = {}
+    for name in ("kept", "gone", "other"):
+        folder = tmp_path / name
+        folder.mkdir()
+        shard = folder / "data-0001.tar"
+        shutil.copy2(next(images.glob("data-*.tar")), shard)
+        index = ShardIndex.open(folder)
+        index.add(shard, walk_shards([str(shard)])[0])
+        index.save()
+        files[name] = index.file
+    (tmp_path / "cache" / "notes.bin").write_bytes(b"not an index")
+    assert all(f.exists() for f in files.values())
+    shutil.rmtree(tmp_path / "gone")
+    index = ShardIndex.open(tmp_path / "other")
+    index.add(
+        tmp_path / "other" / "data-0001.tar", walk_shards([str(tmp_path / "other" / "data-0001.tar")])[0]
+    )
+    index.save()
+    assert files["kept"].exists() and files["other"].exists() and not files["gone"].exists()
+    assert (tmp_path / "cache" / "notes.bin").exists()
+    assert ShardIndex.open(tmp_path / "kept").lookup(tmp_path / "kept" / "data-0001.tar") is not None
+
+
 def test_a_changed_shard_or_a_damaged_index_means_walking_again(built, tmp_path):
     """An index entry is used only for the shard as it was: rewritten with the same size and mtime (its ctime
     moves) it is walked again, as is every shard of a damaged index file."""

@@ -10,7 +10,7 @@ the shard is simply walked again. One file per folder (not per shard) because cr
 of kernel time on the project's VM: 3,000 small files would make a first build slower by about a second.
 The file is plain data (a JSON table, then int64 columns), never pickle, written by the build's main process
 to a temp file and renamed; a damaged one reads as empty, and a cache folder that cannot be written only means
-no index.
+no index. Each save removes the index files of images folders that no longer exist (`prune_stale`).
 """
 
 from __future__ import annotations
@@ -174,6 +174,40 @@ class ShardIndex:
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        prune_stale(self.file.parent, keep=self.file)
 
 
-__all__ = ["ShardIndex", "WalkedShard", "index_root", "walk_shards"]
+def _shard_folders(file: Path) -> set[str] | None:
+    """The folders of the shards an index file lists (None: not an index file this build can read)."""
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(8 + _LENGTH.size)
+            if head[:8] != _MAGIC or len(head) < 8 + _LENGTH.size:
+                return None
+            (n_json,) = _LENGTH.unpack_from(head, 8)
+            table = json.loads(fh.read(n_json))
+        return {os.path.dirname(str(row[0])) for row in table}
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
+def prune_stale(folder: Path, keep: Path | None = None) -> list[Path]:
+    """Remove the index files (and leftover temp files) of images folders that no longer exist: one file per
+    folder ever built from would otherwise pile up in the cache. A file that cannot be read is left alone."""
+    removed = []
+    try:
+        files = sorted(folder.glob("*.bin"))
+    except OSError:
+        return removed
+    for file in files:
+        if keep is not None and file == keep:
+            continue
+        folders = _shard_folders(file)
+        if folders and not any(os.path.isdir(f) for f in folders):
+            with contextlib.suppress(OSError):
+                file.unlink()
+                removed.append(file)
+    return removed
+
+
+__all__ = ["ShardIndex", "WalkedShard", "index_root", "prune_stale", "walk_shards"]
