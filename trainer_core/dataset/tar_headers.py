@@ -459,7 +459,7 @@ def settle(walks: list[Walk]) -> list[Headers | None]:
     return out
 
 
-_ROWS = 2048  # headers per slice of `settle`'s numpy work (1 MB of header blocks)
+_ROWS = 8192  # headers per slice of `settle`'s numpy work (4 MB of blocks: 0.69 us per header, 0.75 at 2048)
 
 
 def _settle_rows(h: np.ndarray, heads: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
