@@ -29,7 +29,7 @@ from trainer_core.generate.prompt import (
     extra_network_multiplier,
     strip_extra_networks,
 )
-from trainer_core.generate.samplers import AUTOMATIC, DEFAULT_SAMPLER, SAMPLERS, SCHEDULES
+from trainer_core.generate.samplers import AUTOMATIC, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, SCHEDULES
 
 NEGATIVE_PRESETS = {
     "Kohaku XL (quality + artifacts)": "low quality, worst quality, normal quality, text, signature, jpeg artifacts, "
@@ -98,7 +98,7 @@ class GenerationForm:
     lokrs: list[LokrChoice] = field(default_factory=list)
     sampler: str = DEFAULT_SAMPLER
     schedule: str = AUTOMATIC
-    steps: int = 28
+    steps: int = DEFAULT_STEPS  # the default sampler's (samplers.default_steps)
     cfg: float = 7.0
     seed: int = -1  # -1: a new random seed for each press
     width: int = DEFAULT_SIZE[0]

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from trainer_core.generate.samplers import SAMPLERS, default_steps
 from trainer_core.workspace import Workspace
 from trainer_core.workspace_queries import BaseHint, KnownModels, find_lokr_base, scan_models
 
@@ -60,6 +61,7 @@ from .generate_results_panel import ResultsPanel
 from .generate_settings_panel import SettingsPanel
 
 TAB_TITLE = "Generate"
+SAMPLER_DEFAULT_STEPS = frozenset(spec.default_steps for spec in SAMPLERS.values())
 TAB_ORDER = 50
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 __all__ = ["GenerateTab", "create_tab", "size_presets"]
@@ -226,6 +228,16 @@ class GenerateTab(QWidget):
     def _on_field_edited(self, field: str) -> None:
         if field == "model":
             self._use_native_size()
+        elif field == "sampler":
+            self._use_sampler_steps()
+
+    def _use_sampler_steps(self) -> None:
+        """Picking a sampler sets its default steps (DPM fast needs 40 where the others start at 28), unless the
+        user chose other steps: steps at some sampler's default follow the sampler, any other value stays."""
+        wanted = default_steps(self.form.sampler)
+        if self.form.steps != wanted and self.form.steps in SAMPLER_DEFAULT_STEPS:
+            self.form.steps = wanted
+            self.binding.push()
 
     def _use_native_size(self) -> None:
         """Picking a model sets its training resolution as the size (128² for the demo model, with hires off:

@@ -202,3 +202,26 @@ def test_cli_generate(model_path, tmp_path, capsys):
         == 2
     )
     assert "--size '64' is not WxH" in capsys.readouterr().err
+
+
+def test_cli_steps_default_to_the_samplers(monkeypatch, tmp_path):
+    """Without --steps, `kxl generate` runs the sampler's default steps: 28, and 40 for DPM fast (samplers.py
+    says why); --steps always wins."""
+    from trainer_core.generate import pipeline
+    from trainer_core.generate.samplers import default_steps
+
+    seen = []
+
+    def fake_generate(request, progress=None):
+        seen.append((request.sampler, request.steps))
+        raise KxlError("stop here")
+
+    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    base = ["generate", "--model", str(tmp_path / "m.safetensors"), "--prompt", "x", "--out", str(tmp_path)]
+    for extra in ([], ["--sampler", "DPM fast"], ["--sampler", "DPM++ 2M Karras"], ["--sampler", "DPM fast",
+                                                                                     "--steps", "12"]):  # fmt: skip
+        assert kxl_main(base + extra) != 0
+    assert seen == [("Euler a", 28), ("DPM fast", 40), ("DPM++ 2M Karras", 28), ("DPM fast", 12)]
+    assert (
+        default_steps("DPM fast") == 40 and default_steps("Euler a") == 28 and default_steps("nonsense") == 28
+    )

@@ -428,3 +428,36 @@ def test_the_demo_model_generates_at_its_own_size(tab, workspace):
     assert tab.form.model is not None and tab.known.native[tab.form.model] == (128, 128)
     assert (tab.form.width, tab.form.height, tab.form.hires) == (128, 128, False)
     assert (tab.settings.width_box.value(), tab.settings.height_box.value()) == (128, 128)
+
+
+def _choose_by_keys(combo, text: str) -> None:
+    """Step the sampler box to `text` with the arrow keys, as a user does from the keyboard."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    target = combo.findText(text)
+    assert target >= 0, text
+    combo.setFocus()
+    while combo.currentIndex() != target:
+        QTest.keyClick(combo, Qt.Key.Key_Down if combo.currentIndex() < target else Qt.Key.Key_Up)
+
+
+def test_picking_dpm_fast_sets_its_default_steps_unless_the_user_chose_steps(qtbot, tab):
+    """DPM fast needs 40 model calls where the other samplers start at 28 (samplers.py); picking it moves steps
+    that sit at a sampler default, and steps the user typed stay."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    assert tab.sampler.currentText() == "Euler a" and tab.steps.value() == 28
+    _choose_by_keys(tab.sampler, "DPM fast")
+    assert tab.form.sampler == "DPM fast" and tab.steps.value() == 40 and tab.form.steps == 40
+    _choose_by_keys(tab.sampler, "Euler")
+    assert tab.form.sampler == "Euler" and tab.steps.value() == 28
+    tab.steps.setFocus()
+    tab.steps.selectAll()
+    QTest.keyClicks(tab.steps, "33")
+    QTest.keyClick(tab.steps, Qt.Key.Key_Return)
+    assert tab.form.steps == 33
+    _choose_by_keys(tab.sampler, "DPM fast")
+    assert tab.form.sampler == "DPM fast" and tab.steps.value() == 33 and tab.form.steps == 33
+    assert tab.form.to_engine().steps == 33

@@ -35,7 +35,7 @@ from .infotext import (
 )
 from .lokr_apply import AppliedLokrs, LokrUse, apply_lokrs
 from .prompt import DEFAULT_COMMA_BACKTRACK, check_emphasis, strip_extra_networks
-from .samplers import AUTOMATIC, DEFAULT_SAMPLER, ResolvedSampler, make_scheduler
+from .samplers import AUTOMATIC, DEFAULT_SAMPLER, DEFAULT_STEPS, ResolvedSampler, make_scheduler
 from .scheduled_conditioning import ScheduledConditioning, schedule_steps
 
 MAX_SEED = 4294967294  # A1111 draws random seeds in [0, 4294967294)
@@ -62,7 +62,7 @@ class SampleSettings:
 
     prompt: str
     negative: str = ""
-    steps: int = 28
+    steps: int = DEFAULT_STEPS
     cfg: float = 7.0
     sampler: str = DEFAULT_SAMPLER
     schedule: str = AUTOMATIC
