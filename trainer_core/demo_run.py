@@ -53,8 +53,7 @@ if TYPE_CHECKING:  # typing only: the dataset modules pull in numpy, which the C
     from .dataset.selection import SelectionPlan
 
 # The hakuframe concept needs steps: on the card selection (222 pictures, ~20 % by the artist) 700 steps drew its
-# frame for 1/7 prompts, 1200 for 4/7 on the previous base and 3/7 on the shipped one (5/7 left out where not
-# asked); ~7 min of training on 2 idle cores.
+# frame for 1/7 prompts, 1200 for 4/7 (5/7 left out where not asked); ~7 min of training on 2 idle cores.
 DEFAULT_STEPS = 1200
 DEFAULT_PROCESSES = 2
 SELECTIONS = ("card", "all")
