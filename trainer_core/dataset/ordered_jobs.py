@@ -14,6 +14,40 @@ from concurrent.futures import Executor, Future
 from ..progress import Progress
 
 
+class OrderedJobs:
+    """`in_order` with its first jobs sent ahead (`fill`) before anyone takes results: a caller that has other
+    work first keeps the workers busy meanwhile. Jobs are drawn from `jobs` lazily, when they are sent, so a job
+    generator can read state that changes between `fill` and `results`."""
+
+    def __init__(self, pool: Executor, jobs: Iterable[tuple[int, tuple]], ahead: int) -> None:
+        self.pool = pool
+        self.it = iter(jobs)
+        self.ahead = max(1, ahead)
+        self.pending: deque[tuple[int, Future]] = deque()
+
+    def fill(self) -> None:
+        """Send jobs until `ahead` are in flight (or none is left)."""
+        while len(self.pending) < self.ahead:
+            nxt = next(self.it, None)
+            if nxt is None:
+                return
+            self.pending.append((nxt[0], self.pool.submit(*nxt[1])))
+
+    def results(self, progress: Progress | None = None, done: int = 0, total: int | None = None) -> Iterator:
+        """The results in job order, each followed by sending the next job (see `in_order`)."""
+        self.fill()
+        while self.pending:
+            if progress is not None:
+                progress.check_cancelled()
+            weight, fut = self.pending.popleft()
+            result = fut.result()
+            self.fill()
+            done += weight
+            if progress is not None:
+                progress.update(done, total)
+            yield result
+
+
 def in_order(
     pool: Executor,
     jobs: Iterable[tuple[int, tuple]],
@@ -27,21 +61,4 @@ def in_order(
     After each result `progress` (if any) gets the summed weights so far (starting at `done`) out of `total`, and
     a cancel request stops the loop between results (queued jobs are left to the caller's executor to drop).
     """
-    it = iter(jobs)
-    pending: deque[tuple[int, Future]] = deque()
-    for weight, call in it:
-        pending.append((weight, pool.submit(*call)))
-        if len(pending) >= max(1, ahead):
-            break
-    while pending:
-        if progress is not None:
-            progress.check_cancelled()
-        weight, fut = pending.popleft()
-        result = fut.result()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt[0], pool.submit(*nxt[1])))
-        done += weight
-        if progress is not None:
-            progress.update(done, total)
-        yield result
+    return OrderedJobs(pool, jobs, ahead).results(progress, done, total)

@@ -46,8 +46,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import Counter, deque
-from collections.abc import Iterator
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +61,10 @@ from .column_cache import ColumnCache
 from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size, simple_webp_size
 from .image_refs import SHARDS_FILE, ShardInfo, fingerprint_int, pread_exact, shards_file_text
 from .images import BUCKETS, SHARD_RE, Hit, ImageSource, MemberRef, ShardReadError, scan_tar_refs
+from .ordered_jobs import OrderedJobs
 from .ref_table import CAPTIONS_FILE, REFS_FILE, compose_table, write_table
 from .reference_lines import FIELDS, ChunkLines, chunk_lines, lines_in_worker
-from .shard_index import ShardIndex, WalkedShard
+from .shard_index import WalkedShard
 from .shard_walks import ShardWalks, group_of
 from .stats import RATING_LABELS, SKIPPED_FILE, DatasetSummary, summarize_counts
 from .tar_headers import (
@@ -151,7 +151,7 @@ class _Locator:
     """Pass 1: finds every selected post's image in the shards (module docstring). `run_bucket` runs on the
     export's worker threads (export._export_buckets); results are appended under a lock."""
 
-    def __init__(self, opts, src: ImageSource, progress: Progress, total: int) -> None:
+    def __init__(self, opts, src: ImageSource, progress: Progress, total: int, walks: ShardWalks) -> None:
         self.opts = opts
         self.src = src
         self.progress = progress
@@ -163,8 +163,7 @@ class _Locator:
         self.corrupt: dict[int, dict] = {}  # post id -> its skipped record
         self.missing: set[int] = set()  # not in the bucket's shards (updates/ are looked at afterwards)
         self.shard_errors: dict[str, str] = {}
-        # the shards' headers (shard_walks.py: from the images folder's index, or walked), set by the build
-        self.walks = ShardWalks(src, ShardIndex(None))
+        self.walks = walks  # the shards' headers (shard_walks.py: from the images folder's index, or walked)
         self.exts: list[str] = []  # the extensions met; a row holds an index into it
         self._ext_code: dict[str, int] = {}
         self._ext_map: np.ndarray | None = None
@@ -480,37 +479,37 @@ def _header_size(fd: int, offset: int, size: int, head: bytes) -> tuple[int, int
 
 def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: QualityScheme, workers: int,
                             progress: Progress, cache: ColumnCache | None,
-                            caption_workers: CaptionWorkers | None,
-                            walks: ShardWalks | None = None) -> DatasetSummary:  # fmt: skip
+                            caption_workers: CaptionWorkers | None, walks: ShardWalks) -> DatasetSummary:  # fmt: skip
     """Pass 1 and 2 (module docstring) for the selected `ids` (sorted); writes captions.jsonl, refs.npy,
     shards.json and skipped.jsonl into `opts.out` and returns the build's summary.
 
-    With caption worker processes (a big selection) both passes run in them, on every core: the walks (started
-    ahead by the caller, `walks`, or here), then the captions, the first chunks of which are sent before the
+    With caption worker processes (a big selection) both passes run in them, on every core: the walks (`walks`,
+    started by the caller before its selection), then the captions, the first chunks of which are sent before the
     locate pass ends so that no worker waits while this process takes the posts from the walked headers
     (numpy); this process then writes the caption lines and composes the table. Without, both run here (threads
     for the walk)."""
     from .export import _export_buckets
 
     out = opts.out
-    locator = _Locator(opts, src, progress, int(ids.size))
-    if walks is None:
-        walks = ShardWalks(src, ShardIndex.open(opts.images, enabled=src.kind == "shards"))
-    locator.walks = walks
+    locator = _Locator(opts, src, progress, int(ids.size), walks)
     tasks = _bucket_groups(ids)
     walks.keep_only({g for g, _group in tasks})
     use_pool = caption_workers is not None and default_processes(int(ids.size)) >= 1
     chunks = list(chunked(ids, CHUNK_POSTS))
     cache_path = None if cache is None else str(cache.path)
-    captions_ahead = (
-        _CaptionsAhead(caption_workers, opts.db, scheme, cache_path, chunks) if use_pool else None
-    )
+    parts: list[np.ndarray] = []  # each chunk's found ids, once the locate pass is over
+    captions_ahead = None
+    if use_pool:
+        assert caption_workers is not None
+        # A chunk sent before `parts` is known comes back with every post's line and is cut here
+        # (ChunkLines.found_only); the later ones are cut in the worker. 2 per worker and 2 more keep every
+        # worker busy while this process takes posts.
+        jobs = ((int(c.size), (lines_in_worker, str(opts.db), scheme, cache_path, c, parts[i] if parts else None))
+                for i, c in enumerate(chunks))  # fmt: skip
+        captions_ahead = OrderedJobs(caption_workers.pool, jobs, 2 * caption_workers.n_proc + 2)
     progress.stage(f"Locating {ids.size:,} posts in the shards' headers ({src.describe()})")
-    if use_pool and src.kind == "shards":
-        assert captions_ahead is not None
-        if not walks.started:
-            walks.start(caption_workers.pool)  # type: ignore[union-attr]
-        captions_ahead.send_first()  # queued behind the walks: the workers go on to them while this process
+    if captions_ahead is not None and src.kind == "shards":
+        captions_ahead.fill()  # queued behind the walks: the workers go on to them while this process takes posts
         _locate_in_order(locator, tasks)
     else:
         _export_buckets(locator, tasks, workers)
@@ -524,11 +523,11 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     writer = _ManifestWriter(opts, locator)
     captions = out / CAPTIONS_FILE
     found_ids = found[:, 0]
-    parts = [found_ids[np.searchsorted(found_ids, c[0]) : np.searchsorted(found_ids, c[-1], side="right")]
-             for c in chunks]  # fmt: skip
+    parts += [found_ids[np.searchsorted(found_ids, c[0]) : np.searchsorted(found_ids, c[-1], side="right")]
+              for c in chunks]  # fmt: skip
     source = None
     if captions_ahead is not None:
-        results = captions_ahead.results(parts, progress)
+        results = captions_ahead.results()
     else:
         source = CaptionSource(opts.db, scheme, cache_path)
         results = (chunk_lines(source, scheme, c, f) for c, f in zip(chunks, parts, strict=True))
@@ -553,36 +552,6 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     summary.shard_errors = [{"shard": k, "reason": v} for k, v in sorted(locator.shard_errors.items())]
     summary.ignored_files = sorted(src.ignored)
     return summary
-
-
-class _CaptionsAhead:
-    """Pass 2's caption chunks on the worker processes, in order, at most `ahead` in flight. The first ones are
-    sent while the shards are still being located: those come back with every post's line (the found posts are
-    not known yet) and are cut here (`ChunkLines.found_only`); the later ones are cut in the worker."""
-
-    def __init__(self, workers, db, scheme: QualityScheme, cache_path: str | None, chunks: list) -> None:
-        self.pool = workers.pool
-        self.ahead = 2 * workers.n_proc + 2  # enough to keep every worker busy while this process takes posts
-        self.call = (lines_in_worker, str(db), scheme, cache_path)
-        self.chunks = chunks
-        self.next = 0  # the next chunk to send
-        self.sent: deque = deque()
-
-    def _send(self, found: np.ndarray | None) -> None:
-        self.sent.append(self.pool.submit(*self.call, self.chunks[self.next], found))
-        self.next += 1
-
-    def send_first(self) -> None:
-        while len(self.sent) < self.ahead and self.next < len(self.chunks):
-            self._send(None)
-
-    def results(self, parts: list[np.ndarray], progress: Progress) -> Iterator[ChunkLines]:
-        """Each chunk's ChunkLines, in order; `parts[i]` holds chunk i's found ids."""
-        while self.sent or self.next < len(self.chunks):
-            while len(self.sent) < self.ahead and self.next < len(self.chunks):
-                self._send(parts[self.next])
-            progress.check_cancelled()
-            yield self.sent.popleft().result()
 
 
 def _locate_in_order(locator: _Locator, tasks: list) -> None:

@@ -192,8 +192,8 @@ def _shard_folders(file: Path) -> set[str] | None:
 
 
 def prune_stale(folder: Path, keep: Path | None = None) -> list[Path]:
-    """Remove the index files (and leftover temp files) of images folders that no longer exist: one file per
-    folder ever built from would otherwise pile up in the cache. A file that cannot be read is left alone."""
+    """Remove the index files of images folders that no longer exist: one file per folder ever built from would
+    otherwise pile up in the cache. A file that cannot be read is left alone."""
     removed = []
     try:
         files = sorted(folder.glob("*.bin"))

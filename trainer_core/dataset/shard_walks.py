@@ -39,8 +39,7 @@ class ShardWalks:
     def __init__(self, src: ImageSource, index: ShardIndex) -> None:
         self.src = src
         self.index = index
-        self._started: dict[int, tuple[dict[Path, WalkedShard | None], list[Path], Future | None]] = {}
-        self.started = False
+        self._ahead: dict[int, tuple[dict[Path, WalkedShard | None], list[Path], Future | None]] = {}
 
     def shards(self, group: int) -> list[Path]:
         """The group's shards, each once, in the order its buckets look at them."""
@@ -54,27 +53,26 @@ class ShardWalks:
 
     def start(self, pool: Executor) -> None:
         """Submit the walk of every group's shards that the index does not hold, in group order."""
-        self.started = True
         for group in range(GROUPS):
             known, todo = self._split(group)
             job = pool.submit(walk_shards, [str(s) for s in todo]) if todo else None
-            self._started[group] = (known, todo, job)
+            self._ahead[group] = (known, todo, job)
 
     def keep_only(self, groups: set[int]) -> None:
         """Cancel the walks of the other groups that have not started yet (no selected post needs them)."""
-        for group, (_known, _todo, job) in list(self._started.items()):
+        for group, (_known, _todo, job) in list(self._ahead.items()):
             if group not in groups and job is not None and job.cancel():
-                del self._started[group]
+                del self._ahead[group]
 
     def take(self, group: int, check: Callable[[], None] | None = None) -> dict[Path, WalkedShard | None]:
         """The group's shards and their headers (None for one that does not open or does not settle: the build's
         slower readers take it). Walked here when it was not started ahead; what was walked goes to the index."""
-        started = self._started.pop(group, None)
-        if started is None:
+        ahead = self._ahead.pop(group, None)
+        if ahead is None:
             known, todo = self._split(group)
             walked = walk_shards([str(s) for s in todo], check)
         else:
-            known, todo, job = started
+            known, todo, job = ahead
             walked = job.result() if job is not None else []
         for shard, w in zip(todo, walked, strict=True):
             known[shard] = w
@@ -82,10 +80,10 @@ class ShardWalks:
         return known
 
     def cancel(self) -> None:
-        for _known, _todo, job in self._started.values():
+        for _known, _todo, job in self._ahead.values():
             if job is not None:
                 job.cancel()
-        self._started.clear()
+        self._ahead.clear()
 
 
 __all__ = ["BUCKETS_PER_GROUP", "GROUPS", "ShardWalks", "group_of"]

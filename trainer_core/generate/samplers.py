@@ -81,8 +81,7 @@ SCHEDULES: dict[str, str] = {
 
 def default_steps(sampler: str) -> int:
     """The steps a run of `sampler` (an A1111 name, legacy forms included) starts from when none are given."""
-    spec = SAMPLERS.get(resolve_sampler(sampler).sampler)
-    return spec.default_steps if spec is not None else DEFAULT_STEPS
+    return SAMPLERS[resolve_sampler(sampler).sampler].default_steps  # an unknown name resolves to the default
 
 
 @dataclass(frozen=True)
