@@ -6,8 +6,9 @@ Stages, each with an artefact inside the workspace folder:
                  the card's filters (no deleted, banned/gold-only or non-image posts) and the card's captions;
   3. merge       `models/kohaku-xl-delta-base.safetensors`: 0.5 gamma + 0.5 beta, the four CLIP embeddings
                  reverted to the original (the card's base);
-  4. train       `runs/demo-run/`: the tiny-demo preset (the card's LoKr algorithm) through `accelerate launch` with
-                 N CPU processes (gloo DDP), on the merged base;
+  4. train       `runs/demo-run/`: the tiny-demo preset (the card's LoKr algorithm) at the concept's learning rates
+                 (demo_run_concept.CONCEPT_OPTIMIZER) through `accelerate launch` with N CPU processes (gloo DDP),
+                 on the merged base;
   5. bake        `models/kohaku-xl-delta.safetensors`: the final LoKr merged into the base (merge operation copy);
   6. generate    `outputs/demo-run/`: the same card-style prompts and seeds on the merged base (before) and the
                  baked model (after), PNGs with A1111 infotext, a before | after `grid.png` and `demo-run.json`;
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .atomic import atomic_write_text
 from .demo_run_concept import (
     CONCEPT_DIR,
+    CONCEPT_OPTIMIZER,
     DEFAULT_CONCEPT_PROMPTS,
     MIN_CONCEPT_SIZE,
     ConceptFigure,
@@ -53,7 +55,8 @@ if TYPE_CHECKING:  # typing only: the dataset modules pull in numpy, which the C
     from .dataset.selection import SelectionPlan
 
 # The hakuframe concept needs steps: on the card selection (222 pictures, ~20 % by the artist) 700 steps drew its
-# frame for 1/7 prompts, 1200 for 4/7 (5/7 left out where not asked); ~7 min of training on 2 idle cores.
+# frame for 1/7 prompts on an earlier base; 1200 steps draw it for 4/7 on the shipped one (3/7 left out where not
+# asked); ~7 min of training on 2 idle cores.
 DEFAULT_STEPS = 1200
 DEFAULT_PROCESSES = 2
 SELECTIONS = ("card", "all")
@@ -381,6 +384,8 @@ def _train_config(base: Path, dataset: Path, steps: int, resolution: int) -> Any
     cfg.model.base, cfg.dataset.path = str(base.resolve()), str(dataset.resolve())
     cfg.dataset.resolution = resolution
     cfg.training.max_steps = steps
+    for key, value in CONCEPT_OPTIMIZER.items():
+        setattr(cfg.optimizer, key, value)
     return cfg
 
 
