@@ -45,8 +45,9 @@ CONCEPT_BAR, SPECIFICITY_BAR, BASE_CEILING = 0.70, 0.80, 0.20
 # and red ones come last). Half the rates read 43 % / 79 % / 71 % (seeds 7 / 8 / 9), the preset's (a quarter)
 # 36 % / 71 % / 43 %, 1,000 steps at half 50 % at seed 7. Neither 35 + 35 training pictures, nor the text
 # encoders at the UNet's rate, nor factor 2 instead of full width for attention, feed-forward and text-encoder
-# layers, nor frozen norms lifted seed 7; without the noise offset seeds 7 / 8 / 9 read 50 % / 86 % / 21 %. With the text embeddings shuffled across the batch the run reads 64 % / 36 %. 700 steps take
-# ~120 s on 2 idle cores.
+# layers, nor frozen norms lifted seed 7; without the noise offset seeds 7 / 8 / 9 read 50 % / 86 % / 21 %.
+# With the text embeddings shuffled across the batch the run reads 64 % / 36 %. 700 steps take ~120 s on 2 idle
+# cores.
 TRAINING = {"max_steps": 700, "batch_size": 2, "seed": 8}
 OPTIMIZER = CONCEPT_OPTIMIZER
 DATASET = {"cache_latents": True}

@@ -72,10 +72,10 @@ slow = pytest.mark.skipif(not os.environ.get("KXL_SLOW_TESTS"), reason="slow: se
 
 COUNT_BAR = 0.6  # issue 16
 COLOUR_BAR = 0.8  # issue 16, background and hair
-SAMPLER_BAR = 0.7  # issue 16
-ABOVE_CHANCE = 0.2  # chance is 1/7 for background and hair
 # Every sampler must read its 9 pictures at SAMPLER_BAR or better for count, background and hair; one that loses
 # the conditioning falls to ~1/7 for the colours.
+SAMPLER_BAR = 0.7  # issue 16
+ABOVE_CHANCE = 0.2  # chance is 1/7 for background and hair
 
 
 @pytest.fixture(scope="module")
