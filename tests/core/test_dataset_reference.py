@@ -696,6 +696,7 @@ def test_a_second_build_takes_the_headers_from_the_index(built, tmp_path, monkey
         raise AssertionError("an indexed shard was walked again")
 
     monkeypatch.setattr(shard_index, "walk_shard", no_walk)
+    monkeypatch.setattr(shard_index, "walk_settled", no_walk)  # the compiled walk, where it was built
     build(db, images, tmp_path / "second", "reference")
     assert tree(tmp_path / "second") == tree(ref)
 
@@ -809,7 +810,7 @@ def test_reference_table_gives_a_copy_builds_record_plus_ref(tmp_path):
         shards_file_text(tmp_path, subfolder, exts, infos, [2, 1]), encoding="utf-8"
     )
     write_table(
-        out / "refs.npy", compose_table(rows, np.array([0, 1]), np.array([0, 1, 2]), rating, quality, year)
+        out / "refs.npy", compose_table(rows.T, np.array([0, 1]), np.array([0, 1, 2]), rating, quality, year)
     )
     (out / "captions.jsonl").write_text("".join(json.dumps({"id": int(r[0]), "caption": c}, ensure_ascii=False) + "\n"
                                                 for r, c in zip(rows, captions, strict=True)), encoding="utf-8")  # fmt: skip
@@ -828,19 +829,23 @@ def test_reference_table_gives_a_copy_builds_record_plus_ref(tmp_path):
 
 
 def test_found_lines_keeps_the_found_posts_lines_byte_for_byte():
+    """Cutting out the missing posts' lines keeps the others byte for byte (runs of kept lines at the start,
+    middle and end); a text with another number of lines than posts is refused."""
     from trainer_core.dataset.reference_lines import found_lines
 
     jsonl = (
         b'{"id": 1, "caption": "a"}\n{"id": 2, "caption": "b \\"c\\""}\n{"id": 3, "caption": "\xc3\xa9"}\n'
     )
+    lines = jsonl.splitlines(keepends=True)
+    for hit in ([False, True, True], [True, False, True], [True, True, False], [False, True, False],
+                [True, False, False], [False, False, False]):  # fmt: skip
+        got = found_lines(jsonl, 3, np.array(hit))
+        assert got == b"".join(line for line, h in zip(lines, hit, strict=True) if h), hit
     assert found_lines(jsonl, 3, np.array([True, True, True])) is jsonl  # all found: passed through as is
-    assert found_lines(jsonl, 3, np.array([False, True, True])) == jsonl[jsonl.index(b"\n") + 1 :]
-    assert found_lines(jsonl, 3, np.array([True, False, True])).splitlines() == [jsonl.splitlines()[0],
-                                                                                jsonl.splitlines()[2]]  # fmt: skip
-    assert found_lines(jsonl, 3, np.array([False, False, False])) == b""
     assert found_lines(b"", 0, np.zeros(0, dtype=bool)) == b""
-    with pytest.raises(RuntimeError, match="3 posts came back as 2 lines"):
-        found_lines(jsonl[: jsonl.rindex(b"{")], 3, np.array([True, True, True]))
+    for hit in ([True, True, True], [True, False, True]):
+        with pytest.raises(RuntimeError, match="3 posts came back as 2 lines"):
+            found_lines(jsonl[: jsonl.rindex(b"{")], 3, np.array(hit))
 
 
 def _caption_processes(monkeypatch) -> None:
@@ -892,14 +897,26 @@ def test_a_cancelled_reference_build_writes_no_manifest(built, tmp_path, monkeyp
     assert not (tmp_path / "ref" / "shards.json").exists()
 
 
-@pytest.mark.parametrize("processes", [False, True], ids=["in-process", "worker-processes"])
-def test_odd_shards_give_a_copy_builds_records(tmp_path, monkeypatch, processes):
+@pytest.mark.parametrize(
+    ("processes", "walk"),
+    [(False, "numpy"), (False, "compiled"), (True, "default")],
+    ids=["in-process-numpy-walk", "in-process-compiled-walk", "worker-processes"],
+)
+def test_odd_shards_give_a_copy_builds_records(tmp_path, monkeypatch, processes, walk):
     """Pax and GNU headers, a damaged shard, a truncated one, an empty one: the reference build reports the
     same images, skipped posts and shard errors as a copy build (tarfile decides where the fast reader cannot),
-    whether it walks the shards in this process or in caption worker processes."""
+    whether it walks the shards in this process (with numpy or the compiled walk) or in caption worker
+    processes."""
     from collections import defaultdict
 
     import tomllib
+
+    from trainer_core.dataset import shard_index, tar_headers
+
+    if walk == "numpy":
+        monkeypatch.setattr(shard_index, "COMPILED", False)
+    elif walk == "compiled" and not tar_headers.COMPILED:
+        pytest.skip("the optional C walk was not built")
 
     from trainer_core.danbooru.db_reader import open_db
     from trainer_core.danbooru.demo_db import generate_demo_db

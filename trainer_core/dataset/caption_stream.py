@@ -45,11 +45,19 @@ class CaptionSource:
 
     def caption(self, ids: np.ndarray, jsonl: bool) -> tuple[PostColumns, CaptionChunk | str]:
         """The chunk's post columns and its captions (`CaptionBuilder.build`)."""
-        if self.cache is not None:
-            posts, tags = self.cache.fetch_chunk(ids)
-        else:
-            posts, tags = fetch_chunk(self.conn, ids)
+        posts, tags = self._fetch(ids)
         return posts, self.builder.build(self.conn, posts, tags, jsonl=jsonl)
+
+    def caption_jsonl_with_codes(self, ids: np.ndarray) -> tuple[PostColumns, str, np.ndarray, np.ndarray]:
+        """The chunk's post columns, its JSON Lines and its quality and year label indexes
+        (`CaptionBuilder.build_jsonl_with_codes`)."""
+        posts, tags = self._fetch(ids)
+        return (posts, *self.builder.build_jsonl_with_codes(self.conn, posts, tags))
+
+    def _fetch(self, ids: np.ndarray):
+        if self.cache is not None:
+            return self.cache.fetch_chunk(ids)
+        return fetch_chunk(self.conn, ids)
 
     def close(self) -> None:
         self.conn.close()

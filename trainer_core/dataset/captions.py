@@ -358,6 +358,18 @@ class CaptionBuilder:
         With `jsonl=True` returns the chunk as ready JSON Lines text (`{"id": ..., "caption": ...}` per post)
         instead, built in the same single join, which is what `kxl dataset captions` writes.
         """
+        return self._build(conn, posts, tags, jsonl)[0]
+
+    def build_jsonl_with_codes(
+        self, conn: sqlite3.Connection, posts: PostColumns, tags: TagChunk
+    ) -> tuple[str, np.ndarray, np.ndarray]:
+        """`build(..., jsonl=True)` and the posts' quality and year label indexes it computed on the way (-1 =
+        none): a reference build keeps them in its table, and computing them again cost ~2 ms per chunk."""
+        return self._build(conn, posts, tags, True)  # type: ignore[return-value]
+
+    def _build(
+        self, conn: sqlite3.Connection, posts: PostColumns, tags: TagChunk, jsonl: bool
+    ) -> tuple[CaptionChunk | str, np.ndarray, np.ndarray]:
         n = len(posts)
         if not np.array_equal(posts.ids, tags.post_ids):
             raise ValueError("post columns and tag chunk are not aligned")
@@ -392,10 +404,10 @@ class CaptionBuilder:
         if jsonl:
             pieces[start] = [f'{{"id": {i}, "caption": "' for i in posts.ids.tolist()]
             pieces[start + 3 + n_all] = '"}\n'
-            return "".join(pieces.tolist())
+            return "".join(pieces.tolist()), quality, year_idx
         pieces[start] = ""
         pieces[start + 3 + n_all] = (
             "\x00"  # tag names never hold NUL, so it splits the chunk back into captions
         )
         captions = "".join(pieces.tolist()).split("\x00")[:-1]
-        return CaptionChunk(posts.ids, captions, posts.rating, quality, year_idx)
+        return CaptionChunk(posts.ids, captions, posts.rating, quality, year_idx), quality, year_idx

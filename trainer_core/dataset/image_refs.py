@@ -318,17 +318,14 @@ def read_shards_file(root: str | Path) -> dict[str, ShardInfo]:
 
 def shards_file_text(images_root: Path, folder: str, exts: list[str], shards: list[ShardInfo],
                      posts: list[int]) -> str:  # fmt: skip
-    body = {
-        "version": FORMAT_VERSION,
-        "images": str(images_root),
-        "folder": folder,
-        "exts": exts,
-        "shards": [
-            {"path": s.path, "origin": s.origin, "size": s.size, "mtime_ns": s.mtime_ns, "posts": n}
-            for s, n in zip(shards, posts, strict=True)
-        ],
-    }
-    return json.dumps(body, indent=1) + "\n"
+    """shards.json: the dataset's fields, then one line per shard. Each part goes through json's C encoder
+    (`indent` takes the pure-Python one: 75 ms for 3,000 shards, against ~10 ms)."""
+    head = json.dumps({"version": FORMAT_VERSION, "images": str(images_root), "folder": folder, "exts": exts})
+    lines = [
+        json.dumps({"path": s.path, "origin": s.origin, "size": s.size, "mtime_ns": s.mtime_ns, "posts": n})
+        for s, n in zip(shards, posts, strict=True)
+    ]
+    return head[:-1] + ', "shards": [\n' + ",\n".join(lines) + "\n]}\n"
 
 
 @dataclass(frozen=True)

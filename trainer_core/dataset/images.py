@@ -55,9 +55,25 @@ class ImageSource:
     updates: list[Path] = field(default_factory=list)
     files: dict[int, str] = field(default_factory=dict)  # folder layout: id -> file name
     ignored: list[str] = field(default_factory=list)  # names that are not data-N.tar / <id>.<ext>
+    _root_abs: str | None = field(default=None, repr=False, compare=False)
 
     def origin(self, path: Path) -> str:
+        """The path relative to the images folder, with "/" (how manifests and shards.json name a shard)."""
+        # string slicing where the path's text starts with the folder's (every listed shard): relative_to
+        # cost ~20 us a call, 60 ms for the 3,000 shards a reference build names
+        text, root = str(path), str(self.root)
+        if text.startswith(root) and text[len(root) : len(root) + 1] == os.sep and ".." not in path.parts:
+            return text[len(root) + 1 :].replace(os.sep, "/")
         return path.relative_to(self.root).as_posix()
+
+    def absolute(self, path: Path) -> str:
+        """os.path.abspath(path), from the folder's absolute path for a listed shard (~1 us, not ~5)."""
+        if self._root_abs is None:
+            self._root_abs = os.path.abspath(self.root)
+        text, root = str(path), str(self.root)
+        if text.startswith(root) and text[len(root) : len(root) + 1] == os.sep and ".." not in path.parts:
+            return self._root_abs.rstrip(os.sep) + text[len(root) :]
+        return os.path.abspath(path)
 
     def candidates(self, bucket: int) -> list[Path]:
         return [

@@ -38,23 +38,24 @@ REF_DTYPE = np.dtype(
 )
 
 
-def compose_table(found: np.ndarray, shard_of: np.ndarray, ext_of: np.ndarray, rating: np.ndarray,
-                  quality: np.ndarray, year: np.ndarray) -> np.ndarray:  # fmt: skip
-    """The table of the found posts: `found` is reference_build's (n, 8) int64 rows (id, shard, offset, size,
+def compose_table(found: np.ndarray, shard_of: np.ndarray, ext_of: np.ndarray, rating: np.ndarray | None = None,
+                  quality: np.ndarray | None = None, year: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The table of the found posts: `found` is reference_build's (8, n) int64 columns (id, shard, offset, size,
     fp, width, height, ext) in id order, `shard_of` / `ext_of` map its shard indexes and extension codes to
-    shards.json's lists, the codes are aligned with `found`."""
-    table = np.empty(len(found), dtype=REF_DTYPE)
-    table["id"] = found[:, 0]
-    table["shard"] = shard_of[found[:, 1]]
-    table["offset"] = found[:, 2]
-    table["size"] = found[:, 3]
-    table["fp"] = found[:, 4].view(np.uint64)
-    table["width"] = found[:, 5]
-    table["height"] = found[:, 6]
-    table["ext"] = ext_of[found[:, 7]]
-    table["rating"] = rating
-    table["quality"] = quality
-    table["year"] = year
+    shards.json's lists, the codes are aligned with `found` (-1 where not given: a build sets them chunk by
+    chunk as the captions come back)."""
+    table = np.empty(found.shape[1], dtype=REF_DTYPE)
+    table["id"] = found[0]
+    table["shard"] = shard_of[found[1]]
+    table["offset"] = found[2]
+    table["size"] = found[3]
+    table["fp"] = found[4].view(np.uint64)
+    table["width"] = found[5]
+    table["height"] = found[6]
+    table["ext"] = ext_of[found[7]]
+    table["rating"] = -1 if rating is None else rating
+    table["quality"] = -1 if quality is None else quality
+    table["year"] = -1 if year is None else year
     return table
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_error
+from ..atomic import atomic_path, atomic_write_text_checked, write_error
 from ..danbooru.db_reader import CHUNK_POSTS, chunked
 from ..errors import KxlError
 from ..progress import Progress
@@ -60,7 +60,7 @@ from .captions import QUALITY_LABELS, YEAR_TAGS, QualityScheme
 from .column_cache import ColumnCache
 from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size, simple_webp_size
 from .image_refs import SHARDS_FILE, ShardInfo, fingerprint_int, pread_exact, shards_file_text
-from .images import BUCKETS, SHARD_RE, Hit, ImageSource, MemberRef, ShardReadError, scan_tar_refs
+from .images import BUCKETS, Hit, ImageSource, MemberRef, ShardReadError, scan_tar_refs
 from .ordered_jobs import OrderedJobs
 from .ref_table import CAPTIONS_FILE, REFS_FILE, compose_table, write_table
 from .reference_lines import FIELDS, ChunkLines, chunk_lines, lines_in_worker
@@ -73,7 +73,6 @@ from .tar_headers import (
     READ,
     FoundMember,
     Headers,
-    first_of_each,
     in_sorted,
     scan_wanted,
 )
@@ -151,15 +150,22 @@ class _Locator:
     """Pass 1: finds every selected post's image in the shards (module docstring). `run_bucket` runs on the
     export's worker threads (export._export_buckets); results are appended under a lock."""
 
-    def __init__(self, opts, src: ImageSource, progress: Progress, total: int, walks: ShardWalks) -> None:
+    def __init__(
+        self, opts, src: ImageSource, progress: Progress, selection: np.ndarray, walks: ShardWalks
+    ) -> None:
         self.opts = opts
         self.src = src
         self.progress = progress
-        self.total = total
+        self.selection = selection  # the selected ids, sorted
+        self.total = int(selection.size)
         self.done = 0
         self.lock = threading.Lock()
         self.shards = _Shards()
-        self.found: list[np.ndarray] = []  # (n, FIELDS) int64 blocks
+        self.found: list[np.ndarray] = []  # (FIELDS, n) int64 blocks: a column per field
+        # buckets whose shards all settled: (bucket, [(shard, walked)] in its candidates' order), taken at once
+        # by `take_settled` after the locate pass; the others' ids are taken shard by shard as they come
+        self._settled: list[tuple[int, list[tuple[Path, WalkedShard]]]] = []
+        self._odd_buckets: list[int] = []
         self.corrupt: dict[int, dict] = {}  # post id -> its skipped record
         self.missing: set[int] = set()  # not in the bucket's shards (updates/ are looked at afterwards)
         self.shard_errors: dict[str, str] = {}
@@ -199,16 +205,21 @@ class _Locator:
 
     def take_group(self, group: list[tuple[int, np.ndarray]], walked: dict[Path, WalkedShard | None]) -> None:
         """The group's posts from its walked shards (tar_headers.walk_shards): the buckets whose shards all
-        settled take their posts in one numpy pass, the others shard by shard (`_take`, `_scan_shard`), each
-        in a copy build's order."""
+        settled are kept for `take_settled` (one numpy pass over every such bucket), the others' posts are
+        taken here shard by shard (`_take`, `_scan_shard`), each in a copy build's order."""
         fds = _LazyFds()
         try:
-            clean, odd = [], []
+            odd = []
             for bucket, ids in group:
-                settled = all(_headers(walked.get(s)) is not None for s in self.src.candidates(bucket))
-                (clean if settled else odd).append((bucket, ids))
-            if clean:
-                self._take_buckets(clean, walked, fds)
+                shards = self.src.candidates(bucket)
+                if all(_headers(walked.get(s)) is not None for s in shards):
+                    with self.lock:
+                        self._settled.append((bucket, [(s, walked[s]) for s in shards]))  # type: ignore[misc]
+                    self.advance(int(ids.size))
+                else:
+                    odd.append((bucket, ids))
+            with self.lock:
+                self._odd_buckets.extend(bucket for bucket, _ids in odd)
             for bucket, ids in odd:
                 wanted = set(ids.tolist())
                 rows: list = []  # tuples (one post) and (n, FIELDS) arrays (a shard's members)
@@ -230,7 +241,7 @@ class _Locator:
     def _add_walked(self, path: Path, w: WalkedShard) -> int:
         """The shard's index, with its size and mtime as the walk first saw them."""
         return self.shards.add_info(
-            ShardInfo(os.path.abspath(path), w.size, w.mtime_ns), self.src.origin(path)
+            ShardInfo(self.src.absolute(path), w.size, w.mtime_ns), self.src.origin(path)
         )
 
     def _loose_bucket(self, ids: np.ndarray) -> None:
@@ -244,48 +255,63 @@ class _Locator:
         self._keep(rows, corrupt, wanted)
         self.advance(int(ids.size))
 
-    def _take_buckets(self, group: list[tuple[int, np.ndarray]], walked: dict, fds: _LazyFds) -> None:
-        """Buckets whose candidate shards all settled: their members in one array, in (bucket, shard) order, so
-        "the first member of a wanted id in its bucket's shards" is one stable sort."""
-        shards = [
-            s for bucket, _ids in group for s in self.src.candidates(bucket) if walked.get(s) is not None
-        ]
-        parts = [walked[s].headers for s in shards]
-        where = np.repeat(np.arange(len(shards)), [len(h.ids) for h in parts])
-        ids = np.concatenate([h.ids for h in parts]) if parts else np.zeros(0, dtype=np.int64)
-        wanted = np.sort(np.concatenate([g for _bucket, g in group]))
-        home = np.array([int(SHARD_RE.fullmatch(s.name).group(1)) % BUCKETS for s in shards], dtype=np.int64)
+    def take_settled(self) -> None:
+        """The posts of every bucket whose shards all settled, in one numpy pass over their headers: each id's
+        first member in its bucket's shards (a copy build's order: data-0XYZ .. data-9XYZ), for the selected
+        ids. One stable sort by id gives both "the first member of an id" and the id order refs.npy is
+        written in, so the rows come out sorted; a per-group pass cost ~12 ms of fixed numpy work per group."""
+        if not self._settled:
+            return
+        odd = np.array(sorted(self._odd_buckets), dtype=np.int64)
+        wanted = self.selection
+        if odd.size:
+            wanted = wanted[~in_sorted(wanted % BUCKETS, odd)]
+        shards = [(s, w) for _bucket, pairs in self._settled for s, w in pairs]
+        parts = [w.headers for _s, w in shards]
+        counts = np.array([len(h.ids) for h in parts], dtype=np.int64)
+        home = np.repeat(np.array([b for b, pairs in self._settled for _ in pairs], dtype=np.int64), counts)
+        ids = np.concatenate([h.ids for h in parts])
         # a member counts in its own bucket's shards only (a copy build looks for an id in those)
-        cand = np.flatnonzero((ids >= 0) & (ids % BUCKETS == home[where]) & in_sorted(ids, wanted))
-        pick = cand[first_of_each(ids[cand])]
-        rows: list = []
-        corrupt: dict[int, dict] = {}
+        cand = np.flatnonzero((ids >= 0) & (ids % BUCKETS == home))
+        del home
+        order = cand[np.argsort(ids[cand], kind="stable")]  # stable: within an id, the copy build's order
+        sid = ids[order]
+        keep = np.ones(len(sid), dtype=bool)
+        keep[1:] = sid[1:] != sid[:-1]
+        keep &= in_sorted(sid, wanted)
+        order, sid = order[keep], sid[keep]
+        where = np.repeat(np.arange(len(shards), dtype=np.int64), counts)[order]
         k_of = np.full(len(shards), -1, dtype=np.int64)
-        for j in np.flatnonzero(np.bincount(where[pick], minlength=len(shards))).tolist():
-            k_of[j] = self._add_walked(shards[j], walked[shards[j]])
-        col = {name: np.concatenate([getattr(h, name) for h in parts])[pick] if parts else np.zeros(0, np.int64)
+        for j in np.flatnonzero(np.bincount(where, minlength=len(shards))).tolist():
+            k_of[j] = self._add_walked(*shards[j])
+        col = {name: np.concatenate([getattr(h, name) for h in parts])[order]
                for name in ("offset", "size", "fp", "width", "height", "ext")}  # fmt: skip
-        settled = col["width"] > 0 if not self.opts.verify_images else np.zeros(len(pick), dtype=bool)
         if self._ext_map is None:
             self._ext_map = self.member_ext_codes()
-        table = np.column_stack([ids[pick], k_of[where[pick]], col["offset"], col["size"], col["fp"],
-                                 col["width"], col["height"], self._ext_map[col["ext"]]]).astype(np.int64)  # fmt: skip
-        rows.append(table[settled])
-        for i in np.flatnonzero(~settled).tolist():
-            j = int(where[pick[i]])
-            origin = self.src.origin(shards[j])
-            pid, offset, size = int(ids[pick[i]]), int(col["offset"][i]), int(col["size"][i])
-            try:
-                fd = fds.open(shards[j])
-                chunk = pread_exact(fd, BLOCK + min(size, READ - BLOCK), offset - BLOCK)
-            except OSError as exc:
-                corrupt[pid] = {"id": pid, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
-                                "shard": origin}  # fmt: skip
-                continue
-            self._member(fd, int(k_of[j]), origin, pid, MEMBER_EXTS[int(col["ext"][i])], offset, size,
-                         chunk[:BLOCK], chunk[BLOCK:], rows, corrupt)  # fmt: skip
-        self._keep(rows, corrupt, set(wanted[~in_sorted(wanted, np.sort(ids[pick]))].tolist()))
-        self.advance(int(wanted.size))
+        settled = col["width"] > 0 if not self.opts.verify_images else np.zeros(len(order), dtype=bool)
+        table = np.stack([sid, k_of[where], col["offset"], col["size"], col["fp"], col["width"], col["height"],
+                          self._ext_map[col["ext"]]])  # fmt: skip
+        rows: list = [table if settled.all() else table[:, settled]]
+        corrupt: dict[int, dict] = {}
+        fds = _LazyFds()
+        try:
+            for i in np.flatnonzero(~settled).tolist():  # other formats, --verify-images: one at a time
+                path = shards[int(where[i])][0]
+                origin = self.src.origin(path)
+                pid, offset, size = int(sid[i]), int(col["offset"][i]), int(col["size"][i])
+                try:
+                    fd = fds.open(path)
+                    chunk = pread_exact(fd, BLOCK + min(size, READ - BLOCK), offset - BLOCK)
+                except OSError as exc:
+                    corrupt[pid] = {"id": pid, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
+                                    "shard": origin}  # fmt: skip
+                    continue
+                self._member(fd, int(k_of[where[i]]), origin, pid, MEMBER_EXTS[int(col["ext"][i])], offset, size,
+                             chunk[:BLOCK], chunk[BLOCK:], rows, corrupt)  # fmt: skip
+        finally:
+            fds.close()
+        self._keep(rows, corrupt, set(wanted[~in_sorted(wanted, sid)].tolist()), columns=True)
+        self._settled = []
 
     def run_updates(self) -> None:
         """Posts not found in their bucket's shards, looked for in updates/*/*.tar (each read once, in order)."""
@@ -300,10 +326,13 @@ class _Locator:
         self.missing = set()
         self._keep(rows, corrupt, wanted)
 
-    def _keep(self, rows: list, corrupt: dict[int, dict], missing: set[int]) -> None:
+    def _keep(self, rows: list, corrupt: dict[int, dict], missing: set[int], columns: bool = False) -> None:
+        """Keep found rows (tuples: one post; arrays: (n, FIELDS) rows, or (FIELDS, n) columns where `columns`),
+        corrupt records and the ids not found."""
         singles = [r for r in rows if isinstance(r, tuple)]
-        blocks = [r for r in rows if not isinstance(r, tuple)]
-        blocks.append(np.array(singles, dtype=np.int64).reshape(-1, FIELDS))
+        blocks = [r if columns else r.T for r in rows if not isinstance(r, tuple)]
+        if singles:
+            blocks.append(np.array(singles, dtype=np.int64).reshape(-1, FIELDS).T)
         with self.lock:
             self.found.extend(blocks)
             self.corrupt.update(corrupt)
@@ -491,9 +520,7 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     from .export import _export_buckets
 
     out = opts.out
-    locator = _Locator(opts, src, progress, int(ids.size), walks)
-    tasks = _bucket_groups(ids)
-    walks.keep_only({g for g, _group in tasks})
+    locator = _Locator(opts, src, progress, ids, walks)
     use_pool = caption_workers is not None and default_processes(int(ids.size)) >= 1
     chunks = list(chunked(ids, CHUNK_POSTS))
     cache_path = None if cache is None else str(cache.path)
@@ -502,45 +529,53 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     if use_pool:
         assert caption_workers is not None
         # A chunk sent before `parts` is known comes back with every post's line and is cut here
-        # (ChunkLines.found_only); the later ones are cut in the worker. 2 per worker and 2 more keep every
-        # worker busy while this process takes posts.
+        # (ChunkLines.found_only, ~5 ms a chunk); the later ones are cut in the worker. 4 per worker and 4
+        # more keep every worker busy while this process locates the posts (~1 s on 2 busy cores per million
+        # posts; with 2 per worker they sat idle for the last 0.15 s of it), then 2 per worker and 2 more.
         jobs = ((int(c.size), (lines_in_worker, str(opts.db), scheme, cache_path, c, parts[i] if parts else None))
                 for i, c in enumerate(chunks))  # fmt: skip
-        captions_ahead = OrderedJobs(caption_workers.pool, jobs, 2 * caption_workers.n_proc + 2)
+        captions_ahead = OrderedJobs(caption_workers.pool, jobs, 4 * caption_workers.n_proc + 4)
+        if src.kind == "shards":
+            captions_ahead.fill()  # queued behind the walks: the workers go on to them while this process locates
+        captions_ahead.ahead = 2 * caption_workers.n_proc + 2
     progress.stage(f"Locating {ids.size:,} posts in the shards' headers ({src.describe()})")
+    tasks = _bucket_groups(ids)
+    walks.keep_only({g for g, _group in tasks})
     if captions_ahead is not None and src.kind == "shards":
-        captions_ahead.fill()  # queued behind the walks: the workers go on to them while this process takes posts
         _locate_in_order(locator, tasks)
     else:
         _export_buckets(locator, tasks, workers)
+    locator.take_settled()
     walks.index.save()
     if src.updates and locator.missing:
         progress.stage(f"Looking for {len(locator.missing):,} posts in updates/")
         locator.run_updates()
-    found = np.concatenate(locator.found) if locator.found else np.zeros((0, FIELDS), np.int64)
-    found = found[np.argsort(found[:, 0], kind="stable")]
+    found = _in_id_order(locator.found)
     progress.stage(f"Writing the captions of {ids.size:,} posts")
-    writer = _ManifestWriter(opts, locator)
+    writer = _ManifestWriter(opts, locator, found)
     captions = out / CAPTIONS_FILE
-    found_ids = found[:, 0]
-    parts += [found_ids[np.searchsorted(found_ids, c[0]) : np.searchsorted(found_ids, c[-1], side="right")]
-              for c in chunks]  # fmt: skip
+    found_ids = found[0]
+    bounds = np.searchsorted(found_ids, [c[0] for c in chunks]).tolist() + [len(found_ids)]
+    parts += [found_ids[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    # Everything but the caption codes is known now: the table and shards.json are composed while the workers
+    # caption (after the last chunk only the writes are left), and written at the end with the rest.
+    shards_text, shard_of, ext_of = _shards_file(opts, locator, writer.per_shard)
+    table = compose_table(found, shard_of, ext_of)
     source = None
     if captions_ahead is not None:
         results = captions_ahead.results()
     else:
         source = CaptionSource(opts.db, scheme, cache_path)
-        results = (chunk_lines(source, scheme, c, f) for c, f in zip(chunks, parts, strict=True))
+        results = (chunk_lines(source, c, f) for c, f in zip(chunks, parts, strict=True))
     try:
         with atomic_path(captions) as tmp, open(tmp, "wb") as fh:
-            for c, f, lines in zip(chunks, parts, results, strict=True):
+            for c, f, lines, a in zip(chunks, parts, results, bounds[:-1], strict=True):
                 progress.check_cancelled()
-                writer.add(c, f, lines)
+                writer.add(c, f, lines, table[a : a + len(f)])
                 fh.write(lines.found_only(c, f))
                 progress.update(writer.done, int(ids.size))
-        writer.count(found)
-        shard_of, ext_of = _write_shards_file(out, opts, locator, writer.per_shard)
-        write_table(out / REFS_FILE, compose_table(found, shard_of, ext_of, *writer.codes()))
+        atomic_write_text_checked(out / SHARDS_FILE, shards_text, _RESUME_HINT)
+        write_table(out / REFS_FILE, table)
         with atomic_path(out / SKIPPED_FILE) as tmp:
             tmp.write_text("".join(writer.skipped), encoding="utf-8")
     except OSError as exc:
@@ -554,6 +589,19 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     return summary
 
 
+def _in_id_order(blocks: list[np.ndarray]) -> np.ndarray:
+    """The found posts' (FIELDS, n) column blocks as one, in id order: the settled buckets' block is sorted
+    already, and where it is the only non-empty one nothing is sorted or copied again."""
+    blocks = [b for b in blocks if b.shape[1]]
+    if not blocks:
+        return np.zeros((FIELDS, 0), dtype=np.int64)
+    found = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    ids = found[0]
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        found = found[:, np.argsort(ids, kind="stable")]
+    return found
+
+
 def _locate_in_order(locator: _Locator, tasks: list) -> None:
     """Pass 1 with the walks in the caption worker processes: each group's posts taken here as its walk comes
     back, in group order."""
@@ -565,7 +613,7 @@ def _locate_in_order(locator: _Locator, tasks: list) -> None:
 def _bucket_groups(ids: np.ndarray) -> list[tuple[int, list[tuple[int, np.ndarray]]]]:
     """The selected ids by bucket (`id % 1000`, the shards' split), in the groups of buckets the walks use
     (shard_walks.group_of), as (group, [(bucket, ids), ...]) in bucket order."""
-    buckets = ids % BUCKETS
+    buckets = (ids % BUCKETS).astype(np.int16)  # 16 bits: numpy's stable sort is a radix sort there
     order = np.argsort(buckets, kind="stable")
     split = np.split(ids[order], np.flatnonzero(np.diff(buckets[order])) + 1) if ids.size else []
     groups: dict[int, list[tuple[int, np.ndarray]]] = {}
@@ -577,14 +625,14 @@ def _bucket_groups(ids: np.ndarray) -> list[tuple[int, list[tuple[int, np.ndarra
 
 class _ManifestWriter:
     """Pass 2's bookkeeping per chunk: the skipped records of the posts not found, the summary's counts, and
-    the tables every chunk's lines share (reference_lines.py composes the lines; a test compares them with a
-    copy build's records)."""
+    the found posts' caption codes in the reference table (reference_lines.py composes the lines; a test
+    compares them with a copy build's records). `found`: the locate pass's (FIELDS, n) columns, in id order."""
 
-    def __init__(self, opts, locator: _Locator) -> None:
+    def __init__(self, opts, locator: _Locator, found: np.ndarray) -> None:
         shards = locator.shards
         self.opts = opts
         self.locator = locator
-        self.per_shard = np.zeros(len(shards.infos), dtype=np.int64)
+        self.per_shard = np.bincount(found[1], minlength=len(shards.infos))
         self.rating = np.zeros(256, dtype=np.int64)  # counts by code (ratings are 0..3; others kept apart)
         self.quality = np.zeros(len(QUALITY_LABELS) + 1, dtype=np.int64)  # last: none
         self.year = np.zeros(len(YEAR_TAGS) + 1, dtype=np.int64)
@@ -592,30 +640,19 @@ class _ManifestWriter:
         self.skipped: list[str] = []
         self.missing_ids: list[int] = []
         self.corrupt_items: list[dict] = []
-        self.written = self.bytes_written = self.done = 0
-        self._codes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.written = found.shape[1]
+        self.bytes_written = int(found[3].sum())
+        self.done = 0
 
-    def add(self, ids: np.ndarray, found_ids: np.ndarray, lines: ChunkLines) -> None:
-        """Count the chunk `ids` whose found posts are `found_ids` and whose lines are `lines`; keep the found
-        posts' codes for the reference table."""
+    def add(self, ids: np.ndarray, found_ids: np.ndarray, lines: ChunkLines, rows: np.ndarray) -> None:
+        """Count the chunk `ids` whose found posts are `found_ids` and whose lines are `lines`, and set the
+        found posts' caption codes in their reference table `rows`."""
         self.done += len(ids)
         hit = in_sorted(ids, found_ids)
         for pid in ids[~hit].tolist():
             self._skip(int(pid))
         if len(found_ids):
-            self._codes.append((lines.rating[hit], lines.quality[hit], lines.year[hit]))
-
-    def codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The found posts' rating, quality and year codes, in id order (the reference table's columns)."""
-        if not self._codes:
-            return (np.zeros(0, np.int64),) * 3  # type: ignore[return-value]
-        return tuple(np.concatenate(c) for c in zip(*self._codes, strict=True))  # type: ignore[return-value]
-
-    def count(self, found: np.ndarray) -> None:
-        """The summary's counts of all found posts (`found`: the locate pass's rows, in id order)."""
-        rating, quality, year = self.codes()
-        if len(found):
-            self._count(found, rating, quality, year)
+            self._count(rows, lines.rating[hit], lines.quality[hit], lines.year[hit])
 
     def _skip(self, pid: int) -> None:
         record = self.locator.corrupt.get(pid)
@@ -627,9 +664,7 @@ class _ManifestWriter:
             self.skipped.append(f'{{"id": {pid}, "status": "missing"}}\n')
 
     def _count(self, rows: np.ndarray, rating: np.ndarray, quality: np.ndarray, year: np.ndarray) -> None:
-        self.written += len(rows)
-        self.bytes_written += int(rows[:, 3].sum())
-        self.per_shard += np.bincount(rows[:, 1], minlength=len(self.per_shard))
+        rows["rating"], rows["quality"], rows["year"] = rating, quality, year
         known = (rating >= 0) & (rating < len(RATING_LABELS))
         self.rating += np.bincount(rating[known], minlength=len(self.rating))[: len(self.rating)]
         self.other_ratings.update(str(r) for r in rating[~known].tolist())
@@ -653,16 +688,13 @@ class _ManifestWriter:
                                 self.missing_ids, self.corrupt_items)  # fmt: skip
 
 
-def _write_shards_file(
-    out: Path, opts, locator: _Locator, per_shard: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """shards.json: every referenced shard's size and mtime as the build first saw it, by path (the order refs.npy's
+def _shards_file(opts, locator: _Locator, per_shard: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """shards.json's text: every referenced shard's size and mtime as the build first saw it, by path (the order refs.npy's
     `shard` column indexes; shards with no image left out), and the image extensions, sorted (its `ext` column).
     The walk's threads and workers meet shards and extensions in any order: the files must not depend on it. A
     shard that changed while the build read it stops the build (its offsets may describe either version).
-    Returns the build's shard index -> written index and extension code -> written code."""
-    from ..atomic import atomic_write_text_checked
-
+    Returns the text, the build's shard index -> written index and extension code -> written code. (No shard is
+    read after the locate pass, so the check here covers the whole build.)"""
     shards = locator.shards
     shard_of = np.full(len(shards.infos), -1, dtype=np.int64)
     kept: list[ShardInfo] = []
@@ -685,8 +717,7 @@ def _write_shards_file(
     exts = sorted(locator.exts)
     ext_of = np.array([exts.index(e) for e in locator.exts], dtype=np.int64)
     text = shards_file_text(Path(os.path.abspath(opts.images)), opts.subfolder, exts, kept, posts)
-    atomic_write_text_checked(out / SHARDS_FILE, text, _RESUME_HINT)
-    return shard_of, ext_of
+    return text, shard_of, ext_of
 
 
 __all__ = ["write_reference_outputs"]

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .caption_stream import CaptionSource, worker_source
-from .captions import QualityScheme, year_tag_indices
+from .captions import QualityScheme
 from .tar_headers import in_sorted
 
 # columns of a found post (reference_build's table): post id, shard index, data offset, bytes, fingerprint,
@@ -45,30 +45,33 @@ class ChunkLines(NamedTuple):
 
 def found_lines(jsonl: bytes, n: int, hit: np.ndarray) -> bytes:
     """The lines of `jsonl` (`n` JSON Lines records) where `hit` is True. An escaped caption holds no newline,
-    so the split at b"\\n" is exact."""
+    so the newlines numpy finds are the records' ends, and the kept runs of records are cut there: ~1 ms for a
+    chunk of 20,000 posts (bytes.count alone took 2.4 ms, a split into lines 6-28 ms)."""
     if not n:
         return b""
-    got = jsonl.count(b"\n")
-    if got != n or not jsonl.endswith(b"\n"):
-        raise RuntimeError(f"caption text of {n} posts came back as {got} lines")
+    newline = np.frombuffer(jsonl, dtype=np.uint8) == 10
     if hit.all():
+        got = int(np.count_nonzero(newline))
+        if got != n or not jsonl.endswith(b"\n"):
+            raise RuntimeError(f"caption text of {n} posts came back as {got} lines")
         return jsonl
-    lines = jsonl.split(b"\n")
-    kept = [lines[i] for i in np.flatnonzero(hit).tolist()]
-    return b"\n".join(kept) + b"\n" if kept else b""
+    ends = np.flatnonzero(newline) + 1
+    if len(ends) != n or ends[-1] != len(jsonl):
+        raise RuntimeError(f"caption text of {n} posts came back as {len(ends)} lines")
+    # runs of kept records: [first, last] record indexes where `hit` turns on and off
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], hit, [False]]).astype(np.int8)))
+    starts = np.concatenate([[0], ends])[edges[0::2]].tolist()
+    stops = ends[edges[1::2] - 1].tolist()
+    return b"".join(jsonl[a:b] for a, b in zip(starts, stops, strict=True))
 
 
-def chunk_lines(
-    source: CaptionSource, scheme: QualityScheme, ids: np.ndarray, found_ids: np.ndarray | None
-) -> ChunkLines:
+def chunk_lines(source: CaptionSource, ids: np.ndarray, found_ids: np.ndarray | None) -> ChunkLines:
     """Caption the chunk `ids` (sorted) and keep the lines of its found posts `found_ids` (a sorted subset); every
     line where `found_ids` is None (a chunk captioned while the shards are still being located)."""
-    posts, jsonl = source.caption(ids, jsonl=True)
+    posts, jsonl, quality, year = source.caption_jsonl_with_codes(ids)
     if posts.ids.size != ids.size or not np.array_equal(posts.ids, ids):
         raise RuntimeError("the caption builder returned other posts than the chunk's")
-    quality = scheme.label_indices(posts.ids, posts.rating, posts.fav_count)
-    year = year_tag_indices(posts.year)
-    text = jsonl.encode("utf-8")  # type: ignore[union-attr]
+    text = jsonl.encode("utf-8")
     if found_ids is None:
         return ChunkLines(text, posts.rating, quality, year, every_post=True)
     return ChunkLines(found_lines(text, len(ids), in_sorted(ids, found_ids)), posts.rating, quality, year)
@@ -78,7 +81,7 @@ def lines_in_worker(
     db_path: str, scheme: QualityScheme, cache_path: str | None, ids: np.ndarray, found_ids: np.ndarray | None
 ) -> ChunkLines:
     """`chunk_lines` inside a caption worker process (its caption source is kept between chunks)."""
-    return chunk_lines(worker_source(db_path, scheme, cache_path), scheme, ids, found_ids)
+    return chunk_lines(worker_source(db_path, scheme, cache_path), ids, found_ids)
 
 
 __all__ = ["FIELDS", "ChunkLines", "chunk_lines", "found_lines", "lines_in_worker"]
