@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from trainer_core.cli import main as kxl_main
 from trainer_core.dataset.export import BuildOptions, build_dataset
@@ -965,6 +966,72 @@ def test_odd_shards_give_a_copy_builds_records(tmp_path, monkeypatch, processes,
     assert info_c["summary"]["corrupt"] == 1  # the image cut in half
     materialize_dataset(tmp_path / "reference", tmp_path / "mat")
     assert tree(tmp_path / "mat") == tree(tmp_path / "copy")
+
+
+@pytest.mark.parametrize(("walk", "verify"), [("numpy", False), ("compiled", False), ("compiled", True)])
+def test_other_formats_in_plain_shards_give_a_copy_builds_records(tmp_path, monkeypatch, walk, verify):
+    """Shards the fast walk settles, holding PNG, JPEG, extended (alpha) WebP, plain WebP and an undecodable
+    member: those the first 30 bytes do not size are measured one by one (or all decoded with
+    --verify-images), and the reference build gives the copy build's records, skipped posts and summary."""
+    from collections import defaultdict
+
+    import tomllib
+
+    from trainer_core.danbooru.db_reader import open_db
+    from trainer_core.danbooru.demo_db import generate_demo_db
+    from trainer_core.dataset import shard_index, tar_headers
+    from trainer_core.dataset.filters import PostFilters
+    from trainer_core.dataset.selection import select_posts
+
+    if walk == "numpy":
+        monkeypatch.setattr(shard_index, "COMPILED", False)
+    elif not tar_headers.COMPILED:
+        pytest.skip("the optional C walk was not built")
+    db = tmp_path / "danbooru2023.db"
+    generate_demo_db(db, 600, 1)
+    plan = PRESETS["kohaku-xl-delta"]
+    conn = open_db(db)
+    try:
+        selected = select_posts(conn, plan, PostFilters()).ids.tolist()
+    finally:
+        conn.close()
+    shards = tmp_path / "images"
+    shards.mkdir()
+    by_shard = defaultdict(list)
+    for pid in selected[:60]:
+        by_shard[f"data-{pid % 1000 // 500 * 1000 + pid % 1000:04d}.tar"].append(pid)  # two shards per bucket
+    formats = ["PNG", "JPEG", "WEBP-alpha", "WEBP", "broken"]
+    for name, pids in by_shard.items():
+        with tarfile.open(shards / name, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for pid in pids:
+                fmt = formats[pid % len(formats)]
+                buf = io.BytesIO()
+                image = Image.new(
+                    "RGBA" if fmt == "WEBP-alpha" else "RGB", (40 + pid % 7, 30), (pid % 256, 9, 99)
+                )
+                if fmt == "broken":
+                    buf.write(b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(20))
+                else:
+                    image.save(buf, fmt.split("-")[0])
+                ext = {"PNG": "png", "JPEG": "jpg"}.get(fmt, "webp")
+                info = tarfile.TarInfo(f"{pid}.{ext}")
+                info.size = len(buf.getvalue())
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+    for mode in ("copy", "reference"):
+        opts = BuildOptions(db=db, images=shards, out=tmp_path / mode, plan=plan, image_mode=mode,
+                            verify_images=verify)  # fmt: skip
+        build_dataset(opts, workers=2)
+    copy_lines = (tmp_path / "copy" / "manifest.jsonl").read_text("utf-8").splitlines()
+    records = [json.dumps({k: v for k, v in r.items() if k != "ref"}, ensure_ascii=False)
+               for r in manifest(tmp_path / "reference")]  # fmt: skip
+    assert len(copy_lines) >= 40 and records == copy_lines
+    assert {json.loads(line)["file"].rsplit(".", 1)[1] for line in copy_lines} == {"png", "jpg", "webp"}
+    assert (tmp_path / "reference/skipped.jsonl").read_bytes() == (
+        tmp_path / "copy/skipped.jsonl"
+    ).read_bytes()
+    info_c = tomllib.loads((tmp_path / "copy/kxl-dataset.toml").read_text("utf-8"))
+    info_r = tomllib.loads((tmp_path / "reference/kxl-dataset.toml").read_text("utf-8"))
+    assert info_r["summary"] == info_c["summary"] and info_c["summary"]["corrupt"] >= 5
 
 
 def test_simple_webp_size_agrees_with_image_size():

@@ -9,6 +9,7 @@ the table is composed with numpy from the arrays the locate pass already holds (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,13 @@ REF_DTYPE = np.dtype(
 )
 
 
-def compose_table(found: np.ndarray, shard_of: np.ndarray, ext_of: np.ndarray, rating: np.ndarray | None = None,
+def compose_table(found: Sequence[np.ndarray], shard_of: np.ndarray, ext_of: np.ndarray, rating: np.ndarray | None = None,
                   quality: np.ndarray | None = None, year: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """The table of the found posts: `found` is reference_build's (8, n) int64 columns (id, shard, offset, size,
+    """The table of the found posts: `found` is reference_build's 8 int64 columns (an (8, n) array or 8 arrays) (id, shard, offset, size,
     fp, width, height, ext) in id order, `shard_of` / `ext_of` map its shard indexes and extension codes to
     shards.json's lists, the codes are aligned with `found` (-1 where not given: a build sets them chunk by
     chunk as the captions come back)."""
-    table = np.empty(found.shape[1], dtype=REF_DTYPE)
+    table = np.empty(len(found[0]), dtype=REF_DTYPE)
     table["id"] = found[0]
     table["shard"] = shard_of[found[1]]
     table["offset"] = found[2]

@@ -47,6 +47,7 @@ import json
 import os
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,7 @@ class _Locator:
         self.done = 0
         self.lock = threading.Lock()
         self.shards = _Shards()
-        self.found: list[np.ndarray] = []  # (FIELDS, n) int64 blocks: a column per field
+        self.found: list = []  # blocks of FIELDS int64 columns ((FIELDS, n) arrays or tuples of arrays)
         # buckets whose shards all settled: (bucket, [(shard, walked)] in its candidates' order), taken at once
         # by `take_settled` after the locate pass; the others' ids are taken shard by shard as they come
         self._settled: list[tuple[int, list[tuple[Path, WalkedShard]]]] = []
@@ -289,9 +290,11 @@ class _Locator:
         if self._ext_map is None:
             self._ext_map = self.member_ext_codes()
         settled = col["width"] > 0 if not self.opts.verify_images else np.zeros(len(order), dtype=bool)
-        table = np.stack([sid, k_of[where], col["offset"], col["size"], col["fp"], col["width"], col["height"],
-                          self._ext_map[col["ext"]]])  # fmt: skip
-        rows: list = [table if settled.all() else table[:, settled]]
+        # a tuple of columns, not one stacked array: each ~50 MB pass costs 30-90 ms of this VM's memory
+        table = (sid, k_of[where], col["offset"], col["size"], col["fp"], col["width"], col["height"],
+                 self._ext_map[col["ext"]])  # fmt: skip
+        block = table if settled.all() else tuple(c[settled] for c in table)
+        rows: list = []  # the posts `_member` measures
         corrupt: dict[int, dict] = {}
         fds = _LazyFds()
         try:
@@ -310,7 +313,7 @@ class _Locator:
                              chunk[:BLOCK], chunk[BLOCK:], rows, corrupt)  # fmt: skip
         finally:
             fds.close()
-        self._keep(rows, corrupt, set(wanted[~in_sorted(wanted, sid)].tolist()), columns=True)
+        self._keep(rows, corrupt, set(wanted[~in_sorted(wanted, sid)].tolist()), block)
         self._settled = []
 
     def run_updates(self) -> None:
@@ -326,11 +329,13 @@ class _Locator:
         self.missing = set()
         self._keep(rows, corrupt, wanted)
 
-    def _keep(self, rows: list, corrupt: dict[int, dict], missing: set[int], columns: bool = False) -> None:
-        """Keep found rows (tuples: one post; arrays: (n, FIELDS) rows, or (FIELDS, n) columns where `columns`),
-        corrupt records and the ids not found."""
+    def _keep(self, rows: list, corrupt: dict[int, dict], missing: set[int], columns: tuple | None = None) -> None:
+        """Keep found rows (tuples: one post; arrays: (n, FIELDS) rows) and a block of FIELDS `columns`, corrupt
+        records and the ids not found."""
         singles = [r for r in rows if isinstance(r, tuple)]
-        blocks = [r if columns else r.T for r in rows if not isinstance(r, tuple)]
+        blocks = [r.T for r in rows if not isinstance(r, tuple)]
+        if columns is not None:
+            blocks.append(columns)
         if singles:
             blocks.append(np.array(singles, dtype=np.int64).reshape(-1, FIELDS).T)
         with self.lock:
@@ -589,16 +594,19 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     return summary
 
 
-def _in_id_order(blocks: list[np.ndarray]) -> np.ndarray:
-    """The found posts' (FIELDS, n) column blocks as one, in id order: the settled buckets' block is sorted
+def _in_id_order(blocks: list) -> Sequence[np.ndarray]:
+    """The found posts' blocks of FIELDS columns as one, in id order: the settled buckets' block is sorted
     already, and where it is the only non-empty one nothing is sorted or copied again."""
-    blocks = [b for b in blocks if b.shape[1]]
+    blocks = [b for b in blocks if len(b[0])]
     if not blocks:
         return np.zeros((FIELDS, 0), dtype=np.int64)
-    found = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    if len(blocks) == 1:
+        found = blocks[0]
+    else:
+        found = np.concatenate([np.asarray(b, dtype=np.int64) for b in blocks], axis=1)
     ids = found[0]
     if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-        found = found[:, np.argsort(ids, kind="stable")]
+        found = np.asarray(found, dtype=np.int64)[:, np.argsort(ids, kind="stable")]
     return found
 
 
@@ -628,7 +636,7 @@ class _ManifestWriter:
     the found posts' caption codes in the reference table (reference_lines.py composes the lines; a test
     compares them with a copy build's records). `found`: the locate pass's (FIELDS, n) columns, in id order."""
 
-    def __init__(self, opts, locator: _Locator, found: np.ndarray) -> None:
+    def __init__(self, opts, locator: _Locator, found: Sequence[np.ndarray]) -> None:
         shards = locator.shards
         self.opts = opts
         self.locator = locator
@@ -640,7 +648,7 @@ class _ManifestWriter:
         self.skipped: list[str] = []
         self.missing_ids: list[int] = []
         self.corrupt_items: list[dict] = []
-        self.written = found.shape[1]
+        self.written = len(found[0])
         self.bytes_written = int(found[3].sum())
         self.done = 0
 
