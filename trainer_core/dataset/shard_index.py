@@ -137,6 +137,8 @@ class ShardIndex:
 
     def lookup(self, path: Path) -> WalkedShard | None:
         """The shard's headers as indexed, when the shard is unchanged since (else None: walk it)."""
+        if not self._entries:
+            return None  # a first build: no path to make absolute
         key = os.path.abspath(path)
         entry = self._entries.get(key)
         if entry is None:
