@@ -9,33 +9,36 @@ materialize` writes all of those). Per post the build formats nothing beyond the
 captions, and writing one caption file per post cost far more again (0.2-0.7 ms of kernel time per created
 file on the project's VM; profile in the issue #20 notes).
 
-Two passes, each the cheapest form of its work, both in the caption worker processes where a big DB has them
-(every core; `kxl dataset captions` uses the same workers), else in this process:
-1. **Locate**, headers only: groups of 25 buckets (`id % 1000`, the shards' split). Each candidate shard's
-   headers come from the images folder's header index (shard_index.py: a second build reads no shard) or are
-   walked, in the workers from the start of the build, while this process runs the selection (shard_walks.py):
-   tar_headers.py hops from header to header (a window of up to 1 MB read and its headers found with
-   numpy where members are small, one page per big member), then validates, names, fingerprints and sizes a
-   group's headers in one numpy pass. This process then takes each bucket's posts from its shards in a copy
-   build's order (data-0XYZ .. data-9XYZ, then `updates/*/*.tar`; the first member of an id wins). A shard that
-   pass cannot decide exactly goes to the one-member-at-a-time reader, and one that cannot either to tarfile,
-   as a copy build reads it, so the same posts are found, missing or corrupt (tested with pax, GNU, damaged,
-   truncated and empty shards). Width and height come from the image's first 30 bytes for a plain WebP, else
-   from its first pages (image_header.py), and from a full decode only where a copy build decodes too. What is
-   kept per post is 64 bytes of numbers.
+Two passes, each the cheapest form of its work; the captions in the caption worker processes where a big DB has
+them (every core; `kxl dataset captions` uses the same workers), else in this process:
+1. **Locate**, headers only. Each candidate shard's headers come from the images folder's header index
+   (shard_index.py: a second build reads no shard) or are walked from the start of the build, while this
+   process runs the selection (shard_walks.py): on two threads of this process with the compiled walk
+   (_tar_walk.c: hops from header to header, reading a window of up to 1 MB where members are small and a
+   header's 542 bytes per big member, and validates, names, fingerprints and sizes each header in the same
+   pass), else in the caption workers with tar_headers.py's numpy walk, which gives the same numbers. The
+   buckets (`id % 1000`, the shards' split) whose shards all settled are then taken in one numpy pass: one
+   stable sort by id gives each id's first member in a copy build's order (data-0XYZ .. data-9XYZ) and the
+   id order the table is written in. A shard the batch reader cannot decide exactly goes to the
+   one-member-at-a-time reader, and one that cannot either to tarfile, as a copy build reads it (then
+   `updates/*/*.tar`), so the same posts are found, missing or corrupt (tested with pax, GNU, damaged,
+   truncated and empty shards, and with PNG, JPEG and extended WebP members). Width and height come from the
+   image's first 30 bytes for a plain WebP, else from its first pages (image_header.py), and from a full
+   decode only where a copy build decodes too. What is kept per post is 64 bytes of numbers.
 2. **Captions and the table**, in id order, by chunks of 20,000 ids: a worker captions its chunk and keeps the
-   lines of the found posts it is handed (reference_lines.py); this process writes them, then the table. The
-   first chunks are sent while this process still takes posts from the walked headers, so the workers never
-   wait on it; those come back with every post's line and are cut here.
+   lines of the found posts it is handed (reference_lines.py); this process writes them. The first chunks are
+   sent before the locate pass ends, so the workers never wait on it; those come back with every post's line
+   and are cut here. The table and shards.json are composed as soon as the posts are located, each chunk's
+   caption codes set as it comes back, and everything is written at the end.
 
-Measured (benchmarks/bench_dataset_reference.py --repeat 3, 1 M-post demo: 870,916 images, 916,688 tar members
-in 3,000 shards, 2 cores, old and new code alternating in one session): captions alone 2.5-2.8 s wall, 4.4-5.0 s
-CPU; a first reference build 3.8-4.3 s (1.45-1.68 x; 4.2-4.5 s before the walks were started ahead and the
-header checks done by words), 6.8-7.7 s CPU; with the header index kept 3.2-3.8 s (1.24-1.54 x). Both cores are
-busy in captions alone already, so the wall time follows the CPU time a build adds: the walk (~0.6 us per tar
-member) and settle (~0.7 us per header, from ~1.0), then this process's numpy work (~0.5 s: taking the posts,
-sorting, the table). 434 bytes written per post with the index kept, 494 for a first build (the index: ~56
-bytes per tar member); 0.13 % of a copy of real-size images.
+Measured (benchmarks/bench_dataset_reference.py --repeat 5, 1 M-post demo: 870,916 images, 916,688 tar members
+in 3,000 shards, 2 cores): captions alone 2.5-2.8 s wall, 4.6-5.0 s CPU; a first reference build 1.13-1.23 x
+that per round (fastest runs 3.01 s vs 2.57 s: 1.17 x), the header index kept 1.13-1.25 x. Both cores are busy
+in captions alone already, so the wall time follows the CPU a build adds: the compiled walk (~0.35 us per tar
+member, half of it the kernel copying the shards' pages), then this process's numpy work (~0.5 s: taking the
+posts, the table). Without a C compiler (the numpy walk, in the workers) a first build is ~1.5 x. 434 bytes
+written per post with the index kept, 494 for a first build (the index: ~56 bytes per tar member); 0.13 % of a
+copy of real-size images.
 
 Nothing is written before the end: an interrupted reference build has nothing to resume and simply runs again
 (its stored options still guard the folder, as for a copy build).
@@ -329,7 +332,9 @@ class _Locator:
         self.missing = set()
         self._keep(rows, corrupt, wanted)
 
-    def _keep(self, rows: list, corrupt: dict[int, dict], missing: set[int], columns: tuple | None = None) -> None:
+    def _keep(
+        self, rows: list, corrupt: dict[int, dict], missing: set[int], columns: tuple | None = None
+    ) -> None:
         """Keep found rows (tuples: one post; arrays: (n, FIELDS) rows) and a block of FIELDS `columns`, corrupt
         records and the ids not found."""
         singles = [r for r in rows if isinstance(r, tuple)]
