@@ -29,6 +29,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -126,9 +127,15 @@ def main() -> None:
     from trainer_core.cli import main as kxl_main
 
     kxl_main(["dataset", "index", "--db", str(db)])  # a big DB's column cache exists before any timing
+    from trainer_core.dataset.tar_headers import COMPILED
+
+    print(
+        f"tar header walk: {'compiled (trainer_core/dataset/_tar_walk.c)' if COMPILED else 'numpy (no C module)'}"
+    )
     plan = PRESETS["kohaku-xl-delta"]
     runs: dict[str, list[tuple[float, int, float]]] = {}
     ratios: list[str] = []
+    round_ratios: dict[str, list[float]] = {}
     outs: dict[str, Path] = {}
     written_posts = 0
     for round_no in range(1, args.repeat + 1):
@@ -160,6 +167,8 @@ def main() -> None:
             this_round[mode] = wall
             print(f"  {mode}: {wall:.2f} s wall, {cpu:.2f} s CPU, {written / 1e6:.1f} MB written", flush=True)
         if "captions" in this_round:
+            for m, w in this_round.items():
+                round_ratios.setdefault(m, []).append(w / this_round["captions"])
             ratios.append(f"round {round_no} (load {load:.2f}): " + ", ".join(
                 f"{m} {w / this_round['captions']:.2f} x" for m, w in this_round.items() if m != "captions"
             ))  # fmt: skip
@@ -168,6 +177,9 @@ def main() -> None:
         print("\nper round, wall x the same round's captions alone:")
         for line in ratios:
             print("  " + line)
+        print("  median: " + ", ".join(
+            f"{m} {statistics.median(r):.2f} x" for m, r in round_ratios.items() if m != "captions"
+        ))  # fmt: skip
         print("min-max per mode:")
         for mode, r in runs.items():
             walls, cpus = [x[0] for x in r], [x[2] for x in r]

@@ -342,12 +342,12 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     Columns out;
     memset(&out, 0, sizeof out);
     int rc;
-    /* One read buffer per thread, kept: a fresh 1 MB buffer per shard costs a page fault per 4 KB it holds. */
-    static _Thread_local unsigned char *buffer = NULL;
-    if (!buffer && !(buffer = malloc(MAX_WINDOW))) return PyErr_NoMemory();
-    r.buf = buffer;
+    /* (glibc serves a freed 1 MB block again from its heap: a buffer per call costs no fresh pages; one kept per
+     * thread would be lost with each walk thread the build ends) */
+    r.buf = malloc(MAX_WINDOW);
+    if (!r.buf) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS rc = walk_shard(&r, keys, n_keys, (int64_t)max_pixels, &out);
-    Py_END_ALLOW_THREADS
+    Py_END_ALLOW_THREADS free(r.buf);
 
     PyObject *result = NULL;
     if (rc == OK) {
