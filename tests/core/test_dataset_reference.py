@@ -898,6 +898,27 @@ def test_a_cancelled_reference_build_writes_no_manifest(built, tmp_path, monkeyp
     assert not (tmp_path / "ref" / "shards.json").exists()
 
 
+def _walk_and_selection(monkeypatch, walk: str, db: Path, posts: int, seed: int) -> list[int]:
+    """Choose the header walk a build in this process uses ("numpy", "compiled" or "default"), make a demo DB
+    of `posts` posts at `db` and return the card recipe's selection from it."""
+    from trainer_core.danbooru.db_reader import open_db
+    from trainer_core.danbooru.demo_db import generate_demo_db
+    from trainer_core.dataset import shard_index, tar_headers
+    from trainer_core.dataset.filters import PostFilters
+    from trainer_core.dataset.selection import select_posts
+
+    if walk == "numpy":
+        monkeypatch.setattr(shard_index, "COMPILED", False)
+    elif walk == "compiled" and not tar_headers.COMPILED:
+        pytest.skip("the optional C walk was not built")
+    generate_demo_db(db, posts, seed)
+    conn = open_db(db)
+    try:
+        return select_posts(conn, PRESETS["kohaku-xl-delta"], PostFilters()).ids.tolist()
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize(
     ("processes", "walk"),
     [(False, "numpy"), (False, "compiled"), (True, "default")],
@@ -912,27 +933,11 @@ def test_odd_shards_give_a_copy_builds_records(tmp_path, monkeypatch, processes,
 
     import tomllib
 
-    from trainer_core.dataset import shard_index, tar_headers
-
-    if walk == "numpy":
-        monkeypatch.setattr(shard_index, "COMPILED", False)
-    elif walk == "compiled" and not tar_headers.COMPILED:
-        pytest.skip("the optional C walk was not built")
-
-    from trainer_core.danbooru.db_reader import open_db
-    from trainer_core.danbooru.demo_db import generate_demo_db
-    from trainer_core.dataset.filters import PostFilters
     from trainer_core.dataset.materialize import materialize_dataset
-    from trainer_core.dataset.selection import select_posts
 
     db = tmp_path / "danbooru2023.db"
-    generate_demo_db(db, 2000, 0)
+    selected = _walk_and_selection(monkeypatch, walk, db, 2000, 0)
     plan = PRESETS["kohaku-xl-delta"]
-    conn = open_db(db)
-    try:
-        selected = select_posts(conn, plan, PostFilters()).ids.tolist()
-    finally:
-        conn.close()
     by_bucket = defaultdict(list)
     for pid in selected:
         by_bucket[pid % 1000].append(pid)
@@ -977,24 +982,9 @@ def test_other_formats_in_plain_shards_give_a_copy_builds_records(tmp_path, monk
 
     import tomllib
 
-    from trainer_core.danbooru.db_reader import open_db
-    from trainer_core.danbooru.demo_db import generate_demo_db
-    from trainer_core.dataset import shard_index, tar_headers
-    from trainer_core.dataset.filters import PostFilters
-    from trainer_core.dataset.selection import select_posts
-
-    if walk == "numpy":
-        monkeypatch.setattr(shard_index, "COMPILED", False)
-    elif not tar_headers.COMPILED:
-        pytest.skip("the optional C walk was not built")
     db = tmp_path / "danbooru2023.db"
-    generate_demo_db(db, 600, 1)
+    selected = _walk_and_selection(monkeypatch, walk, db, 600, 1)
     plan = PRESETS["kohaku-xl-delta"]
-    conn = open_db(db)
-    try:
-        selected = select_posts(conn, plan, PostFilters()).ids.tolist()
-    finally:
-        conn.close()
     shards = tmp_path / "images"
     shards.mkdir()
     by_shard = defaultdict(list)

@@ -303,17 +303,8 @@ class _Locator:
         try:
             for i in np.flatnonzero(~settled).tolist():  # other formats, --verify-images: one at a time
                 path = shards[int(where[i])][0]
-                origin = self.src.origin(path)
-                pid, offset, size = int(sid[i]), int(col["offset"][i]), int(col["size"][i])
-                try:
-                    fd = fds.open(path)
-                    chunk = pread_exact(fd, BLOCK + min(size, READ - BLOCK), offset - BLOCK)
-                except OSError as exc:
-                    corrupt[pid] = {"id": pid, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
-                                    "shard": origin}  # fmt: skip
-                    continue
-                self._member(fd, int(k_of[where[i]]), origin, pid, MEMBER_EXTS[int(col["ext"][i])], offset, size,
-                             chunk[:BLOCK], chunk[BLOCK:], rows, corrupt)  # fmt: skip
+                self._measure(fds, path, int(k_of[where[i]]), int(sid[i]), MEMBER_EXTS[int(col["ext"][i])],
+                              int(col["offset"][i]), int(col["size"][i]), rows, corrupt)  # fmt: skip
         finally:
             fds.close()
         self._keep(rows, corrupt, set(wanted[~in_sorted(wanted, sid)].tolist()), block)
@@ -382,7 +373,6 @@ class _Locator:
         pick = headers.first_wanted(want)
         if not len(pick):
             return
-        origin = self.src.origin(path)
         k = self._add_walked(path, walked)
         ids = headers.ids[pick]
         wanted.difference_update(ids.tolist())
@@ -395,16 +385,22 @@ class _Locator:
                                  headers.fp[pick], width, height, self._ext_map[ext]]).astype(np.int64)  # fmt: skip
         rows.append(table[settled])
         for i in np.flatnonzero(~settled).tolist():
-            pid, offset, size = int(ids[i]), int(headers.offset[pick[i]]), int(headers.size[pick[i]])
-            try:
-                fd = fds.open(path)
-                chunk = pread_exact(fd, BLOCK + min(size, READ - BLOCK), offset - BLOCK)
-            except OSError as exc:
-                corrupt[pid] = {"id": pid, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
-                                "shard": origin}  # fmt: skip
-                continue
-            self._member(fd, k, origin, pid, MEMBER_EXTS[int(ext[i])], offset, size, chunk[:BLOCK],
-                         chunk[BLOCK:], rows, corrupt)  # fmt: skip
+            self._measure(fds, path, k, int(ids[i]), MEMBER_EXTS[int(ext[i])], int(headers.offset[pick[i]]),
+                          int(headers.size[pick[i]]), rows, corrupt)  # fmt: skip
+
+    def _measure(self, fds: _LazyFds, path: Path, k: int, pid: int, ext: str, offset: int, size: int, rows: list,
+                 corrupt: dict[int, dict]) -> None:  # fmt: skip
+        """A walked member its first 30 bytes did not size (another format, `--verify-images`): its header and
+        first bytes read again, then `_member`."""
+        origin = self.src.origin(path)
+        try:
+            fd = fds.open(path)
+            chunk = pread_exact(fd, BLOCK + min(size, READ - BLOCK), offset - BLOCK)
+        except OSError as exc:
+            corrupt[pid] = {"id": pid, "status": "corrupt", "reason": f"unreadable tar member ({exc})",
+                            "shard": origin}  # fmt: skip
+            return
+        self._member(fd, k, origin, pid, ext, offset, size, chunk[:BLOCK], chunk[BLOCK:], rows, corrupt)
 
     def _found(self, fd: int, path: Path, origin: str, found: list[FoundMember], wanted: set[int],
                rows: list[tuple], corrupt: dict[int, dict]) -> None:  # fmt: skip
