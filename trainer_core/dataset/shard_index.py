@@ -48,10 +48,10 @@ class WalkedShard(NamedTuple):
 
 
 def walk_shards(paths: list[str], check: Callable[[], None] | None = None) -> list[WalkedShard | None]:
-    """Open, walk and settle `paths` (tar_headers: `walk_settled` where compiled, else `walk_shard`, then one `settle`
-    for all). Picklable in and
-    out, so a reference build runs it in its caption worker processes, on every core. None for a shard that does
-    not open (the caller's fallback reports it as a copy build does). `check` runs before each shard (cancel)."""
+    """Open, walk and settle `paths` (tar_headers: `walk_settled` where compiled, else `walk_shard`, then one
+    `settle` for all). Picklable in and out, so a reference build can run it in its caption worker processes (the
+    numpy walk) as well as on threads (the compiled walk releases the GIL). None for a shard that does not open
+    (the caller's fallback reports it as a copy build does). `check` runs before each shard (cancel)."""
     stats: list[os.stat_result | None] = []
     walks: list[Walk] = []
     walked_at: list[int] = []

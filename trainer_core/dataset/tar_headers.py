@@ -12,7 +12,7 @@ Python-level parse of every field). Two readers here, tried in this order:
 * `scan_wanted`, one member at a time (~5 us each), for archives the batch reader does not decide.
 
 Where the optional C module `_tar_walk` was built (setup.py), `walk_settled` does the batch reader's walk and
-settle for one shard in one pass (~0.05 us per member besides the kernel's copy of the bytes); the numpy
+settle for one shard in one pass (~0.15 us per member besides the kernel's copy of the bytes); the numpy
 readers here stay the reference it is tested against (tests/core/test_tar_walk_compiled.py).
 
 Exactness: the answer must be the one `images.scan_tar_refs` (tarfile) gives, since a reference build has to
