@@ -829,6 +829,27 @@ def test_reference_table_gives_a_copy_builds_record_plus_ref(tmp_path):
     assert got == expected
 
 
+def test_refs_npy_written_in_blocks_is_what_np_save_writes(tmp_path):
+    """A build appends refs.npy's rows chunk by chunk: the file is np.save's, byte for byte, and np.load reads
+    it without pickle; a table left short is an error and leaves no file behind."""
+    from trainer_core.dataset.ref_table import REF_DTYPE, table_writer
+
+    table = np.zeros(7, dtype=REF_DTYPE)
+    table["id"], table["offset"], table["fp"] = np.arange(7) * 11, np.arange(7) << 33, np.uint64(2**63 + 5)
+    with table_writer(tmp_path / "refs.npy", 7) as append:
+        append(table[:3])
+        append(table[3:3])
+        append(table[3:])
+    buf = io.BytesIO()
+    np.save(buf, table, allow_pickle=False)
+    assert (tmp_path / "refs.npy").read_bytes() == buf.getvalue()
+    assert np.array_equal(np.load(tmp_path / "refs.npy", allow_pickle=False), table)
+    with pytest.raises(RuntimeError, match="6 rows written for a table of 7"):
+        with table_writer(tmp_path / "short.npy", 7) as append:
+            append(table[:6])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["refs.npy"]
+
+
 def test_found_lines_keeps_the_found_posts_lines_byte_for_byte():
     """Cutting out the missing posts' lines keeps the others byte for byte (runs of kept lines at the start,
     middle and end); a text with another number of lines than posts is refused."""

@@ -32,13 +32,13 @@ them (every core; `kxl dataset captions` uses the same workers), else in this pr
    caption codes set as it comes back, and everything is written at the end.
 
 Measured (benchmarks/bench_dataset_reference.py --repeat 5, 1 M-post demo: 870,916 images, 916,688 tar members
-in 3,000 shards, 2 cores): captions alone 2.5-2.8 s wall, 4.6-5.0 s CPU; a first reference build 1.13-1.23 x
-that per round (fastest runs 3.01 s vs 2.57 s: 1.17 x), the header index kept 1.13-1.25 x. Both cores are busy
-in captions alone already, so the wall time follows the CPU a build adds: the compiled walk (~0.35 us per tar
-member, half of it the kernel copying the shards' pages), then this process's numpy work (~0.5 s: taking the
-posts, the table). Without a C compiler (the numpy walk, in the workers) a first build is ~1.5 x. 434 bytes
-written per post with the index kept, 494 for a first build (the index: ~56 bytes per tar member); 0.13 % of a
-copy of real-size images.
+in 3,000 shards, 2 cores): captions alone 2.4-2.6 s wall, 4.3-4.6 s CPU; a first reference build 1.05-1.24 x
+that per round, median 1.15 x (fastest runs 2.72 s vs 2.39 s), the header index kept 1.06-1.20 x, median
+1.09 x. Both cores are busy in captions alone already, so the wall time follows the CPU a build adds: the
+compiled walk (~0.35 us per tar member, half of it the kernel copying the shards' pages), then this process's
+numpy work (~0.5 s: taking the posts, the table). Without a C compiler (the numpy walk, in the workers) a first
+build is ~1.5 x. 434 bytes written per post with the index kept, 494 for a first build (the index: ~56 bytes
+per tar member); 0.13 % of a copy of real-size images.
 
 Nothing is written before the end: an interrupted reference build has nothing to resume and simply runs again
 (its stored options still guard the folder, as for a copy build).
@@ -66,7 +66,7 @@ from .image_header import HEAD_BYTES, MAX_PIXELS, _FileView, _webp, image_size, 
 from .image_refs import SHARDS_FILE, ShardInfo, fingerprint_int, pread_exact, shards_file_text
 from .images import BUCKETS, Hit, ImageSource, MemberRef, ShardReadError, scan_tar_refs
 from .ordered_jobs import OrderedJobs
-from .ref_table import CAPTIONS_FILE, REFS_FILE, compose_table, write_table
+from .ref_table import CAPTIONS_FILE, REFS_FILE, compose_table, table_writer
 from .reference_lines import FIELDS, ChunkLines, chunk_lines, lines_in_worker
 from .shard_index import WalkedShard
 from .shard_walks import ShardWalks, group_of
@@ -535,12 +535,12 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     if use_pool:
         assert caption_workers is not None
         # A chunk sent before `parts` is known comes back with every post's line and is cut here
-        # (ChunkLines.found_only, ~5 ms a chunk); the later ones are cut in the worker. 4 per worker and 4
-        # more keep every worker busy while this process locates the posts (~1 s on 2 busy cores per million
-        # posts; with 2 per worker they sat idle for the last 0.15 s of it), then 2 per worker and 2 more.
+        # (ChunkLines.found_only, ~1 ms a chunk); the later ones are cut in the worker. 6 per worker and 6
+        # more (~0.9 s of work per million posts on 2 cores) keep every worker busy while this process locates
+        # the posts (0.35-0.8 s: it shares the cores with them), then 2 per worker and 2 more.
         jobs = ((int(c.size), (lines_in_worker, str(opts.db), scheme, cache_path, c, parts[i] if parts else None))
                 for i, c in enumerate(chunks))  # fmt: skip
-        captions_ahead = OrderedJobs(caption_workers.pool, jobs, 4 * caption_workers.n_proc + 4)
+        captions_ahead = OrderedJobs(caption_workers.pool, jobs, 6 * caption_workers.n_proc + 6)
         if src.kind == "shards":
             captions_ahead.fill()  # queued behind the walks: the workers go on to them while this process locates
         captions_ahead.ahead = 2 * caption_workers.n_proc + 2
@@ -564,7 +564,7 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
     bounds = np.searchsorted(found_ids, [c[0] for c in chunks]).tolist() + [len(found_ids)]
     parts += [found_ids[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     # Everything but the caption codes is known now: the table and shards.json are composed while the workers
-    # caption (after the last chunk only the writes are left), and written at the end with the rest.
+    # caption, refs.npy is written chunk by chunk with captions.jsonl, and both are renamed into place at the end.
     shards_text, shard_of, ext_of = _shards_file(opts, locator, writer.per_shard)
     table = compose_table(found, shard_of, ext_of)
     source = None
@@ -574,14 +574,19 @@ def write_reference_outputs(opts, src: ImageSource, ids: np.ndarray, scheme: Qua
         source = CaptionSource(opts.db, scheme, cache_path)
         results = (chunk_lines(source, c, f) for c, f in zip(chunks, parts, strict=True))
     try:
-        with atomic_path(captions) as tmp, open(tmp, "wb") as fh:
+        with (
+            atomic_path(captions) as tmp,
+            open(tmp, "wb") as fh,
+            table_writer(out / REFS_FILE, len(table)) as append_rows,
+        ):
             for c, f, lines, a in zip(chunks, parts, results, bounds[:-1], strict=True):
                 progress.check_cancelled()
-                writer.add(c, f, lines, table[a : a + len(f)])
+                rows = table[a : a + len(f)]
+                writer.add(c, f, lines, rows)
                 fh.write(lines.found_only(c, f))
+                append_rows(rows)
                 progress.update(writer.done, int(ids.size))
         atomic_write_text_checked(out / SHARDS_FILE, shards_text, _RESUME_HINT)
-        write_table(out / REFS_FILE, table)
         with atomic_path(out / SKIPPED_FILE) as tmp:
             tmp.write_text("".join(writer.skipped), encoding="utf-8")
     except OSError as exc:
