@@ -4,8 +4,8 @@ resources/ sits beside the packages in the source tree (DESIGN.md); installed, i
 package, which `trainer_core.paths.resources_dir()` finds. pyproject's `packages.find` cannot express that
 rename, hence this file.
 
-`trainer_core.dataset._tar_walk` is C (a reference build's header walk, ~30x the numpy walk's speed: see its
-source). It is optional: where no C compiler or Python headers are found the install goes on without it and
+`trainer_core.dataset._tar_walk` is C (a reference build's header walk: ~0.35 us per tar member against
+~1.6 us for the numpy walk, see its source). It is optional: where no C compiler or Python headers are found the install goes on without it and
 tar_headers.py walks with numpy, giving the same answers.
 """
 

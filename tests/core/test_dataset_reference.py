@@ -778,7 +778,7 @@ def test_reference_table_gives_a_copy_builds_record_plus_ref(tmp_path):
     4 GB, a fingerprint with the top bit set, shard names with quotes, backslashes, % signs and non-ASCII."""
     from trainer_core.dataset.captions import QUALITY_LABELS, YEAR_TAGS
     from trainer_core.dataset.image_refs import ShardInfo, iter_reference_records, shards_file_text
-    from trainer_core.dataset.ref_table import compose_table, write_table
+    from trainer_core.dataset.ref_table import compose_table, table_writer
     from trainer_core.dataset.stats import RATING_LABELS
 
     folder = tmp_path / 'sh "ards"'
@@ -810,9 +810,8 @@ def test_reference_table_gives_a_copy_builds_record_plus_ref(tmp_path):
     (out / "shards.json").write_text(
         shards_file_text(tmp_path, subfolder, exts, infos, [2, 1]), encoding="utf-8"
     )
-    write_table(
-        out / "refs.npy", compose_table(rows.T, np.array([0, 1]), np.array([0, 1, 2]), rating, quality, year)
-    )
+    with table_writer(out / "refs.npy", len(rows)) as append:
+        append(compose_table(rows.T, np.array([0, 1]), np.array([0, 1, 2]), rating, quality, year))
     (out / "captions.jsonl").write_text("".join(json.dumps({"id": int(r[0]), "caption": c}, ensure_ascii=False) + "\n"
                                                 for r, c in zip(rows, captions, strict=True)), encoding="utf-8")  # fmt: skip
     got = [json.dumps(r.record, ensure_ascii=False) for r in iter_reference_records(out, records=True)]
@@ -827,6 +826,22 @@ def test_reference_table_gives_a_copy_builds_record_plus_ref(tmp_path):
                   "ref": {"shard": paths[k], "offset": offset, "size": size, "fp": f"{fp & (2**64 - 1):016x}"}}  # fmt: skip
         expected.append(json.dumps(record, ensure_ascii=False))
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    "root", ["/data/shards", "/data/shards/", "rel/shards", "/data/../data/shards", "/", "."]
+)
+def test_shard_names_by_string_slicing_are_pathlibs(root):
+    """ImageSource.origin / absolute slice strings for listed shards: the answers relative_to and abspath give,
+    also for a relative folder, one with "..", the filesystem root and shards in subfolders or above it."""
+    from trainer_core.dataset.images import ImageSource
+
+    src = ImageSource(Path(root), "shards")
+    for rel in ["data-0001.tar", "sub/data-0002.tar", "../data-0003.tar"]:
+        path = Path(root) / rel
+        if ".." not in rel:
+            assert src.origin(path) == path.relative_to(Path(root)).as_posix()
+        assert src.absolute(path) == os.path.abspath(path)
 
 
 def test_refs_npy_written_in_blocks_is_what_np_save_writes(tmp_path):

@@ -40,12 +40,13 @@ REF_DTYPE = np.dtype(
 )
 
 
-def compose_table(found: Sequence[np.ndarray], shard_of: np.ndarray, ext_of: np.ndarray, rating: np.ndarray | None = None,
-                  quality: np.ndarray | None = None, year: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """The table of the found posts: `found` is reference_build's 8 int64 columns (an (8, n) array or 8 arrays) (id, shard, offset, size,
-    fp, width, height, ext) in id order, `shard_of` / `ext_of` map its shard indexes and extension codes to
-    shards.json's lists, the codes are aligned with `found` (-1 where not given: a build sets them chunk by
-    chunk as the captions come back)."""
+def compose_table(found: Sequence[np.ndarray], shard_of: np.ndarray, ext_of: np.ndarray,
+                  rating: np.ndarray | None = None, quality: np.ndarray | None = None,
+                  year: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The table of the found posts: `found` is reference_build's 8 int64 columns (id, shard, offset, size, fp,
+    width, height, ext; an (8, n) array or 8 arrays) in id order, `shard_of` / `ext_of` map its shard indexes and
+    extension codes to shards.json's lists, the codes are aligned with `found` (-1 where not given: a build sets
+    them chunk by chunk as the captions come back)."""
     table = np.empty(len(found[0]), dtype=REF_DTYPE)
     table["id"] = found[0]
     table["shard"] = shard_of[found[1]]
@@ -59,12 +60,6 @@ def compose_table(found: Sequence[np.ndarray], shard_of: np.ndarray, ext_of: np.
     table["quality"] = -1 if quality is None else quality
     table["year"] = -1 if year is None else year
     return table
-
-
-def write_table(path: Path, table: np.ndarray) -> None:
-    """`refs.npy`, atomically (temp file + rename)."""
-    with table_writer(path, len(table)) as append:
-        append(table)
 
 
 @contextmanager
@@ -88,4 +83,4 @@ def table_writer(path: Path, rows: int) -> Iterator[Callable[[np.ndarray], None]
             raise RuntimeError(f"{path.name}: {written} rows written for a table of {rows}")
 
 
-__all__ = ["CAPTIONS_FILE", "REFS_FILE", "REF_DTYPE", "compose_table", "table_writer", "write_table"]
+__all__ = ["CAPTIONS_FILE", "REFS_FILE", "REF_DTYPE", "compose_table", "table_writer"]

@@ -28,8 +28,8 @@ them (every core; `kxl dataset captions` uses the same workers), else in this pr
 2. **Captions and the table**, in id order, by chunks of 20,000 ids: a worker captions its chunk and keeps the
    lines of the found posts it is handed (reference_lines.py); this process writes them. The first chunks are
    sent before the locate pass ends, so the workers never wait on it; those come back with every post's line
-   and are cut here. The table and shards.json are composed as soon as the posts are located, each chunk's
-   caption codes set as it comes back, and everything is written at the end.
+   and are cut here. The table and shards.json are composed as soon as the posts are located; each chunk's
+   caption codes are set as it comes back, and its rows go to refs.npy's temp file beside its lines.
 
 Measured (benchmarks/bench_dataset_reference.py --repeat 5, 1 M-post demo: 870,916 images, 916,688 tar members
 in 3,000 shards, 2 cores): captions alone 2.4-2.6 s wall, 4.3-4.6 s CPU; a first reference build 1.05-1.24 x
@@ -40,8 +40,8 @@ numpy work (~0.5 s: taking the posts, the table). Without a C compiler (the nump
 build is ~1.5 x. 434 bytes written per post with the index kept, 494 for a first build (the index: ~56 bytes
 per tar member); 0.13 % of a copy of real-size images.
 
-Nothing is written before the end: an interrupted reference build has nothing to resume and simply runs again
-(its stored options still guard the folder, as for a copy build).
+Nothing is renamed into place before the end: an interrupted reference build has nothing to resume and simply
+runs again (its stored options still guard the folder, as for a copy build).
 """
 
 from __future__ import annotations
@@ -617,8 +617,8 @@ def _in_id_order(blocks: list) -> Sequence[np.ndarray]:
 
 
 def _locate_in_order(locator: _Locator, tasks: list) -> None:
-    """Pass 1 with the walks in the caption worker processes: each group's posts taken here as its walk comes
-    back, in group order."""
+    """Pass 1 with the walks started ahead (shard_walks.py: on threads or in the caption workers): each group's
+    posts taken here as its walk comes back, in group order."""
     for key, group in tasks:
         locator.progress.check_cancelled()  # (progress itself: take_group counts the group's posts)
         locator.take_group(group, locator.walks.take(key))
@@ -703,8 +703,9 @@ class _ManifestWriter:
 
 
 def _shards_file(opts, locator: _Locator, per_shard: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
-    """shards.json's text: every referenced shard's size and mtime as the build first saw it, by path (the order refs.npy's
-    `shard` column indexes; shards with no image left out), and the image extensions, sorted (its `ext` column).
+    """shards.json's text: every referenced shard's size and mtime as the build first saw it, by path (the order
+    refs.npy's `shard` column indexes; shards with no image left out), and the image extensions, sorted (its
+    `ext` column).
     The walk's threads and workers meet shards and extensions in any order: the files must not depend on it. A
     shard that changed while the build read it stops the build (its offsets may describe either version).
     Returns the text, the build's shard index -> written index and extension code -> written code. (No shard is
